@@ -44,7 +44,7 @@ type Registry struct {
 
 	mu       sync.Mutex
 	services map[string]map[string]*record // name -> node ID -> record
-	watchers sync.Map // *watcher -> struct{}; a sync.Map because a queue's onStop may run inside Push
+	watchers sync.Map                      // *watcher -> struct{}; a sync.Map because a queue's onStop may run inside Push
 	closed   bool
 
 	wake chan struct{}
