@@ -1,0 +1,387 @@
+// Package cache keeps an immutable, always-ready snapshot of each service a
+// program looks up, fed by a registry watch, so that finding a service's
+// nodes on a hot path costs no registry round trip, no lock and no
+// allocation.
+//
+// The first lookup of a name fetches it from the registry (concurrent misses
+// share one fetch) and starts one watch for it. Events build a new snapshot
+// that replaces the old one atomically. Every RefreshInterval, and whenever
+// the watch has to be re-opened, the service is fetched again in full.
+//
+// When the registry fails (errors, timeouts, unreachable) the last snapshot
+// keeps serving: a snapshot changes only on positive news, that is an event
+// from the registry or a successful answer (an empty one included). Entries
+// not looked up for two refresh intervals are dropped and their watch
+// stopped, but never while the registry is failing. Close stops every watch.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/beacon-go/beacon/registry"
+)
+
+// Defaults.
+const (
+	DefaultRefreshInterval = time.Minute
+	DefaultFetchTimeout    = 5 * time.Second
+)
+
+// Option configures a Cache.
+type Option func(*Cache)
+
+// WithRefreshInterval sets how often a cached service is fetched again in
+// full, besides its watch (default DefaultRefreshInterval).
+func WithRefreshInterval(d time.Duration) Option { return func(c *Cache) { c.refresh = d } }
+
+// WithFetchTimeout bounds each registry fetch (default DefaultFetchTimeout).
+func WithFetchTimeout(d time.Duration) Option { return func(c *Cache) { c.fetchTimeout = d } }
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(c *Cache) { c.log = l } }
+
+// Node is one node of a snapshot with the service version it belongs to.
+type Node struct {
+	*registry.Node
+	// Service is the version group the node belongs to (read-only).
+	Service *registry.Service
+}
+
+// Snapshot is the immutable state of one service. Never modify it or
+// anything it points to.
+type Snapshot struct {
+	// Services holds one entry per version, nodes sorted by ID, as
+	// registry.GetService returns them.
+	Services []*registry.Service
+	// Nodes lists every node of every version in a stable order.
+	Nodes []Node
+	// Updated is when the snapshot was built from registry news.
+	Updated time.Time
+}
+
+// Entry is the cache slot of one service name.
+type Entry struct {
+	name string
+	snap atomic.Pointer[Snapshot]
+	used atomic.Bool
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// Name returns the service name.
+func (e *Entry) Name() string { return e.name }
+
+// Snapshot returns the current snapshot; it never blocks and never returns
+// nil. Calling it counts as a use of the entry.
+func (e *Entry) Snapshot() *Snapshot {
+	if !e.used.Load() {
+		e.used.Store(true)
+	}
+	return e.snap.Load()
+}
+
+// Cache is a registry cache. It is safe for concurrent use.
+type Cache struct {
+	reg          registry.Registry
+	log          *slog.Logger
+	refresh      time.Duration
+	fetchTimeout time.Duration
+
+	entries atomic.Pointer[map[string]*Entry] // copy on write
+	mu      sync.Mutex                        // serialises writers of entries
+	group   singleflight.Group
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closed  atomic.Bool
+}
+
+// ErrClosed: the cache was closed.
+var ErrClosed = errors.New("cache: closed")
+
+// New returns a cache in front of r. It starts no goroutine until the first
+// lookup. Close it to stop its watches; it does not close r.
+func New(r registry.Registry, opts ...Option) *Cache {
+	c := &Cache{reg: r, log: slog.Default(), refresh: DefaultRefreshInterval, fetchTimeout: DefaultFetchTimeout}
+	for _, o := range opts {
+		o(c)
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	m := map[string]*Entry{}
+	c.entries.Store(&m)
+	return c
+}
+
+// Registry returns the registry behind the cache.
+func (c *Cache) Registry() registry.Registry { return c.reg }
+
+// Entry returns the cache entry for a service, fetching it on the first
+// lookup. It blocks only on a miss, until the fetch ends or ctx is done. A
+// service the registry does not know gets an entry with an empty snapshot
+// (and a watch, so it fills when the service appears). A failed first fetch
+// returns the error and caches nothing.
+func (c *Cache) Entry(ctx context.Context, name string) (*Entry, error) {
+	if e, ok := (*c.entries.Load())[name]; ok {
+		return e, nil
+	}
+	return c.miss(ctx, name)
+}
+
+func (c *Cache) miss(ctx context.Context, name string) (*Entry, error) {
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	if err := registry.ValidateName(name); err != nil {
+		return nil, err
+	}
+	ch := c.group.DoChan(name, func() (any, error) {
+		if e, ok := (*c.entries.Load())[name]; ok {
+			return e, nil
+		}
+		fctx, cancel := context.WithTimeout(c.ctx, c.fetchTimeout)
+		defer cancel()
+		svcs, err := c.reg.GetService(fctx, name)
+		if err != nil && !errors.Is(err, registry.ErrNotFound) {
+			return nil, fmt.Errorf("cache: fetch %s: %w", name, err)
+		}
+		return c.add(name, registry.Flatten(svcs))
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*Entry), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *Cache) add(name string, set registry.NodeSet) (*Entry, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	old := *c.entries.Load()
+	if e, ok := old[name]; ok {
+		return e, nil
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	e := &Entry{name: name, stop: cancel, done: make(chan struct{})}
+	e.snap.Store(build(set))
+	e.used.Store(true)
+	m := maps.Clone(old)
+	m[name] = e
+	c.entries.Store(&m)
+	c.wg.Add(1)
+	go c.run(ctx, e, set)
+	return e, nil
+}
+
+func (c *Cache) remove(e *Entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.entries.Load()
+	if old[e.name] != e {
+		return
+	}
+	m := maps.Clone(old)
+	delete(m, e.name)
+	c.entries.Store(&m)
+}
+
+// GetService returns the cached services of name (read-only: shared with
+// other callers), fetching on a miss; ErrNotFound when it has no nodes.
+func (c *Cache) GetService(ctx context.Context, name string) ([]*registry.Service, error) {
+	e, err := c.Entry(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	s := e.Snapshot()
+	if len(s.Nodes) == 0 {
+		return nil, registry.ErrNotFound
+	}
+	return s.Services, nil
+}
+
+// Close stops every watch and waits for the cache's goroutines. Lookups
+// after Close fail with ErrClosed; entries already handed out keep their
+// last snapshot.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	if c.closed.Swap(true) {
+		c.mu.Unlock()
+		return nil
+	}
+	c.cancel()
+	c.mu.Unlock()
+	c.wg.Wait()
+	return nil
+}
+
+// run keeps one entry up to date until ctx ends.
+func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
+	defer c.wg.Done()
+	defer close(e.done)
+	log := c.log.With("service", e.name, "registry", c.reg.String())
+	backoff := newBackoff(100*time.Millisecond, 10*time.Second)
+	refresh := time.NewTicker(c.refresh)
+	defer refresh.Stop()
+	idle := 0
+	lastFetchOK := true
+	publish := func() { e.snap.Store(build(set)) }
+
+	for ctx.Err() == nil {
+		w, err := c.reg.Watch(ctx, registry.WatchService(e.name))
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("cache: watch failed; serving the last snapshot", "err", err, "retry_in", backoff.peek())
+			if !sleep(ctx, backoff.next()) {
+				return
+			}
+			continue
+		}
+		// Events are read by a helper goroutine so that refreshes and
+		// shutdown are not stuck behind a blocking Next.
+		events := make(chan *registry.Event, 64)
+		werr := make(chan error, 1)
+		go func() {
+			defer close(events)
+			for {
+				ev, err := w.Next()
+				if err != nil {
+					werr <- err
+					return
+				}
+				select {
+				case events <- ev:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+		// The watch's initial Create events do not report nodes that left
+		// while we were not watching: resynchronise from a full fetch.
+		if fresh, ok := c.fetch(ctx, e.name, log); ok {
+			set = fresh
+			publish()
+		}
+		healthy := true
+		for healthy {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					healthy = false
+					break
+				}
+				backoff.reset()
+				changed := set.Apply(ev)
+				// Drain what is already queued before rebuilding once.
+				for more := true; more; {
+					select {
+					case ev, ok := <-events:
+						if !ok {
+							more, healthy = false, false
+							break
+						}
+						changed = set.Apply(ev) || changed
+					default:
+						more = false
+					}
+				}
+				if changed {
+					publish()
+				}
+			case <-refresh.C:
+				if !e.used.Swap(false) {
+					idle++
+					if idle >= 2 && lastFetchOK {
+						log.Debug("cache: dropping idle entry")
+						c.remove(e)
+						w.Stop()
+						for range events {
+						}
+						return
+					}
+				} else {
+					idle = 0
+				}
+				fresh, ok := c.fetch(ctx, e.name, log)
+				if ok {
+					set = fresh
+					publish()
+				}
+				lastFetchOK = ok
+			case <-ctx.Done():
+				w.Stop()
+				for range events {
+				}
+				return
+			}
+		}
+		w.Stop()
+		for range events {
+		}
+		select {
+		case err := <-werr:
+			if ctx.Err() == nil {
+				log.Warn("cache: watch ended; serving the last snapshot and re-watching", "err", err, "retry_in", backoff.peek())
+			}
+		default:
+		}
+		if !sleep(ctx, backoff.next()) {
+			return
+		}
+	}
+}
+
+// fetch gets the service in full. ok is false when the registry failed: the
+// caller keeps its state.
+func (c *Cache) fetch(ctx context.Context, name string, log *slog.Logger) (registry.NodeSet, bool) {
+	fctx, cancel := context.WithTimeout(ctx, c.fetchTimeout)
+	defer cancel()
+	svcs, err := c.reg.GetService(fctx, name)
+	switch {
+	case err == nil || errors.Is(err, registry.ErrNotFound):
+		return registry.Flatten(svcs), true
+	case ctx.Err() != nil:
+		return nil, false
+	default:
+		log.Warn("cache: refresh failed; serving the last snapshot", "err", err)
+		return nil, false
+	}
+}
+
+func build(set registry.NodeSet) *Snapshot {
+	s := &Snapshot{Services: set.Group(), Updated: time.Now()}
+	s.Nodes = make([]Node, 0, len(set))
+	for _, svc := range s.Services {
+		for _, n := range svc.Nodes {
+			s.Nodes = append(s.Nodes, Node{Node: n, Service: svc})
+		}
+	}
+	return s
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,377 @@
+// Package selector picks the node that serves each call.
+//
+// The default selector reads services from a registry cache (see
+// registry/cache): the first Select of a service fetches it and starts a
+// watch; every later Select reads an immutable snapshot without a lock, a
+// registry round trip or an allocation. When the registry fails, the last
+// known nodes keep serving.
+//
+// A strategy (RoundRobin or Random) picks among the nodes. Round-robin state
+// lives per service in the selector, so it rotates across calls (go-micro's
+// per-call round robin never did). Mark records the outcome of a call: a
+// node that fails (a transport error) is ejected for a cool-off period that
+// doubles on each further failure, up to a maximum; a success clears it.
+// When every node is ejected, Next still returns nodes rather than none.
+package selector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/cache"
+)
+
+// Defaults.
+const (
+	DefaultEjectBase = time.Second
+	DefaultEjectMax  = 30 * time.Second
+)
+
+var (
+	// ErrNotFound: the registry does not know the service.
+	ErrNotFound = registry.ErrNotFound
+	// ErrNoneAvailable: the service is known but no node passes the filters.
+	ErrNoneAvailable = errors.New("selector: no node available")
+	// ErrClosed: the selector was closed.
+	ErrClosed = errors.New("selector: closed")
+)
+
+// Next returns a node for one attempt of a call. Each call may return a
+// different node. It never blocks and is safe for concurrent use.
+type Next func() (*registry.Node, error)
+
+// Selector chooses nodes for calls. Implementations are safe for concurrent
+// use.
+type Selector interface {
+	// Select returns a Next for the service. It blocks only on the first
+	// lookup of a service (a registry fetch bounded by ctx). It returns
+	// ErrNotFound for a service without nodes and ErrNoneAvailable when
+	// filters leave none.
+	Select(ctx context.Context, service string, opts ...SelectOption) (Next, error)
+	// Mark records the outcome of a call to node: nil for success, the
+	// transport error for a failure.
+	Mark(service string, node *registry.Node, err error)
+	// Reset forgets the failures recorded for the service's nodes.
+	Reset(service string)
+	// Close stops the selector's watches. Select then fails with ErrClosed.
+	Close() error
+	// String names the selector and its strategy.
+	String() string
+}
+
+// Strategy picks one of n candidates. counter is per-service state owned by
+// the selector that survives changes of the node list. Pick must not block
+// or allocate and must be safe for concurrent use.
+type Strategy interface {
+	Pick(counter *atomic.Uint64, n int) int
+	String() string
+}
+
+type roundRobin struct{}
+
+func (roundRobin) Pick(c *atomic.Uint64, n int) int { return int((c.Add(1) - 1) % uint64(n)) }
+func (roundRobin) String() string                   { return "roundrobin" }
+
+type random struct{}
+
+func (random) Pick(_ *atomic.Uint64, n int) int { return rand.IntN(n) }
+func (random) String() string                   { return "random" }
+
+// RoundRobin cycles through the nodes of a service across calls.
+func RoundRobin() Strategy { return roundRobin{} }
+
+// Random picks a node uniformly at random.
+func Random() Strategy { return random{} }
+
+// Strategies is the table of strategy names used by flags.
+func Strategies() map[string]func() Strategy {
+	return map[string]func() Strategy{"roundrobin": RoundRobin, "random": Random}
+}
+
+// Option configures a selector.
+type Option func(*options)
+
+type options struct {
+	strategy  Strategy
+	cache     *cache.Cache
+	cacheOpts []cache.Option
+	ejectBase time.Duration
+	ejectMax  time.Duration
+	log       *slog.Logger
+	now       func() time.Time
+}
+
+// WithStrategy sets the default strategy (default RoundRobin).
+func WithStrategy(s Strategy) Option { return func(o *options) { o.strategy = s } }
+
+// WithCache makes the selector use an existing cache (which it does not
+// close) instead of creating its own.
+func WithCache(c *cache.Cache) Option { return func(o *options) { o.cache = c } }
+
+// WithCacheOptions passes options to the cache the selector creates.
+func WithCacheOptions(opts ...cache.Option) Option {
+	return func(o *options) { o.cacheOpts = append(o.cacheOpts, opts...) }
+}
+
+// WithEjection sets the cool-off of a failed node: base after the first
+// failure, doubling per consecutive failure up to max.
+func WithEjection(base, max time.Duration) Option {
+	return func(o *options) { o.ejectBase, o.ejectMax = base, max }
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithClock replaces time.Now for ejection timing (tests).
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// SelectOptions are the settings of one Select call.
+type SelectOptions struct {
+	Filters  []Filter
+	Strategy Strategy
+}
+
+// SelectOption configures one Select call.
+type SelectOption func(*SelectOptions)
+
+// WithFilter adds filters; a node must pass all of them.
+func WithFilter(f ...Filter) SelectOption {
+	return func(o *SelectOptions) { o.Filters = append(o.Filters, f...) }
+}
+
+// WithSelectStrategy overrides the strategy for one Select.
+func WithSelectStrategy(s Strategy) SelectOption { return func(o *SelectOptions) { o.Strategy = s } }
+
+type health struct {
+	failures int
+	until    time.Time
+}
+
+// state is the selector's per-service state.
+type state struct {
+	entry   *cache.Entry
+	counter atomic.Uint64
+	ejected atomic.Int32 // nodes in health with a cool-off set
+	tracked atomic.Int32 // len(health), readable without the lock
+	mu      sync.Mutex
+	health  map[string]*health
+	next    Next // prebuilt for the default strategy, so Select does not allocate
+}
+
+// Cached is the default selector, backed by a registry cache.
+type Cached struct {
+	o         options
+	cache     *cache.Cache
+	ownsCache bool
+	states    atomic.Pointer[map[string]*state] // copy on write
+	mu        sync.Mutex
+	closed    atomic.Bool
+}
+
+var _ Selector = (*Cached)(nil)
+
+// New returns the default selector over r.
+func New(r registry.Registry, opts ...Option) *Cached {
+	o := options{strategy: RoundRobin(), ejectBase: DefaultEjectBase, ejectMax: DefaultEjectMax, log: slog.Default(), now: time.Now}
+	for _, f := range opts {
+		f(&o)
+	}
+	s := &Cached{o: o, cache: o.cache}
+	if s.cache == nil {
+		s.cache = cache.New(r, append([]cache.Option{cache.WithLogger(o.log)}, o.cacheOpts...)...)
+		s.ownsCache = true
+	}
+	m := map[string]*state{}
+	s.states.Store(&m)
+	return s
+}
+
+func (s *Cached) String() string { return "cache/" + s.o.strategy.String() }
+
+// Cache returns the selector's registry cache.
+func (s *Cached) Cache() *cache.Cache { return s.cache }
+
+// Select implements Selector. Without options it does not allocate.
+func (s *Cached) Select(ctx context.Context, service string, opts ...SelectOption) (Next, error) {
+	st, ok := (*s.states.Load())[service]
+	if !ok {
+		var err error
+		if st, err = s.add(ctx, service); err != nil {
+			return nil, err
+		}
+	}
+	snap := st.entry.Snapshot()
+	if len(snap.Nodes) == 0 {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, service)
+	}
+	if len(opts) == 0 {
+		return st.next, nil
+	}
+	var so SelectOptions
+	for _, f := range opts {
+		f(&so)
+	}
+	strategy := so.Strategy
+	if strategy == nil {
+		strategy = s.o.strategy
+	}
+	if len(so.Filters) == 0 {
+		return func() (*registry.Node, error) { return s.pick(st, strategy, st.entry.Snapshot().Nodes) }, nil
+	}
+	nodes := filterNodes(snap, so.Filters)
+	if len(nodes) == 0 {
+		return nil, fmt.Errorf("%w: %s: no node passes the filters", ErrNoneAvailable, service)
+	}
+	return func() (*registry.Node, error) { return s.pick(st, strategy, nodes) }, nil
+}
+
+func (s *Cached) add(ctx context.Context, service string) (*state, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	e, err := s.cache.Entry(ctx, service)
+	if err != nil {
+		if errors.Is(err, cache.ErrClosed) {
+			return nil, ErrClosed
+		}
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := *s.states.Load()
+	if st, ok := old[service]; ok {
+		return st, nil
+	}
+	st := &state{entry: e, health: map[string]*health{}}
+	st.counter.Store(rand.Uint64N(1 << 16)) // clients do not all start on the same node
+	strategy := s.o.strategy
+	st.next = func() (*registry.Node, error) { return s.pick(st, strategy, st.entry.Snapshot().Nodes) }
+	m := make(map[string]*state, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	m[service] = st
+	s.states.Store(&m)
+	return st, nil
+}
+
+func (s *Cached) pick(st *state, strategy Strategy, nodes []cache.Node) (*registry.Node, error) {
+	n := len(nodes)
+	if n == 0 {
+		return nil, ErrNoneAvailable
+	}
+	i := strategy.Pick(&st.counter, n)
+	if st.ejected.Load() == 0 {
+		return nodes[i].Node, nil
+	}
+	now := s.o.now()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for k := range n {
+		cand := nodes[(i+k)%n].Node
+		h, ok := st.health[cand.ID]
+		if !ok || h.until.IsZero() {
+			return cand, nil
+		}
+		if !now.Before(h.until) {
+			// Cool-off over: the node gets a trial call. Its failure count
+			// stays, so another failure ejects it for longer.
+			h.until = time.Time{}
+			st.ejected.Add(-1)
+			return cand, nil
+		}
+	}
+	return nodes[i].Node, nil // every node is ejected: better a try than nothing
+}
+
+// Mark implements Selector.
+func (s *Cached) Mark(service string, node *registry.Node, err error) {
+	st, ok := (*s.states.Load())[service]
+	if !ok || node == nil {
+		return
+	}
+	if err == nil {
+		if st.tracked.Load() == 0 {
+			return
+		}
+		st.mu.Lock()
+		if h, ok := st.health[node.ID]; ok {
+			if !h.until.IsZero() {
+				st.ejected.Add(-1)
+			}
+			delete(st.health, node.ID)
+			st.tracked.Store(int32(len(st.health)))
+		}
+		st.mu.Unlock()
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	h, ok := st.health[node.ID]
+	if !ok {
+		h = &health{}
+		st.health[node.ID] = h
+		st.tracked.Store(int32(len(st.health)))
+	}
+	h.failures++
+	if len(st.health) > 2*len(st.entry.Snapshot().Nodes)+16 {
+		st.pruneLocked()
+	}
+	d := s.o.ejectBase << min(h.failures-1, 30)
+	if d <= 0 || d > s.o.ejectMax {
+		d = s.o.ejectMax
+	}
+	if h.until.IsZero() {
+		st.ejected.Add(1)
+	}
+	h.until = s.o.now().Add(d)
+	s.o.log.Debug("selector: node ejected", "service", service, "node", node.ID, "for", d, "failures", h.failures, "err", err)
+}
+
+// pruneLocked forgets nodes that are no longer in the snapshot.
+func (st *state) pruneLocked() {
+	live := map[string]bool{}
+	for _, n := range st.entry.Snapshot().Nodes {
+		live[n.ID] = true
+	}
+	for id, h := range st.health {
+		if !live[id] {
+			if !h.until.IsZero() {
+				st.ejected.Add(-1)
+			}
+			delete(st.health, id)
+		}
+	}
+	st.tracked.Store(int32(len(st.health)))
+}
+
+// Reset implements Selector.
+func (s *Cached) Reset(service string) {
+	st, ok := (*s.states.Load())[service]
+	if !ok {
+		return
+	}
+	st.mu.Lock()
+	clear(st.health)
+	st.ejected.Store(0)
+	st.tracked.Store(0)
+	st.mu.Unlock()
+}
+
+// Close implements Selector. It closes the cache the selector created.
+func (s *Cached) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	if s.ownsCache {
+		return s.cache.Close()
+	}
+	return nil
+}

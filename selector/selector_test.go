@@ -1,0 +1,395 @@
+package selector_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/cache"
+	"github.com/beacon-go/beacon/registry/memory"
+	"github.com/beacon-go/beacon/registry/registrytest"
+	"github.com/beacon-go/beacon/selector"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// faulty wraps a registry and fails on demand, counting fetches.
+type faulty struct {
+	registry.Registry
+	fail    atomic.Bool
+	gets    atomic.Int32
+	watches atomic.Int32
+	delay   time.Duration
+}
+
+var errDown = errors.New("registry down")
+
+func (f *faulty) GetService(ctx context.Context, name string, o ...registry.GetOption) ([]*registry.Service, error) {
+	f.gets.Add(1)
+	if f.delay > 0 {
+		time.Sleep(f.delay) // simulates a slow backend so concurrent misses overlap
+	}
+	if f.fail.Load() {
+		return nil, errDown
+	}
+	return f.Registry.GetService(ctx, name, o...)
+}
+
+func (f *faulty) Watch(ctx context.Context, o ...registry.WatchOption) (registry.Watcher, error) {
+	f.watches.Add(1)
+	if f.fail.Load() {
+		return nil, errDown
+	}
+	return f.Registry.Watch(ctx, o...)
+}
+
+func service(name, version string, from, n int) *registry.Service {
+	s := &registry.Service{Name: name, Version: version, Endpoints: []*registry.Endpoint{{Name: "Greeter.Hello"}}}
+	for i := from; i < from+n; i++ {
+		s.Nodes = append(s.Nodes, &registry.Node{ID: fmt.Sprintf("n%03d", i), Address: fmt.Sprintf("127.0.0.1:%d", 10000+i),
+			Metadata: map[string]string{"zone": fmt.Sprintf("z%d", i%2)}})
+	}
+	return s
+}
+
+func setup(t testing.TB, n int, opts ...selector.Option) (*memory.Registry, *selector.Cached) {
+	r := memory.New()
+	if n > 0 {
+		if err := r.Register(context.Background(), service("greeter", "1.0.0", 0, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := selector.New(r, opts...)
+	t.Cleanup(func() { s.Close(); r.Close() })
+	return r, s
+}
+
+func TestRoundRobinRotatesAcrossCalls(t *testing.T) {
+	_, s := setup(t, 3)
+	counts := map[string]int{}
+	var order []string
+	for range 9 {
+		next, err := s.Select(context.Background(), "greeter")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[n.ID]++
+		order = append(order, n.ID)
+	}
+	for id, c := range counts {
+		if c != 3 {
+			t.Errorf("node %s picked %d times in 9 calls, want 3 (order %v)", id, c, order)
+		}
+	}
+	for i := 3; i < 9; i++ {
+		if order[i] != order[i-3] {
+			t.Fatalf("not a rotation: %v", order)
+		}
+	}
+}
+
+func TestRandomReachesAll(t *testing.T) {
+	_, s := setup(t, 3, selector.WithStrategy(selector.Random()))
+	seen := map[string]bool{}
+	for i := 0; i < 1000 && len(seen) < 3; i++ {
+		next, _ := s.Select(context.Background(), "greeter")
+		n, _ := next()
+		seen[n.ID] = true
+	}
+	if len(seen) != 3 {
+		t.Fatalf("random reached %d of 3 nodes", len(seen))
+	}
+}
+
+func TestFilters(t *testing.T) {
+	r, s := setup(t, 2)
+	if err := r.Register(context.Background(), service("greeter", "2.0.0", 2, 2)); err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		next, err := s.Select(context.Background(), "greeter", selector.WithFilter(selector.FilterVersion("2.0.0")))
+		if err != nil {
+			return err
+		}
+		n, _ := next()
+		if n.ID != "n002" && n.ID != "n003" {
+			return fmt.Errorf("version filter let %s through", n.ID)
+		}
+		return nil
+	})
+	tests := []struct {
+		name    string
+		filters []selector.Filter
+		want    map[string]bool
+		err     error
+	}{
+		{"version", []selector.Filter{selector.FilterVersion("1.0.0")}, map[string]bool{"n000": true, "n001": true}, nil},
+		{"metadata", []selector.Filter{selector.FilterMetadata("zone", "z1")}, map[string]bool{"n001": true, "n003": true}, nil},
+		{"both", []selector.Filter{selector.FilterVersion("2.0.0"), selector.FilterMetadata("zone", "z0")}, map[string]bool{"n002": true}, nil},
+		{"endpoint", []selector.Filter{selector.FilterEndpoint("Greeter.Hello")}, map[string]bool{"n000": true, "n001": true, "n002": true, "n003": true}, nil},
+		{"no endpoint", []selector.Filter{selector.FilterEndpoint("Nope.No")}, nil, selector.ErrNoneAvailable},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			next, err := s.Select(context.Background(), "greeter", selector.WithFilter(tc.filters...))
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("err = %v, want %v", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]bool{}
+			for range 20 {
+				n, err := next()
+				if err != nil {
+					t.Fatal(err)
+				}
+				got[n.ID] = true
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("picked %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestNotFoundThenAppears(t *testing.T) {
+	r, s := setup(t, 0)
+	if _, err := s.Select(context.Background(), "greeter"); !errors.Is(err, selector.ErrNotFound) {
+		t.Fatalf("err = %v, want ErrNotFound", err)
+	}
+	if err := r.Register(context.Background(), service("greeter", "1", 0, 1)); err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		_, err := s.Select(context.Background(), "greeter")
+		return err
+	})
+}
+
+func TestWatchUpdatesSnapshot(t *testing.T) {
+	r, s := setup(t, 1)
+	if _, err := s.Select(context.Background(), "greeter"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Register(context.Background(), service("greeter", "1.0.0", 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitNodes(t, s, "n000", "n001")
+	if err := r.Deregister(context.Background(), service("greeter", "1.0.0", 0, 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitNodes(t, s, "n001")
+}
+
+func waitNodes(t *testing.T, s *selector.Cached, want ...string) {
+	t.Helper()
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		e, err := s.Cache().Entry(context.Background(), "greeter")
+		if err != nil {
+			return err
+		}
+		var got []string
+		for _, n := range e.Snapshot().Nodes {
+			got = append(got, n.ID)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("nodes %v, want %v", got, want)
+		}
+		return nil
+	})
+}
+
+func TestServesLastSnapshotWhenRegistryFails(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	if err := mem.Register(context.Background(), service("greeter", "1", 0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	f := &faulty{Registry: mem}
+	s := selector.New(f, selector.WithCacheOptions(cache.WithRefreshInterval(20*time.Millisecond)))
+	defer s.Close()
+	if _, err := s.Select(context.Background(), "greeter"); err != nil {
+		t.Fatal(err)
+	}
+	f.fail.Store(true)
+	gets := f.gets.Load()
+	// Let several refreshes fail.
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if _, err := s.Select(context.Background(), "greeter"); err != nil {
+			t.Fatalf("Select while the registry fails: %v", err)
+		}
+		if f.gets.Load() < gets+3 {
+			return errors.New("refreshes not attempted yet")
+		}
+		return nil
+	})
+	for range 30 {
+		next, err := s.Select(context.Background(), "greeter")
+		if err != nil {
+			t.Fatalf("Select while the registry fails: %v", err)
+		}
+		if _, err := next(); err != nil {
+			t.Fatalf("Next while the registry fails: %v", err)
+		}
+	}
+	// An uncached service reports the registry's error.
+	if _, err := s.Select(context.Background(), "other"); !errors.Is(err, errDown) {
+		t.Fatalf("uncached Select err = %v, want the registry error", err)
+	}
+	f.fail.Store(false)
+}
+
+func TestConcurrentMissesShareOneFetch(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	if err := mem.Register(context.Background(), service("greeter", "1", 0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	f := &faulty{Registry: mem, delay: 50 * time.Millisecond}
+	s := selector.New(f)
+	defer s.Close()
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.Select(context.Background(), "greeter"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	// One fetch for the miss; the watch loop's resync may add one more.
+	if g := f.gets.Load(); g > 2 {
+		t.Fatalf("%d fetches for 50 concurrent first lookups, want 1 (+1 resync)", g)
+	}
+	if w := f.watches.Load(); w != 1 {
+		t.Fatalf("%d watches, want 1", w)
+	}
+}
+
+func TestEjection(t *testing.T) {
+	now := time.Unix(1000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	_, s := setup(t, 3, selector.WithClock(clock), selector.WithEjection(time.Second, 8*time.Second))
+	pick := func(k int) map[string]int {
+		got := map[string]int{}
+		for range k {
+			next, err := s.Select(context.Background(), "greeter")
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[n.ID]++
+		}
+		return got
+	}
+	pick(3)
+	dead := &registry.Node{ID: "n001"}
+	s.Mark("greeter", dead, errors.New("connection refused"))
+	if got := pick(30); got["n001"] != 0 || got["n000"] == 0 || got["n002"] == 0 {
+		t.Fatalf("ejected node picked: %v", got)
+	}
+	advance(1100 * time.Millisecond)
+	if got := pick(30); got["n001"] == 0 {
+		t.Fatalf("node not back after its cool-off: %v", got)
+	}
+	// A second failure ejects it for longer (2 s).
+	s.Mark("greeter", dead, errors.New("refused again"))
+	advance(1100 * time.Millisecond)
+	if got := pick(30); got["n001"] != 0 {
+		t.Fatalf("cool-off did not grow: %v", got)
+	}
+	advance(time.Second)
+	s.Mark("greeter", dead, nil) // success clears it
+	if got := pick(30); got["n001"] == 0 {
+		t.Fatalf("success did not clear the ejection: %v", got)
+	}
+	// Every node ejected: nodes are still returned.
+	for _, id := range []string{"n000", "n001", "n002"} {
+		s.Mark("greeter", &registry.Node{ID: id}, errors.New("down"))
+	}
+	if got := pick(9); len(got) == 0 {
+		t.Fatal("no node returned with every node ejected")
+	}
+	s.Reset("greeter")
+	if got := pick(9); len(got) != 3 {
+		t.Fatalf("after Reset picked %v, want all 3", got)
+	}
+}
+
+func TestClose(t *testing.T) {
+	_, s := setup(t, 1)
+	if _, err := s.Select(context.Background(), "greeter"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := s.Select(context.Background(), "other"); !errors.Is(err, selector.ErrClosed) {
+		t.Fatalf("Select after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestSelectZeroAllocs(t *testing.T) {
+	for _, n := range []int{3, 100} {
+		_, s := setup(t, n)
+		ctx := context.Background()
+		if _, err := s.Select(ctx, "greeter"); err != nil {
+			t.Fatal(err)
+		}
+		allocs := testing.AllocsPerRun(1000, func() {
+			next, _ := s.Select(ctx, "greeter")
+			_, _ = next()
+		})
+		if allocs != 0 {
+			t.Errorf("Select+Next with %d nodes: %v allocs, want 0", n, allocs)
+		}
+	}
+}
+
+func BenchmarkSelect(b *testing.B) {
+	for _, strat := range []selector.Strategy{selector.RoundRobin(), selector.Random()} {
+		for _, n := range []int{3, 10, 100} {
+			_, s := setup(b, n, selector.WithStrategy(strat))
+			ctx := context.Background()
+			if _, err := s.Select(ctx, "greeter"); err != nil {
+				b.Fatal(err)
+			}
+			b.Run(fmt.Sprintf("%s/nodes=%d/serial", strat, n), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					next, _ := s.Select(ctx, "greeter")
+					_, _ = next()
+				}
+			})
+			b.Run(fmt.Sprintf("%s/nodes=%d/parallel", strat, n), func(b *testing.B) {
+				b.ReportAllocs()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						next, _ := s.Select(ctx, "greeter")
+						_, _ = next()
+					}
+				})
+			})
+		}
+	}
+}
