@@ -102,6 +102,18 @@ func (s *Set) Get(contentType string) (Codec, error) {
 	return nil, fmt.Errorf("%w: %q", ErrUnknownContentType, contentType)
 }
 
+// GetBytes is Get for a content type held in a byte slice; it does not
+// allocate.
+func (s *Set) GetBytes(contentType []byte) (Codec, error) {
+	if len(contentType) == 0 {
+		return s.def, nil
+	}
+	if c, ok := s.byType[string(contentType)]; ok {
+		return c, nil
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnknownContentType, contentType)
+}
+
 // For returns the codec for contentType, or, when it is empty, Proto for
 // proto.Message values and JSON otherwise.
 func (s *Set) For(contentType string, v any) (Codec, error) {

@@ -1,0 +1,399 @@
+// Package client calls services by name.
+//
+// Call selects a node per attempt through a selector (by default the cached
+// selector over a registry), sends the request over a pooled, multiplexed
+// TCP connection (see internal/wire) and waits for the response. The
+// attempt's deadline (the smaller of ctx's and the request timeout) travels
+// to the server, whose handler context carries it.
+//
+// On a transport error (refused, reset, no response before the attempt's
+// timeout, or a node that is shutting down) the client marks the node in the
+// selector, waits a context-aware backoff with jitter and retries on a
+// different node, up to the retry count. An error returned by the handler is
+// never retried. The error Call returns is a *status.Error whose Causes keep
+// every attempt's error; read it with errors.As.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/beacon-go/beacon/codec"
+	"github.com/beacon-go/beacon/internal/wire"
+	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/selector"
+	"github.com/beacon-go/beacon/status"
+)
+
+// Defaults, the one place they are defined; flags and docs read them here.
+const (
+	DefaultRetries        = 2
+	DefaultRequestTimeout = 5 * time.Second
+	DefaultDialTimeout    = 2 * time.Second
+	DefaultBackoffBase    = 10 * time.Millisecond
+	DefaultBackoffMax     = 500 * time.Millisecond
+	DefaultConnsPerNode   = 2
+	DefaultMaxMessageSize = wire.DefaultMaxFrame
+)
+
+// ErrClosed: the client was closed.
+var ErrClosed = errors.New("client: closed")
+
+// ErrNoSelector: a call by service name on a client made without a selector.
+var ErrNoSelector = errors.New("client: no selector (use WithAddress)")
+
+// Backoff returns how long to wait before retry number attempt (1-based).
+type Backoff func(attempt int) time.Duration
+
+// ExponentialBackoff returns full-jitter exponential backoff: a random delay
+// up to base*2^(attempt-1), capped at max.
+func ExponentialBackoff(base, max time.Duration) Backoff {
+	return func(attempt int) time.Duration {
+		d := base << min(attempt-1, 20)
+		if d <= 0 || d > max {
+			d = max
+		}
+		return rand.N(d) + 1
+	}
+}
+
+// Option configures a Client.
+type Option func(*options)
+
+type options struct {
+	call         CallOptions
+	dialTimeout  time.Duration
+	connsPerNode int
+	maxMessage   int
+	codecs       *codec.Set
+	log          *slog.Logger
+}
+
+// CallOptions are the settings of one call.
+type CallOptions struct {
+	Retries        int
+	RequestTimeout time.Duration // per attempt; 0: only ctx bounds it
+	Backoff        Backoff
+	SelectOptions  []selector.SelectOption
+	Addresses      []string // call these addresses directly, bypassing the selector
+	ContentType    string   // "" : protobuf for proto.Message requests, else JSON
+}
+
+// CallOption configures one call.
+type CallOption func(*CallOptions)
+
+// Retries sets the default number of retries after the first attempt.
+func Retries(n int) Option { return func(o *options) { o.call.Retries = n } }
+
+// RequestTimeout sets the default per-attempt timeout.
+func RequestTimeout(d time.Duration) Option { return func(o *options) { o.call.RequestTimeout = d } }
+
+// WithDefaultBackoff sets the default backoff between attempts.
+func WithDefaultBackoff(b Backoff) Option { return func(o *options) { o.call.Backoff = b } }
+
+// DialTimeout bounds connecting to a node (default DefaultDialTimeout).
+func DialTimeout(d time.Duration) Option { return func(o *options) { o.dialTimeout = d } }
+
+// ConnsPerNode sets how many multiplexed connections are kept per node.
+func ConnsPerNode(n int) Option { return func(o *options) { o.connsPerNode = max(n, 1) } }
+
+// MaxMessageSize sets the largest response accepted, in bytes.
+func MaxMessageSize(n int) Option { return func(o *options) { o.maxMessage = n } }
+
+// Codecs sets the codecs by content type (default codec.NewSet()).
+func Codecs(s *codec.Set) Option { return func(o *options) { o.codecs = s } }
+
+// Logger sets the logger (default slog.Default()).
+func Logger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithRetries sets the number of retries of this call.
+func WithRetries(n int) CallOption { return func(o *CallOptions) { o.Retries = n } }
+
+// WithRequestTimeout sets this call's per-attempt timeout.
+func WithRequestTimeout(d time.Duration) CallOption {
+	return func(o *CallOptions) { o.RequestTimeout = d }
+}
+
+// WithBackoff sets this call's backoff.
+func WithBackoff(b Backoff) CallOption { return func(o *CallOptions) { o.Backoff = b } }
+
+// WithSelectOptions passes options (filters, strategy) to the selector.
+func WithSelectOptions(so ...selector.SelectOption) CallOption {
+	return func(o *CallOptions) { o.SelectOptions = append(o.SelectOptions, so...) }
+}
+
+// WithAddress calls the given addresses directly (retries rotate through
+// them) instead of selecting nodes of the service.
+func WithAddress(addrs ...string) CallOption {
+	return func(o *CallOptions) { o.Addresses = addrs }
+}
+
+// WithContentType sets the request's content type (e.g. codec.ProtoContentType).
+func WithContentType(ct string) CallOption { return func(o *CallOptions) { o.ContentType = ct } }
+
+// Client calls services. It is safe for concurrent use.
+type Client struct {
+	sel    selector.Selector
+	o      options
+	pools  atomic.Pointer[map[string]*pool] // copy on write
+	mu     sync.Mutex
+	wg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+// New returns a client that finds nodes with sel (which may be nil when
+// every call passes WithAddress). The client does not close sel.
+func New(sel selector.Selector, opts ...Option) *Client {
+	o := options{
+		call: CallOptions{
+			Retries: DefaultRetries, RequestTimeout: DefaultRequestTimeout,
+			Backoff: ExponentialBackoff(DefaultBackoffBase, DefaultBackoffMax),
+		},
+		dialTimeout: DefaultDialTimeout, connsPerNode: DefaultConnsPerNode, maxMessage: DefaultMaxMessageSize,
+		log: slog.Default(),
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.codecs == nil {
+		o.codecs = codec.NewSet()
+	}
+	c := &Client{sel: sel, o: o}
+	m := map[string]*pool{}
+	c.pools.Store(&m)
+	return c
+}
+
+// Selector returns the client's selector.
+func (c *Client) Selector() selector.Selector { return c.sel }
+
+// Call calls endpoint (e.g. "Greeter.Hello") of service with req and decodes
+// the response into rsp. It blocks until a response, the last attempt's
+// failure, or ctx's end. See the package doc for retries. The error is a
+// *status.Error (errors.As), or ctx's error wrapped in one.
+func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp any, opts ...CallOption) error {
+	if c.closed.Load() {
+		return &status.Error{Code: status.Unavailable, Detail: "client closed", Causes: []error{ErrClosed}}
+	}
+	o := c.o.call
+	for _, f := range opts {
+		f(&o)
+	}
+	cd, err := c.o.codecs.For(o.ContentType, req)
+	if err != nil {
+		return &status.Error{Code: status.BadRequest, Detail: "request codec", Causes: []error{err}}
+	}
+	buf := getBuf()
+	defer putBuf(buf)
+	body, err := cd.Marshal(*buf, req)
+	if err != nil {
+		return &status.Error{Code: status.BadRequest, Detail: "encode request", Causes: []error{err}}
+	}
+	*buf = body
+
+	var next selector.Next
+	if len(o.Addresses) == 0 {
+		if c.sel == nil {
+			return &status.Error{Code: status.BadRequest, Detail: service, Causes: []error{ErrNoSelector}}
+		}
+		next, err = c.sel.Select(ctx, service, o.SelectOptions...)
+		if err != nil {
+			code := status.Unavailable
+			if errors.Is(err, selector.ErrNotFound) {
+				code = status.NotFound
+			}
+			return &status.Error{Code: code, Detail: fmt.Sprintf("select %s", service), Causes: []error{err}}
+		}
+	}
+
+	var tried [8]string
+	var causes []error
+	attempts := o.Retries + 1
+	for attempt := 0; attempt < attempts; attempt++ {
+		if attempt > 0 {
+			if !sleep(ctx, o.Backoff(attempt)) {
+				break
+			}
+		}
+		var node *registry.Node
+		var addr string
+		if next == nil {
+			addr = o.Addresses[attempt%len(o.Addresses)]
+		} else {
+			node, err = pickUntried(next, tried[:min(attempt, len(tried))])
+			if err != nil {
+				causes = append(causes, err)
+				break
+			}
+			addr = node.Address
+			if attempt < len(tried) {
+				tried[attempt] = addr
+			}
+		}
+		err = c.attempt(ctx, addr, endpoint, cd, body, rsp, o.RequestTimeout)
+		if err == nil {
+			if node != nil {
+				c.sel.Mark(service, node, nil)
+			}
+			return nil
+		}
+		var te *TransportError
+		if !errors.As(err, &te) {
+			if ctx.Err() != nil {
+				causes = append(causes, err)
+				break
+			}
+			// The handler answered: not retried.
+			if len(causes) == 0 {
+				return err
+			}
+			se := new(status.Error)
+			if errors.As(err, &se) {
+				return &status.Error{Code: se.Code, Detail: se.Detail, Causes: append(causes, err)}
+			}
+			return &status.Error{Code: status.InternalError, Detail: err.Error(), Causes: append(causes, err)}
+		}
+		if node != nil {
+			c.sel.Mark(service, node, err)
+		}
+		causes = append(causes, fmt.Errorf("attempt %d: %w", attempt+1, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	code := status.Unavailable
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		code = status.Timeout
+		causes = append(causes, ctx.Err())
+	case errors.Is(ctx.Err(), context.Canceled):
+		code = status.Canceled
+		causes = append(causes, ctx.Err())
+	}
+	return &status.Error{Code: code, Detail: fmt.Sprintf("call %s %s failed after %d attempt(s)", service, endpoint, len(causes)), Causes: causes}
+}
+
+// pickUntried asks next for a node whose address was not tried yet; after a
+// few misses (fewer nodes than attempts) it accepts a tried one.
+func pickUntried(next selector.Next, tried []string) (*registry.Node, error) {
+	var first *registry.Node
+	for range 2*len(tried) + 1 {
+		n, err := next()
+		if err != nil {
+			return nil, err
+		}
+		if first == nil {
+			first = n
+		}
+		dup := false
+		for _, a := range tried {
+			if a == n.Address {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			return n, nil
+		}
+	}
+	return first, nil
+}
+
+// attempt makes one request to addr.
+func (c *Client) attempt(ctx context.Context, addr, endpoint string, cd codec.Codec, body []byte, rsp any, timeout time.Duration) error {
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+		deadline = d
+	}
+	p := c.pool(addr)
+	if p == nil {
+		return ErrClosed
+	}
+	cn, err := p.get(ctx)
+	if err != nil {
+		return err
+	}
+	cl := getCall()
+	defer putCall(cl)
+	if err := cn.roundTrip(ctx, cl, deadline, endpoint, cd.ContentType(), body); err != nil {
+		return err
+	}
+	switch cl.status {
+	case status.OK:
+		rcd := cd
+		if cl.ctype != "" && cl.ctype != cd.ContentType() {
+			if rcd, err = c.o.codecs.Get(cl.ctype); err != nil {
+				return &status.Error{Code: status.InternalError, Detail: "response codec", Causes: []error{err}}
+			}
+		}
+		if err := rcd.Unmarshal(cl.body, rsp); err != nil {
+			return &status.Error{Code: status.InternalError, Detail: "decode response", Causes: []error{err}}
+		}
+		return nil
+	case status.Unavailable:
+		return &TransportError{Addr: addr, Op: "shutdown", Err: fmt.Errorf("%w: %s", ErrServerShutdown, cl.detail)}
+	default:
+		return &status.Error{Code: int(cl.status), Detail: cl.detail}
+	}
+}
+
+func (c *Client) pool(addr string) *pool {
+	if p, ok := (*c.pools.Load())[addr]; ok {
+		return p
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return nil
+	}
+	old := *c.pools.Load()
+	if p, ok := old[addr]; ok {
+		return p
+	}
+	p := &pool{c: c, addr: addr}
+	m := maps.Clone(old)
+	m[addr] = p
+	c.pools.Store(&m)
+	return p
+}
+
+// Close closes every connection and waits for the client's goroutines.
+// Calls in flight fail. It does not close the selector.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed.Swap(true) {
+		c.mu.Unlock()
+		return nil
+	}
+	pools := *c.pools.Load()
+	c.mu.Unlock()
+	for _, p := range pools {
+		p.closeAll()
+	}
+	c.wg.Wait()
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

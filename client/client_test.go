@@ -1,0 +1,419 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/beacon-go/beacon/client"
+	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/memory"
+	"github.com/beacon-go/beacon/registry/registrytest"
+	"github.com/beacon-go/beacon/selector"
+	"github.com/beacon-go/beacon/server"
+	"github.com/beacon-go/beacon/status"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type HelloReq struct {
+	Name  string `json:"name"`
+	Delay time.Duration
+	Fail  int
+}
+
+type HelloRsp struct {
+	Msg      string `json:"msg"`
+	Node     string `json:"node"`
+	Deadline bool   `json:"deadline"`
+}
+
+type Greeter struct {
+	node  string
+	calls atomic.Int32
+}
+
+func (g *Greeter) Hello(ctx context.Context, req *HelloReq, rsp *HelloRsp) error {
+	g.calls.Add(1)
+	if req.Fail != 0 {
+		return status.Newf(req.Fail, "asked to fail with %d", req.Fail)
+	}
+	if req.Delay > 0 {
+		select {
+		case <-time.After(req.Delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	_, rsp.Deadline = ctx.Deadline()
+	rsp.Msg, rsp.Node = "Hello "+req.Name, g.node
+	return nil
+}
+
+func (g *Greeter) Boom(ctx context.Context, req *HelloReq, rsp *HelloRsp) error {
+	panic("boom")
+}
+
+type env struct {
+	reg     *memory.Registry
+	sel     *selector.Cached
+	cli     *client.Client
+	servers []*server.Server
+	greet   []*Greeter
+}
+
+func newEnv(t testing.TB, n int, sopts ...server.Option) *env {
+	t.Helper()
+	e := &env{reg: memory.New()}
+	for i := range n {
+		e.start(t, i, sopts...)
+	}
+	e.sel = selector.New(e.reg)
+	e.cli = client.New(e.sel, client.WithDefaultBackoff(client.ExponentialBackoff(time.Millisecond, 5*time.Millisecond)))
+	t.Cleanup(func() {
+		for _, s := range e.servers {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s.Stop(ctx)
+			cancel()
+		}
+		e.cli.Close()
+		e.sel.Close()
+		e.reg.Close()
+	})
+	return e
+}
+
+func (e *env) start(t testing.TB, i int, sopts ...server.Option) *server.Server {
+	t.Helper()
+	g := &Greeter{node: fmt.Sprintf("node-%d", i)}
+	opts := append([]server.Option{server.Name("greeter"), server.Version("1.0.0"), server.ID(g.node),
+		server.Address("127.0.0.1:0"), server.Registry(e.reg), server.DrainGrace(50 * time.Millisecond)}, sopts...)
+	s, err := server.New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Handle(g); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.servers = append(e.servers, s)
+	e.greet = append(e.greet, g)
+	return s
+}
+
+func call(e *env, req *HelloReq, opts ...client.CallOption) (*HelloRsp, error) {
+	rsp := new(HelloRsp)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return rsp, e.cli.Call(ctx, "greeter", "Greeter.Hello", req, rsp, opts...)
+}
+
+func TestCallByNameRoundRobin(t *testing.T) {
+	e := newEnv(t, 3)
+	seen := map[string]int{}
+	for range 30 {
+		rsp, err := call(e, &HelloReq{Name: "Ann"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rsp.Msg != "Hello Ann" || !rsp.Deadline {
+			t.Fatalf("rsp = %+v", rsp)
+		}
+		seen[rsp.Node]++
+	}
+	for _, n := range []string{"node-0", "node-1", "node-2"} {
+		if seen[n] != 10 {
+			t.Fatalf("round robin over 3 nodes gave %v, want 10 each", seen)
+		}
+	}
+}
+
+func TestSurvivesDeadNode(t *testing.T) {
+	e := newEnv(t, 2)
+	// A third node is registered but nothing listens at its address.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	if err := e.reg.Register(context.Background(), &registry.Service{Name: "greeter", Version: "1.0.0",
+		Nodes: []*registry.Node{{ID: "dead", Address: dead}}}); err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		ss, _ := e.sel.Cache().GetService(context.Background(), "greeter")
+		if len(ss) == 0 || len(ss[0].Nodes) != 3 {
+			return errors.New("dead node not in cache yet")
+		}
+		return nil
+	})
+	for i := range 300 {
+		if _, err := call(e, &HelloReq{Name: "Ann"}); err != nil {
+			t.Fatalf("call %d failed with one dead node of three: %v", i, err)
+		}
+	}
+}
+
+func TestAllNodesDown(t *testing.T) {
+	e := newEnv(t, 0)
+	for i := range 2 {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		addr := ln.Addr().String()
+		ln.Close()
+		e.reg.Register(context.Background(), &registry.Service{Name: "greeter", Nodes: []*registry.Node{{ID: fmt.Sprint("d", i), Address: addr}}})
+	}
+	_, err := call(e, &HelloReq{}, client.WithRetries(3))
+	var se *status.Error
+	if !errors.As(err, &se) || se.Code != status.Unavailable || len(se.Causes) != 4 {
+		t.Fatalf("err = %v, want 503 with 4 causes", err)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("errors.Is(err, ECONNREFUSED) = false: %v", err)
+	}
+	var te *client.TransportError
+	if !errors.As(err, &te) || te.Op != "dial" {
+		t.Fatalf("no dial TransportError in %v", err)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	e := newEnv(t, 2)
+	tests := []struct {
+		name     string
+		endpoint string
+		req      any
+		code     int
+	}{
+		{"handler error", "Greeter.Hello", &HelloReq{Fail: 409}, 409},
+		{"unknown endpoint", "Greeter.Nope", &HelloReq{}, status.NotFound},
+		{"garbage body", "Greeter.Hello", map[string]any{"name": 42}, status.BadRequest},
+		{"panic", "Greeter.Boom", &HelloReq{}, status.InternalError},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.greet[0].calls.Load() + e.greet[1].calls.Load()
+			err := e.cli.Call(context.Background(), "greeter", tc.endpoint, tc.req, new(HelloRsp))
+			if got := status.Code(err); got != tc.code {
+				t.Fatalf("code = %d (%v), want %d", got, err, tc.code)
+			}
+			if calls := e.greet[0].calls.Load() + e.greet[1].calls.Load() - before; calls > 1 {
+				t.Fatalf("handler ran %d times: application errors must not be retried", calls)
+			}
+		})
+	}
+	if err := e.cli.Call(context.Background(), "nosuch", "A.B", &HelloReq{}, new(HelloRsp)); status.Code(err) != status.NotFound || !errors.Is(err, selector.ErrNotFound) {
+		t.Fatalf("unknown service: %v", err)
+	}
+}
+
+func TestTimeoutRetriesElsewhere(t *testing.T) {
+	e := newEnv(t, 2)
+	start := time.Now()
+	_, err := call(e, &HelloReq{Delay: time.Second}, client.WithRequestTimeout(50*time.Millisecond), client.WithRetries(1))
+	var te *client.TransportError
+	if !errors.As(err, &te) || te.Op != "timeout" {
+		t.Fatalf("err = %v, want a timeout TransportError", err)
+	}
+	if c := e.greet[0].calls.Load() + e.greet[1].calls.Load(); c != 2 {
+		t.Fatalf("handler ran %d times, want 2 (one per node)", c)
+	}
+	if e.greet[0].calls.Load() != 1 {
+		t.Fatalf("retry went to the same node")
+	}
+	if time.Since(start) > 900*time.Millisecond {
+		t.Fatalf("timeouts not honoured")
+	}
+	// The caller's context bounds everything.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	err = e.cli.Call(ctx, "greeter", "Greeter.Hello", &HelloReq{Delay: time.Second}, new(HelloRsp))
+	if status.Code(err) != status.Timeout || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("ctx timeout: %v", err)
+	}
+}
+
+func TestRollingRestartLosesNothing(t *testing.T) {
+	e := newEnv(t, 2)
+	var failed, ok atomic.Int32
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := call(e, &HelloReq{Name: "x", Delay: time.Millisecond}); err != nil {
+					failed.Add(1)
+					t.Errorf("call failed during rolling restart: %v", err)
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	for i := range 4 {
+		waitCalls(t, &ok, 200)
+		old := e.servers[i]
+		e.start(t, 2+i)
+		if err := old.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitCalls(t, &ok, 200)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d calls, %d failed across 4 node replacements", ok.Load(), failed.Load())
+}
+
+func waitCalls(t *testing.T, ok *atomic.Int32, more int32) {
+	t.Helper()
+	target := ok.Load() + more
+	registrytest.Eventually(t, 10*time.Second, func() error {
+		if ok.Load() < target {
+			return errors.New("calls not progressing")
+		}
+		return nil
+	})
+}
+
+func TestStopDrainsInFlight(t *testing.T) {
+	e := newEnv(t, 1)
+	done := make(chan error, 1)
+	go func() {
+		_, err := call(e, &HelloReq{Delay: 300 * time.Millisecond}, client.WithRetries(0))
+		done <- err
+	}()
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if e.greet[0].calls.Load() == 0 {
+			return errors.New("not in flight yet")
+		}
+		return nil
+	})
+	if err := e.servers[0].Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("in-flight call cut off by Stop: %v", err)
+	}
+	if _, err := e.reg.GetService(context.Background(), "greeter"); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("still registered after Stop: %v", err)
+	}
+}
+
+// flaky fails GetService and Watch on demand.
+type flaky struct {
+	registry.Registry
+	fail atomic.Bool
+}
+
+func (f *flaky) GetService(ctx context.Context, n string, o ...registry.GetOption) ([]*registry.Service, error) {
+	if f.fail.Load() {
+		return nil, registry.ErrUnavailable
+	}
+	return f.Registry.GetService(ctx, n, o...)
+}
+
+func (f *flaky) Watch(ctx context.Context, o ...registry.WatchOption) (registry.Watcher, error) {
+	if f.fail.Load() {
+		return nil, registry.ErrUnavailable
+	}
+	return f.Registry.Watch(ctx, o...)
+}
+
+func TestCallableFromCacheWhileRegistryFails(t *testing.T) {
+	e := newEnv(t, 2)
+	f := &flaky{Registry: e.reg}
+	sel := selector.New(f)
+	defer sel.Close()
+	cli := client.New(sel)
+	defer cli.Close()
+	if err := cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{}, new(HelloRsp)); err != nil {
+		t.Fatal(err)
+	}
+	f.fail.Store(true)
+	for i := range 200 {
+		if err := cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{}, new(HelloRsp)); err != nil {
+			t.Fatalf("call %d with the registry failing: %v", i, err)
+		}
+	}
+}
+
+func TestHeartbeatRecreatesLostRecord(t *testing.T) {
+	reg := memory.New()
+	defer reg.Close()
+	s, err := server.New(server.Name("hb"), server.Address("127.0.0.1:0"), server.Registry(reg),
+		server.RegisterTTL(300*time.Millisecond), server.RegisterInterval(50*time.Millisecond), server.DrainGrace(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Handle(&Greeter{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop(context.Background())
+	w := registrytest.Watch(t, reg, registry.WatchService("hb"))
+	id := s.Service().Nodes[0].ID
+	w.Expect(t, 5*time.Second, registry.Create, id)
+	// The backend loses the record: the next beat recreates it.
+	if err := reg.Deregister(context.Background(), s.Service()); err != nil {
+		t.Fatal(err)
+	}
+	w.Expect(t, 5*time.Second, registry.Delete, id)
+	w.Expect(t, 5*time.Second, registry.Create, id)
+	// It outlives many TTLs without an expiry.
+	deadline := time.After(time.Second)
+	for {
+		select {
+		case ev := <-w.C:
+			t.Fatalf("unexpected %v while heartbeating", ev.Type)
+		case <-deadline:
+			return
+		}
+	}
+}
+
+func TestServerOptionsRefused(t *testing.T) {
+	tests := []struct {
+		name string
+		opts []server.Option
+		want error
+	}{
+		{"interval not below TTL", []server.Option{server.Name("x"), server.RegisterTTL(time.Second), server.RegisterInterval(time.Second)}, server.ErrBadInterval},
+		{"no name", nil, server.ErrNoName},
+		{"bad name", []server.Option{server.Name("a b")}, registry.ErrInvalid},
+	}
+	for _, tc := range tests {
+		if _, err := server.New(tc.opts...); !errors.Is(err, tc.want) {
+			t.Errorf("%s: err = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestDirectAddress(t *testing.T) {
+	e := newEnv(t, 1)
+	cli := client.New(nil)
+	defer cli.Close()
+	rsp := new(HelloRsp)
+	if err := cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{Name: "Bo"}, rsp,
+		client.WithAddress(e.servers[0].Addr().String())); err != nil || rsp.Msg != "Hello Bo" {
+		t.Fatalf("direct call: %v %+v", err, rsp)
+	}
+}

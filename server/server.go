@@ -1,0 +1,512 @@
+// Package server serves handlers to Beacon clients and keeps the service
+// registered while it runs.
+//
+// Start listens, registers the service (one node: ID, advertised address,
+// metadata, endpoints) with the register TTL, and re-registers every
+// register interval; a failed heartbeat is logged and retried with backoff,
+// never fatal, and recreates a record the backend lost. Stop deregisters
+// first, keeps serving for a drain grace period so that callers' caches drop
+// the node, then tells connected clients to go away (requests that still
+// arrive are refused with a retryable 503, never half-run), waits for
+// in-flight requests up to the shutdown timeout, and closes.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"reflect"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/beacon-go/beacon/codec"
+	"github.com/beacon-go/beacon/internal/wire"
+	"github.com/beacon-go/beacon/registry"
+)
+
+// Defaults, the one place they are defined; flags and docs read them here.
+const (
+	DefaultAddress          = ":0"
+	DefaultRegisterTTL      = 15 * time.Second
+	DefaultRegisterInterval = 5 * time.Second
+	DefaultDrainGrace       = time.Second
+	DefaultShutdownTimeout  = 10 * time.Second
+	DefaultMaxMessageSize   = wire.DefaultMaxFrame
+)
+
+// Errors.
+var (
+	ErrBadInterval = errors.New("server: register interval must be positive and below the register TTL")
+	ErrRunning     = errors.New("server: already started")
+	ErrNoName      = errors.New("server: no service name")
+	ErrNoHandlers  = errors.New("server: no handlers")
+)
+
+// Option configures a Server.
+type Option func(*options)
+
+type options struct {
+	name, version, id    string
+	metadata             map[string]string
+	address, advertise   string
+	listener             net.Listener
+	reg                  registry.Registry
+	ttl, interval        time.Duration
+	drainGrace, shutdown time.Duration
+	maxMessage           int
+	codecs               *codec.Set
+	log                  *slog.Logger
+}
+
+// Name sets the service name (required).
+func Name(n string) Option { return func(o *options) { o.name = n } }
+
+// Version sets the service version.
+func Version(v string) Option { return func(o *options) { o.version = v } }
+
+// ID sets the node ID (default: name-<random hex>).
+func ID(id string) Option { return func(o *options) { o.id = id } }
+
+// Metadata sets the node's metadata.
+func Metadata(md map[string]string) Option { return func(o *options) { o.metadata = md } }
+
+// Address sets the listen address (default DefaultAddress: every interface,
+// a free port).
+func Address(a string) Option { return func(o *options) { o.address = a } }
+
+// Advertise sets the address registered for callers (default: the listen
+// address, with an unspecified host replaced by this host's first
+// non-loopback IPv4 address, or 127.0.0.1).
+func Advertise(a string) Option { return func(o *options) { o.advertise = a } }
+
+// Listener makes the server use l instead of listening itself.
+func Listener(l net.Listener) Option { return func(o *options) { o.listener = l } }
+
+// Registry sets the registry to register in; without one the server serves
+// but registers nowhere.
+func Registry(r registry.Registry) Option { return func(o *options) { o.reg = r } }
+
+// RegisterTTL sets the TTL of the registration (default DefaultRegisterTTL).
+func RegisterTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
+
+// RegisterInterval sets the heartbeat interval; it must be below the TTL
+// (default DefaultRegisterInterval).
+func RegisterInterval(d time.Duration) Option { return func(o *options) { o.interval = d } }
+
+// DrainGrace sets how long Stop keeps serving after deregistering (default
+// DefaultDrainGrace).
+func DrainGrace(d time.Duration) Option { return func(o *options) { o.drainGrace = d } }
+
+// ShutdownTimeout bounds how long Stop waits for in-flight requests
+// (default DefaultShutdownTimeout); their contexts are then canceled.
+func ShutdownTimeout(d time.Duration) Option { return func(o *options) { o.shutdown = d } }
+
+// MaxMessageSize sets the largest request accepted, in bytes (default
+// DefaultMaxMessageSize). A larger one closes the connection.
+func MaxMessageSize(n int) Option { return func(o *options) { o.maxMessage = n } }
+
+// Codecs sets the codecs by content type (default codec.NewSet()).
+func Codecs(s *codec.Set) Option { return func(o *options) { o.codecs = s } }
+
+// Logger sets the logger (default slog.Default()).
+func Logger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+type runState int
+
+const (
+	stateNew runState = iota
+	stateRunning
+	stateDraining
+	stateStopped
+)
+
+// Server serves handlers. Its methods are safe for concurrent use.
+type Server struct {
+	o        options
+	handlers map[string]*handler
+
+	mu       sync.Mutex
+	state    runState
+	ln       net.Listener
+	conns    map[*conn]struct{}
+	svc      *registry.Service
+	inflight sync.WaitGroup
+	connWG   sync.WaitGroup
+
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+	hbCancel   context.CancelFunc
+	hbDone     chan struct{}
+	acceptDone chan struct{}
+}
+
+// New returns a server; it checks the options (a name, an interval below the
+// TTL) and serves nothing until Start.
+func New(opts ...Option) (*Server, error) {
+	o := options{
+		address: DefaultAddress, ttl: DefaultRegisterTTL, interval: DefaultRegisterInterval,
+		drainGrace: DefaultDrainGrace, shutdown: DefaultShutdownTimeout, maxMessage: DefaultMaxMessageSize,
+		log: slog.Default(),
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.codecs == nil {
+		o.codecs = codec.NewSet()
+	}
+	if o.name == "" {
+		return nil, ErrNoName
+	}
+	if err := registry.ValidateName(o.name); err != nil {
+		return nil, err
+	}
+	if o.interval <= 0 || o.ttl <= 0 || o.interval >= o.ttl {
+		return nil, fmt.Errorf("%w (interval %v, TTL %v)", ErrBadInterval, o.interval, o.ttl)
+	}
+	if o.id == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		o.id = o.name + "-" + hex.EncodeToString(b[:])
+	}
+	if err := registry.ValidateNodeID("server id", o.id); err != nil {
+		return nil, err
+	}
+	if err := registry.ValidateMetadata("server metadata", o.metadata); err != nil {
+		return nil, err
+	}
+	s := &Server{o: o, handlers: map[string]*handler{}, conns: map[*conn]struct{}{}}
+	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Handle adds every method of h of the form
+// func(ctx context.Context, req *Req, rsp *Rsp) error as endpoint "T.Method".
+// It must be called before Start.
+func (s *Server) Handle(h any) error {
+	hs, err := handlersOf(h)
+	if err != nil {
+		return err
+	}
+	return s.add(hs...)
+}
+
+// HandleFunc adds one typed endpoint without reflection, e.g.
+// server.HandleFunc(s, "Greeter.Hello", g.Hello). It must be called before
+// Start.
+func HandleFunc[Req, Rsp any](s *Server, endpoint string, fn func(ctx context.Context, req *Req, rsp *Rsp) error) error {
+	if endpoint == "" {
+		return fmt.Errorf("%w: empty endpoint name", ErrBadHandler)
+	}
+	reqT, rspT := reflect.TypeFor[Req](), reflect.TypeFor[Rsp]()
+	return s.add(&handler{
+		name:     endpoint,
+		endpoint: &registry.Endpoint{Name: endpoint, Request: describe(reqT.Name(), reqT, 0), Response: describe(rspT.Name(), rspT, 0)},
+		serve: func(ctx context.Context, c codec.Codec, body []byte) (any, error) {
+			req := new(Req)
+			if err := c.Unmarshal(body, req); err != nil {
+				return nil, &decodeError{err}
+			}
+			rsp := new(Rsp)
+			if err := fn(ctx, req, rsp); err != nil {
+				return nil, err
+			}
+			return rsp, nil
+		},
+	})
+}
+
+func (s *Server) add(hs ...*handler) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != stateNew {
+		return ErrRunning
+	}
+	for _, h := range hs {
+		if _, dup := s.handlers[h.name]; dup {
+			return fmt.Errorf("%w: endpoint %s added twice", ErrBadHandler, h.name)
+		}
+	}
+	for _, h := range hs {
+		s.handlers[h.name] = h
+	}
+	return nil
+}
+
+// Start listens, starts serving, registers and starts the heartbeat. It
+// returns once the server accepts connections. The first registration is
+// made under ctx; if it fails for a reason other than invalid input, the
+// error is logged and the heartbeat keeps trying.
+func (s *Server) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != stateNew {
+		return ErrRunning
+	}
+	if len(s.handlers) == 0 {
+		return ErrNoHandlers
+	}
+	ln := s.o.listener
+	if ln == nil {
+		var err error
+		var lc net.ListenConfig
+		if ln, err = lc.Listen(ctx, "tcp", s.o.address); err != nil {
+			return fmt.Errorf("server: listen: %w", err)
+		}
+	}
+	adv := s.o.advertise
+	if adv == "" {
+		adv = advertiseAddr(ln.Addr())
+	}
+	svc := &registry.Service{Name: s.o.name, Version: s.o.version, Nodes: []*registry.Node{{ID: s.o.id, Address: adv, Metadata: s.o.metadata}}}
+	for _, name := range slices.Sorted(maps.Keys(s.handlers)) {
+		svc.Endpoints = append(svc.Endpoints, s.handlers[name].endpoint)
+	}
+	if err := registry.Validate(svc); err != nil {
+		ln.Close()
+		return err
+	}
+	s.ln, s.svc, s.state = ln, svc, stateRunning
+	s.acceptDone = make(chan struct{})
+	go s.accept(ln)
+
+	if s.o.reg != nil {
+		err := s.o.reg.Register(ctx, svc, registry.RegisterTTL(s.o.ttl))
+		if errors.Is(err, registry.ErrInvalid) {
+			s.state = stateStopped
+			ln.Close()
+			<-s.acceptDone
+			return err
+		}
+		if err != nil {
+			s.o.log.Error("server: register failed; the heartbeat will retry", "service", s.o.name, "node", s.o.id, "err", err)
+		} else {
+			s.o.log.Info("server: registered", "service", s.o.name, "version", s.o.version, "node", s.o.id, "address", adv, "registry", s.o.reg.String())
+		}
+		hctx, cancel := context.WithCancel(context.Background())
+		s.hbCancel, s.hbDone = cancel, make(chan struct{})
+		go s.heartbeat(hctx, svc, err == nil)
+	}
+	return nil
+}
+
+// Addr returns the listen address (nil before Start).
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Service returns a copy of the registered service (nil before Start).
+func (s *Server) Service() *registry.Service {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.svc.Copy()
+}
+
+// heartbeat re-registers every interval; after a failure it retries with
+// backoff (from 100 ms, doubling, up to the interval) until it succeeds.
+func (s *Server) heartbeat(ctx context.Context, svc *registry.Service, ok bool) {
+	defer close(s.hbDone)
+	log := s.o.log.With("service", svc.Name, "node", s.o.id)
+	retry := 100 * time.Millisecond
+	wait := s.o.interval
+	if !ok {
+		wait = retry
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	failing := !ok
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.o.interval)
+		err := s.o.reg.Register(rctx, svc, registry.RegisterTTL(s.o.ttl))
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			log.Warn("server: heartbeat failed; retrying", "err", err, "retry_in", retry)
+			t.Reset(retry)
+			retry = min(retry*2, s.o.interval)
+			failing = true
+			continue
+		case failing:
+			log.Info("server: registered again after failures")
+			failing = false
+		}
+		retry = 100 * time.Millisecond
+		t.Reset(s.o.interval)
+	}
+}
+
+// Stop deregisters, drains and stops the server; see the package doc for
+// the order. ctx bounds the whole of it: when it ends, in-flight requests are
+// canceled and connections closed at once. Stop returns the deregistration
+// error, if any; it always stops the server. It is idempotent.
+func (s *Server) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	if s.state != stateRunning {
+		if s.state == stateNew {
+			s.state = stateStopped
+			s.cancelBase()
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	s.state = stateDraining
+	svc := s.svc
+	s.mu.Unlock()
+
+	var derr error
+	if s.o.reg != nil {
+		s.hbCancel()
+		<-s.hbDone
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		derr = s.o.reg.Deregister(dctx, svc)
+		cancel()
+		if derr != nil {
+			s.o.log.Warn("server: deregister failed", "service", svc.Name, "err", derr)
+		}
+		// Keep serving while callers' caches learn that the node left.
+		t := time.NewTimer(s.o.drainGrace)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+
+	s.ln.Close()
+	<-s.acceptDone
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.goAway()
+	}
+
+	done := make(chan struct{})
+	go func() { s.inflight.Wait(); close(done) }()
+	t := time.NewTimer(s.o.shutdown)
+	select {
+	case <-done:
+	case <-t.C:
+		s.o.log.Warn("server: shutdown timeout; canceling in-flight requests")
+	case <-ctx.Done():
+		s.o.log.Warn("server: stop context ended; canceling in-flight requests")
+	}
+	t.Stop()
+	s.cancelBase()
+	// Closing the connections also unblocks handlers stuck writing to a
+	// client that does not read.
+	for _, c := range conns {
+		c.close()
+	}
+	<-done
+	s.mu.Lock()
+	for c := range s.conns {
+		c.close()
+	}
+	s.state = stateStopped
+	s.mu.Unlock()
+	s.connWG.Wait()
+	s.o.log.Info("server: stopped", "service", svc.Name, "node", s.o.id)
+	return derr
+}
+
+func (s *Server) accept(ln net.Listener) {
+	defer close(s.acceptDone)
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Temporary errors (EMFILE, ...): back off and keep serving.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.o.log.Warn("server: accept failed", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.state == stateStopped {
+			s.mu.Unlock()
+			nc.Close()
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.connWG.Add(1)
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+func (s *Server) draining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state >= stateDraining
+}
+
+func (s *Server) removeConn(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// advertiseAddr turns a listen address into one that others can reach.
+func advertiseAddr(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	ip := net.ParseIP(host)
+	if ip != nil && !ip.IsUnspecified() {
+		return a.String()
+	}
+	return net.JoinHostPort(hostIP(), port)
+}
+
+// hostIP returns the first up, non-loopback IPv4 address, or 127.0.0.1.
+func hostIP() string {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return "127.0.0.1"
+	}
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if ip4 := ipn.IP.To4(); ip4 != nil && !ip4.IsLinkLocalUnicast() {
+					return ip4.String()
+				}
+			}
+		}
+	}
+	return "127.0.0.1"
+}
+
