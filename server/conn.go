@@ -182,4 +182,3 @@ func (c *conn) close() {
 	}
 	c.nc.Close()
 }
-

@@ -18,9 +18,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"reflect"
-	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -509,4 +509,3 @@ func hostIP() string {
 	}
 	return "127.0.0.1"
 }
-
