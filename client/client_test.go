@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,8 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.DiscardHandler)
 
 type HelloReq struct {
 	Name  string `json:"name"`
@@ -95,7 +98,8 @@ func (e *env) start(t testing.TB, i int, sopts ...server.Option) *server.Server 
 	t.Helper()
 	g := &Greeter{node: fmt.Sprintf("node-%d", i)}
 	opts := append([]server.Option{server.Name("greeter"), server.Version("1.0.0"), server.ID(g.node),
-		server.Address("127.0.0.1:0"), server.Registry(e.reg), server.DrainGrace(50 * time.Millisecond)}, sopts...)
+		server.Address("127.0.0.1:0"), server.Registry(e.reg), server.DrainGrace(50 * time.Millisecond),
+		server.Logger(quiet)}, sopts...)
 	s, err := server.New(opts...)
 	if err != nil {
 		t.Fatal(err)

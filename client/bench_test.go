@@ -1,0 +1,151 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+)
+
+// The same request and response, JSON-encoded, for Beacon and both baselines.
+var benchReq = &HelloReq{Name: "Ann"}
+
+func hello(req *HelloReq, rsp *HelloRsp) { rsp.Msg, rsp.Node = "Hello "+req.Name, "bench" }
+
+// BenchmarkCall compares a Beacon call by name with raw net/http and raw
+// grpc-go carrying the same JSON payload, at concurrency 1 and 64.
+// b.SetParallelism(32) on 2 CPUs gives 64 goroutines.
+func BenchmarkCall(b *testing.B) {
+	for _, conc := range []int{1, 64} {
+		b.Run(fmt.Sprintf("beacon/c=%d", conc), func(b *testing.B) {
+			e := newEnv(b, 1)
+			ctx := context.Background()
+			if err := e.cli.Call(ctx, "greeter", "Greeter.Hello", benchReq, new(HelloRsp)); err != nil {
+				b.Fatal(err)
+			}
+			run(b, conc, func() error {
+				var rsp HelloRsp
+				return e.cli.Call(ctx, "greeter", "Greeter.Hello", benchReq, &rsp)
+			})
+		})
+		b.Run(fmt.Sprintf("nethttp/c=%d", conc), func(b *testing.B) {
+			url, stop := httpServer(b)
+			defer stop()
+			hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
+			defer hc.CloseIdleConnections()
+			run(b, conc, func() error {
+				body, _ := json.Marshal(benchReq)
+				resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
+				if err != nil {
+					return err
+				}
+				defer resp.Body.Close()
+				var rsp HelloRsp
+				return json.NewDecoder(resp.Body).Decode(&rsp)
+			})
+		})
+		b.Run(fmt.Sprintf("grpc/c=%d", conc), func(b *testing.B) {
+			cc, stop := grpcServer(b)
+			defer stop()
+			ctx := context.Background()
+			run(b, conc, func() error {
+				var rsp HelloRsp
+				return cc.Invoke(ctx, "/bench.Greeter/Hello", benchReq, &rsp, grpc.ForceCodec(jsonCodec{}))
+			})
+		})
+	}
+}
+
+func run(b *testing.B, conc int, fn func() error) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	if conc == 1 {
+		for b.Loop() {
+			if err := fn(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return
+	}
+	b.SetParallelism((conc + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := fn(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func httpServer(b *testing.B) (string, func()) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req HelloReq
+		body, _ := io.ReadAll(r.Body)
+		if err := json.Unmarshal(body, &req); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		var rsp HelloRsp
+		hello(&req, &rsp)
+		w.Header().Set("Content-Type", "application/json")
+		out, _ := json.Marshal(&rsp)
+		w.Write(out)
+	})}
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String() + "/", func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}
+}
+
+type jsonCodec struct{}
+
+func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
+func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+func (jsonCodec) Name() string                       { return "json" }
+
+func grpcServer(b *testing.B) (*grpc.ClientConn, func()) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.ForceServerCodec(jsonCodec{}))
+	srv.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "bench.Greeter",
+		HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{
+			MethodName: "Hello",
+			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				var req HelloReq
+				if err := dec(&req); err != nil {
+					return nil, err
+				}
+				rsp := new(HelloRsp)
+				hello(&req, rsp)
+				return rsp, nil
+			},
+		}},
+	}, struct{}{})
+	go srv.Serve(ln)
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return cc, func() { cc.Close(); srv.Stop() }
+}
