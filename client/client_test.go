@@ -9,10 +9,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/beacon-go/beacon/client"
 	"github.com/beacon-go/beacon/registry"
@@ -419,5 +421,38 @@ func TestDirectAddress(t *testing.T) {
 	if err := cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{Name: "Bo"}, rsp,
 		client.WithAddress(e.servers[0].Addr().String())); err != nil || rsp.Msg != "Hello Bo" {
 		t.Fatalf("direct call: %v %+v", err, rsp)
+	}
+}
+
+func TestHandleFuncAndProtobuf(t *testing.T) {
+	reg := memory.New()
+	defer reg.Close()
+	s, err := server.New(server.Name("echo"), server.Address("127.0.0.1:0"), server.Registry(reg), server.Logger(quiet), server.DrainGrace(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = server.HandleFunc(s, "Echo.Upper", func(ctx context.Context, req *wrapperspb.StringValue, rsp *wrapperspb.StringValue) error {
+		rsp.Value = strings.ToUpper(req.Value)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop(context.Background())
+	sel := selector.New(reg)
+	defer sel.Close()
+	cli := client.New(sel)
+	defer cli.Close()
+	rsp := new(wrapperspb.StringValue)
+	if err := cli.Call(context.Background(), "echo", "Echo.Upper", wrapperspb.String("abc"), rsp); err != nil || rsp.Value != "ABC" {
+		t.Fatalf("protobuf call: %v %v", rsp, err)
+	}
+	// The same endpoint also takes JSON.
+	var jrsp map[string]any
+	if err := cli.Call(context.Background(), "echo", "Echo.Upper", map[string]string{"value": "x"}, &jrsp); err != nil {
+		t.Fatalf("json call: %v", err)
 	}
 }

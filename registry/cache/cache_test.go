@@ -1,0 +1,198 @@
+package cache_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/cache"
+	"github.com/beacon-go/beacon/registry/memory"
+	"github.com/beacon-go/beacon/registry/registrytest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// broken serves GetService from a memory registry until told to fail; its
+// watches end at once with an error while failing.
+type broken struct {
+	registry.Registry
+	fail  atomic.Bool
+	quiet atomic.Bool // watches deliver nothing (only refreshes bring news)
+	gets  atomic.Int32
+	calls atomic.Int32 // GetService and Watch calls
+	mu    sync.Mutex
+	ws    []registry.Watcher
+}
+
+// down makes the registry fail and breaks the watches already open.
+func (b *broken) down() {
+	b.fail.Store(true)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, w := range b.ws {
+		w.Stop()
+	}
+}
+
+var errDown = errors.New("down")
+
+func (b *broken) GetService(ctx context.Context, n string, o ...registry.GetOption) ([]*registry.Service, error) {
+	b.gets.Add(1)
+	b.calls.Add(1)
+	if b.fail.Load() {
+		return nil, errDown
+	}
+	return b.Registry.GetService(ctx, n, o...)
+}
+
+
+func (b *broken) Watch(ctx context.Context, o ...registry.WatchOption) (registry.Watcher, error) {
+	b.calls.Add(1)
+	if b.fail.Load() {
+		return nil, errDown
+	}
+	if b.quiet.Load() {
+		return registry.NewQueue(ctx, nil), nil
+	}
+	w, err := b.Registry.Watch(ctx, o...)
+	if err == nil {
+		b.mu.Lock()
+		b.ws = append(b.ws, w)
+		b.mu.Unlock()
+	}
+	return w, err
+}
+
+func svc(ids ...string) *registry.Service {
+	s := &registry.Service{Name: "greeter", Version: "1"}
+	for i, id := range ids {
+		s.Nodes = append(s.Nodes, &registry.Node{ID: id, Address: fmt.Sprintf("127.0.0.1:%d", 9000+i)})
+	}
+	return s
+}
+
+func ids(e *cache.Entry) string {
+	var out []string
+	for _, n := range e.Snapshot().Nodes {
+		out = append(out, n.ID)
+	}
+	return fmt.Sprint(out)
+}
+
+func wantIDs(t *testing.T, e *cache.Entry, want string) {
+	t.Helper()
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if got := ids(e); got != want {
+			return fmt.Errorf("snapshot %s, want %s", got, want)
+		}
+		return nil
+	})
+}
+
+func TestStaleOnErrorDroppedOnPositiveNews(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	b := &broken{Registry: mem}
+	c := cache.New(b, cache.WithRefreshInterval(20*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a", "b"))
+	e, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantIDs(t, e, "[a b]")
+	// The registry fails: GetService errors, watches break. The snapshot stays.
+	b.down()
+	mem.Deregister(ctx, svc("a")) // the cache cannot hear this
+	g := b.calls.Load()
+	registrytest.Eventually(t, 10*time.Second, func() error {
+		e.Snapshot()
+		if b.calls.Load() < g+3 {
+			return errors.New("waiting for failed registry calls")
+		}
+		return nil
+	})
+	if got := ids(e); got != "[a b]" {
+		t.Fatalf("snapshot changed while the registry failed: %s", got)
+	}
+	// The registry is back: the next successful answer is positive news.
+	b.fail.Store(false)
+	wantIDs(t, e, "[b]")
+	// A delete event is positive news too.
+	mem.Deregister(ctx, svc("b"))
+	wantIDs(t, e, "[]")
+}
+
+func TestRefreshBringsNewsWithoutWatch(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	b := &broken{Registry: mem}
+	b.quiet.Store(true)
+	c := cache.New(b, cache.WithRefreshInterval(20*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a"))
+	e, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem.Register(ctx, svc("a", "b"))
+	wantIDs(t, e, "[a b]")
+}
+
+func TestIdleEntryDropped(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	b := &broken{Registry: mem}
+	c := cache.New(b, cache.WithRefreshInterval(10*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a"))
+	e1, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		e2, err := c.Entry(ctx, "greeter")
+		if err != nil {
+			return err
+		}
+		if e2 == e1 {
+			return errors.New("idle entry still cached")
+		}
+		return nil
+	})
+}
+
+func TestFirstFetchErrorNotCached(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	b := &broken{Registry: mem}
+	b.fail.Store(true)
+	c := cache.New(b)
+	defer c.Close()
+	if _, err := c.Entry(context.Background(), "greeter"); !errors.Is(err, errDown) {
+		t.Fatalf("err = %v, want the registry's", err)
+	}
+	b.fail.Store(false)
+	mem.Register(context.Background(), svc("a"))
+	e, err := c.Entry(context.Background(), "greeter")
+	if err != nil || ids(e) != "[a]" {
+		t.Fatalf("after recovery: %v %v", e, err)
+	}
+	if _, err := c.Entry(context.Background(), "bad name"); !errors.Is(err, registry.ErrInvalid) {
+		t.Fatalf("invalid name: %v", err)
+	}
+	c.Close()
+	if _, err := c.Entry(context.Background(), "other"); !errors.Is(err, cache.ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+}
