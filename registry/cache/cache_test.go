@@ -52,7 +52,6 @@ func (b *broken) GetService(ctx context.Context, n string, o ...registry.GetOpti
 	return b.Registry.GetService(ctx, n, o...)
 }
 
-
 func (b *broken) Watch(ctx context.Context, o ...registry.WatchOption) (registry.Watcher, error) {
 	b.calls.Add(1)
 	if b.fail.Load() {
