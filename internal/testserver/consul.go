@@ -1,0 +1,236 @@
+package testserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+)
+
+// ConsulNodeName is the node name of the agent started by StartConsul.
+const ConsulNodeName = "t"
+
+// Consul is a real consul agent in -dev mode (server, in-memory state) on
+// loopback.
+type Consul struct {
+	dir                            string
+	httpPort, serverPort, serfPort int
+	bin                            string
+	args                           []string
+	opts                           options
+
+	mu sync.Mutex
+	p  *proc // nil when not running
+}
+
+// StartConsul starts `consul agent -dev` on free loopback ports (HTTP,
+// server RPC, serf LAN; DNS, gRPC, HTTPS and serf WAN disabled), with its log
+// file (consul.log) in a new subdirectory of dir, and waits until
+// /v1/status/leader reports a leader and the node is in the catalog.
+//
+// Callers pass t.TempDir() (or an os.MkdirTemp directory in TestMain) and
+// must call Stop; MustStartConsul does both.
+func StartConsul(dir string, opts ...Option) (*Consul, error) {
+	bin, err := BinPath("consul")
+	if err != nil {
+		return nil, err
+	}
+	o := buildOptions(opts)
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		c, err := newConsul(bin, dir, o)
+		if err != nil {
+			return nil, err
+		}
+		if err = c.start(); err == nil {
+			if err = c.waitReady(); err == nil {
+				return c, nil
+			}
+		}
+		c.Kill()
+		lastErr = withLog(fmt.Errorf("testserver: consul (http port %d, server port %d, serf port %d): %w",
+			c.httpPort, c.serverPort, c.serfPort, err), c.LogPath())
+		if !addrInUse(c.LogPath()) {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+// MustStartConsul starts a consul agent in t.TempDir(), stops it in
+// t.Cleanup and fails the test if the binary is missing or it does not start.
+func MustStartConsul(t testing.TB, opts ...Option) *Consul {
+	t.Helper()
+	Require(t, "consul")
+	c, err := StartConsul(t.TempDir(), opts...)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(func() { c.Stop() })
+	return c
+}
+
+func newConsul(bin, dir string, o options) (*Consul, error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	serf, err := FreeTCPUDPPort()
+	if err != nil {
+		return nil, err
+	}
+	d, err := os.MkdirTemp(dir, "consul-")
+	if err != nil {
+		return nil, fmt.Errorf("testserver: %w", err)
+	}
+	c := &Consul{
+		dir:        d,
+		httpPort:   ports[0],
+		serverPort: ports[1],
+		serfPort:   serf,
+		bin:        bin,
+		opts:       o,
+	}
+	c.args = append([]string{
+		"agent", "-dev",
+		"-node=" + ConsulNodeName,
+		"-bind=127.0.0.1",
+		"-client=127.0.0.1",
+		"-advertise=127.0.0.1",
+		"-http-port=" + strconv.Itoa(c.httpPort),
+		"-server-port=" + strconv.Itoa(c.serverPort),
+		"-serf-lan-port=" + strconv.Itoa(c.serfPort),
+		"-dns-port=-1",
+		"-serf-wan-port=-1",
+		"-grpc-port=-1",
+		"-grpc-tls-port=-1",
+		"-https-port=-1",
+		"-hcl=disable_update_check = true",
+		"-log-level=warn",
+	}, o.args...)
+	return c, nil
+}
+
+func (c *Consul) start() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.p != nil && !c.p.exited() {
+		return fmt.Errorf("testserver: consul is already running (pid %d)", c.p.pid())
+	}
+	p, err := startProc(c.bin, c.args, c.dir, c.LogPath(), "CONSUL_")
+	if err != nil {
+		return err
+	}
+	c.p = p
+	return nil
+}
+
+func (c *Consul) proc() *proc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.p
+}
+
+func (c *Consul) waitReady() error {
+	p := c.proc()
+	if p == nil {
+		return errors.New("not running")
+	}
+	return waitReady(p, c.opts.startTimeout, c.ready)
+}
+
+// ready: a leader is elected and the agent has registered its own node in
+// the catalog (so agent service registrations are synced right away).
+func (c *Consul) ready(ctx context.Context) error {
+	var leader string
+	if err := doJSON(ctx, http.MethodGet, c.URL()+"/v1/status/leader", nil, &leader); err != nil {
+		return err
+	}
+	if leader == "" {
+		return errors.New("no leader yet")
+	}
+	var node *struct{ Node struct{ Node string } }
+	if err := doJSON(ctx, http.MethodGet, c.URL()+"/v1/catalog/node/"+ConsulNodeName, nil, &node); err != nil {
+		return err
+	}
+	if node == nil {
+		return errors.New("node not yet in catalog")
+	}
+	return nil
+}
+
+// Addr returns the HTTP API address "127.0.0.1:port" (what consul/api's
+// Config.Address expects).
+func (c *Consul) Addr() string { return "127.0.0.1:" + strconv.Itoa(c.httpPort) }
+
+// URL returns "http://127.0.0.1:port".
+func (c *Consul) URL() string { return "http://" + c.Addr() }
+
+// HTTPPort returns the HTTP API port.
+func (c *Consul) HTTPPort() int { return c.httpPort }
+
+// Dir returns the directory holding the log.
+func (c *Consul) Dir() string { return c.dir }
+
+// LogPath returns the file receiving the agent's stdout and stderr (kept
+// across restarts).
+func (c *Consul) LogPath() string { return filepath.Join(c.dir, "consul.log") }
+
+// PID returns the process id, or 0 if the agent is not running.
+func (c *Consul) PID() int {
+	p := c.proc()
+	if p == nil || p.exited() {
+		return 0
+	}
+	return p.pid()
+}
+
+// Running reports whether the process is running.
+func (c *Consul) Running() bool { return c.PID() != 0 }
+
+// Stop sends SIGTERM, waits for the exit (SIGKILL after the stop timeout,
+// default 5s) and returns once the process has been reaped. Stopping a
+// stopped agent is a no-op.
+func (c *Consul) Stop() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.p == nil {
+		return nil
+	}
+	err := c.p.stop(c.opts.stopTimeout)
+	c.p = nil
+	if err != nil {
+		return withLog(fmt.Errorf("%w (consul)", err), c.LogPath())
+	}
+	return nil
+}
+
+// Kill sends SIGKILL (a crash) and waits until the process has been reaped.
+func (c *Consul) Kill() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.p == nil {
+		return
+	}
+	c.p.kill()
+	c.p = nil
+}
+
+// Restart stops the agent if it is running and starts a fresh one on the
+// same ports. State is NOT kept: -dev mode holds everything in memory, so
+// services and KV data are gone after a restart.
+func (c *Consul) Restart() error {
+	_ = c.Stop() // an error only means it needed SIGKILL; it is gone either way
+	if err := c.start(); err != nil {
+		return withLog(err, c.LogPath())
+	}
+	if err := c.waitReady(); err != nil {
+		return withLog(fmt.Errorf("testserver: restart consul (http port %d): %w", c.httpPort, err), c.LogPath())
+	}
+	return nil
+}
