@@ -1,0 +1,206 @@
+package consul
+
+import (
+	"context"
+	"maps"
+	"slices"
+
+	"github.com/hashicorp/consul/api"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/beacon-go/beacon/registry"
+)
+
+// listParallelism bounds the health queries ListServices runs at once.
+const listParallelism = 8
+
+func (r *Registry) queryOpts(ctx context.Context, index uint64) *api.QueryOptions {
+	q := &api.QueryOptions{AllowStale: r.opts.stale, WaitIndex: index}
+	if index > 0 {
+		q.WaitTime = r.opts.waitTime
+	}
+	return q.WithContext(ctx)
+}
+
+// fetch reads the visible nodes of service name; with index > 0 it is a
+// blocking query that returns when the answer may have changed after index.
+// cache, if not nil, carries decoded records from one answer to the next.
+func (r *Registry) fetch(ctx context.Context, name string, index uint64, cache *decodeCache) (registry.NodeSet, *api.QueryMeta, error) {
+	c, ci := r.client()
+	var entries []*entry
+	meta, err := c.Raw().Query("/v1/health/service/"+name, &entries, r.queryOpts(ctx, index))
+	if err != nil {
+		r.fail(ci, err)
+		return nil, nil, err
+	}
+	return r.nodeSet(name, entries, cache), meta, nil
+}
+
+// nodeSet decodes a health answer for service name: entries with a critical
+// check are hidden, unreadable ones are skipped (logged once). When two
+// entries carry the same node ID (one node on two agents after a move) the
+// most recently modified wins. With a cache, entries whose record did not
+// change since the previous answer are not decoded again.
+func (r *Registry) nodeSet(name string, entries []*entry, cache *decodeCache) registry.NodeSet {
+	set := make(registry.NodeSet, len(entries))
+	var mod map[string]uint64
+	var next map[cacheKey]*cached
+	if cache != nil {
+		next = make(map[cacheKey]*cached, len(entries))
+	}
+	for _, e := range entries {
+		if e == nil || e.Service == nil {
+			r.warnMalformed(name, e, registry.ErrMalformed)
+			continue
+		}
+		if e.Service.Service != name || critical(e.Checks) {
+			continue
+		}
+		var s *registry.Service
+		var err error
+		if cache != nil {
+			s, err = cache.decode(&r.codec, name, e, next)
+		} else {
+			s, err = r.codec.decodeEntry(name, e)
+		}
+		if err != nil {
+			r.warnMalformed(name, e, err)
+			continue
+		}
+		id := s.Nodes[0].ID
+		if _, dup := set[id]; dup {
+			if mod[id] >= e.Service.ModifyIndex {
+				continue
+			}
+		}
+		if mod == nil {
+			mod = make(map[string]uint64)
+		}
+		set[id], mod[id] = s, e.Service.ModifyIndex
+	}
+	if cache != nil {
+		cache.m = next
+	}
+	return set
+}
+
+// decodeCache remembers the decoded record of every entry of the last
+// answer of one service. It is used by one goroutine at a time.
+type decodeCache struct {
+	m map[cacheKey]*cached
+}
+
+type cacheKey struct{ serviceID, node string }
+
+type cached struct {
+	address, nodeAddress string
+	port                 int
+	meta                 map[string]string
+	svc                  *registry.Service // nil when err != nil
+	err                  error
+}
+
+// decode returns the decoded entry, from the cache when the entry's
+// address, port and Meta are those decoded last time; it records the result
+// in next. The returned Service is shared between answers: callers do not
+// modify it.
+func (c *decodeCache) decode(cd *codec, name string, e *entry, next map[cacheKey]*cached) (*registry.Service, error) {
+	key := cacheKey{serviceID: e.Service.ID}
+	nodeAddr := ""
+	if e.Node != nil {
+		key.node, nodeAddr = e.Node.Node, e.Node.Address
+	}
+	if old := c.m[key]; old != nil && old.address == e.Service.Address && old.port == e.Service.Port &&
+		old.nodeAddress == nodeAddr && maps.Equal(old.meta, e.Service.Meta) {
+		next[key] = old
+		return old.svc, old.err
+	}
+	s, err := cd.decodeEntry(name, e)
+	next[key] = &cached{address: e.Service.Address, nodeAddress: nodeAddr, port: e.Service.Port, meta: e.Service.Meta, svc: s, err: err}
+	return s, err
+}
+
+// GetService implements registry.Registry: one health query (stale if
+// WithStale), nodes with a critical check left out. It returns
+// registry.ErrNotFound when no node is visible, an error matching
+// registry.ErrUnavailable when consul fails. The result is the caller's.
+func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.GetOption) ([]*registry.Service, error) {
+	if err := registry.ValidateName(name); err != nil {
+		return nil, err
+	}
+	ctx, done, err := r.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	set, _, err := r.fetch(ctx, name, 0, nil)
+	if err != nil {
+		return nil, r.wrap(ctx, "get "+name, err)
+	}
+	if len(set) == 0 {
+		return nil, registry.ErrNotFound
+	}
+	return set.Group(), nil
+}
+
+// ListServices implements registry.Registry: the catalog's service names,
+// then one health query per name (at most 8 at a time). Each entry carries
+// its visible nodes and endpoints; services without visible nodes, and
+// names that registry.ValidateName refuses, are left out. Consul failures
+// match registry.ErrUnavailable.
+func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) ([]*registry.Service, error) {
+	ctx, done, err := r.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	c, ci := r.client()
+	catalog, _, err := c.Catalog().Services(r.queryOpts(ctx, 0))
+	if err != nil {
+		r.fail(ci, err)
+		return nil, r.wrap(ctx, "list", err)
+	}
+	names := r.validNames(catalog)
+	groups := make([][]*registry.Service, len(names))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(listParallelism)
+	for i, name := range names {
+		g.Go(func() error {
+			set, _, err := r.fetch(gctx, name, 0, nil)
+			if err != nil {
+				return err
+			}
+			groups[i] = set.Group()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, r.wrap(ctx, "list", err)
+	}
+	var out []*registry.Service
+	for _, gr := range groups {
+		out = append(out, gr...)
+	}
+	return out, nil
+}
+
+// validNames returns the catalog's service names that registry.ValidateName
+// accepts, sorted.
+func (r *Registry) validNames(catalog map[string][]string) []string {
+	names := make([]string, 0, len(catalog))
+	for name := range catalog {
+		if err := registry.ValidateName(name); err != nil {
+			r.warnName(name, err)
+			continue
+		}
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func (r *Registry) warnName(name string, err error) {
+	if r.firstWarning("name/" + name) {
+		r.log.Warn("skipping consul service with a name Beacon cannot use", "service", trunc(name), "err", err)
+	}
+}
