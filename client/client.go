@@ -146,6 +146,7 @@ type Client struct {
 	mu     sync.Mutex
 	wg     sync.WaitGroup
 	closed atomic.Bool
+	free   pools
 }
 
 // New returns a client that finds nodes with sel (which may be nil when
@@ -166,6 +167,7 @@ func New(sel selector.Selector, opts ...Option) *Client {
 		o.codecs = codec.NewSet()
 	}
 	c := &Client{sel: sel, o: o}
+	c.free.init()
 	m := map[string]*pool{}
 	c.pools.Store(&m)
 	return c
@@ -190,8 +192,8 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 	if err != nil {
 		return &status.Error{Code: status.BadRequest, Detail: "request codec", Causes: []error{err}}
 	}
-	buf := getBuf()
-	defer putBuf(buf)
+	buf := c.free.getBuf()
+	defer c.free.putBuf(buf)
 	body, err := cd.Marshal(*buf, req)
 	if err != nil {
 		return &status.Error{Code: status.BadRequest, Detail: "encode request", Causes: []error{err}}
@@ -323,8 +325,8 @@ func (c *Client) attempt(ctx context.Context, addr, endpoint string, cd codec.Co
 	if err != nil {
 		return err
 	}
-	cl := getCall()
-	defer putCall(cl)
+	cl := c.free.getCall()
+	defer c.free.putCall(cl)
 	if err := cn.roundTrip(ctx, cl, deadline, endpoint, cd.ContentType(), body); err != nil {
 		return err
 	}

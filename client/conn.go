@@ -45,33 +45,44 @@ type call struct {
 	timer  *time.Timer
 }
 
-var callPool = sync.Pool{New: func() any {
+func newCall() any {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	return &call{ch: make(chan struct{}, 1), timer: t}
-}}
+}
 
-func getCall() *call { return callPool.Get().(*call) }
+func newBuf() any { b := make([]byte, 0, 1024); return &b }
 
-func putCall(cl *call) {
+// pools are a client's free lists of calls and byte buffers.
+type pools struct {
+	calls sync.Pool
+	bufs  sync.Pool
+}
+
+func (p *pools) init() {
+	p.calls.New = newCall
+	p.bufs.New = newBuf
+}
+
+func (p *pools) getCall() *call { return p.calls.Get().(*call) }
+
+func (p *pools) putCall(cl *call) {
 	if cap(cl.body) > 64<<10 {
 		cl.body = nil
 	}
 	cl.body = cl.body[:0]
 	cl.status, cl.detail, cl.ctype, cl.err = 0, "", "", nil
-	callPool.Put(cl)
+	p.calls.Put(cl)
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+func (p *pools) getBuf() *[]byte { return p.bufs.Get().(*[]byte) }
 
-func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
-
-func putBuf(b *[]byte) {
+func (p *pools) putBuf(b *[]byte) {
 	if cap(*b) > 64<<10 {
 		return
 	}
 	*b = (*b)[:0]
-	bufPool.Put(b)
+	p.bufs.Put(b)
 }
 
 // conn is one multiplexed connection to a node.
@@ -130,13 +141,13 @@ func (c *conn) roundTrip(ctx context.Context, cl *call, deadline time.Time, endp
 			return &TransportError{Addr: c.p.addr, Op: "timeout", Err: context.DeadlineExceeded}
 		}
 	}
-	frame := getBuf()
+	frame := c.p.c.free.getBuf()
 	var err error
 	*frame, err = wire.AppendRequest(*frame, id, endpoint, ctype, timeout, body)
 	if err == nil {
 		err = c.write(*frame)
 	}
-	putBuf(frame)
+	c.p.c.free.putBuf(frame)
 	if err != nil {
 		c.forget(id, cl)
 		return &TransportError{Addr: c.p.addr, Op: "write", Err: err}

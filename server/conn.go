@@ -34,16 +34,23 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{s: s, nc: nc, bw: bufio.NewWriterSize(nc, 32<<10)}
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+// bufPool is a server's free list of byte buffers.
+type bufPool struct{ p sync.Pool }
 
-func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+func (bp *bufPool) get() *[]byte {
+	if b, ok := bp.p.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, 1024)
+	return &b
+}
 
-func putBuf(b *[]byte) {
+func (bp *bufPool) put(b *[]byte) {
 	if cap(*b) > 64<<10 {
 		return
 	}
 	*b = (*b)[:0]
-	bufPool.Put(b)
+	bp.p.Put(b)
 }
 
 func (c *conn) serve() {
@@ -87,13 +94,13 @@ func (c *conn) request(f *wire.Frame) {
 		c.writeError(id, status.New(status.BadRequest, err.Error()))
 		return
 	}
-	body := getBuf()
+	body := c.s.bufs.get()
 	*body = append(*body, f.Body...)
 	timeout := f.Timeout
 	c.s.inflight.Add(1)
 	go func() {
 		defer c.s.inflight.Done()
-		defer putBuf(body)
+		defer c.s.bufs.put(body)
 		ctx := c.s.baseCtx
 		if timeout > 0 {
 			var cancel context.CancelFunc
@@ -105,18 +112,18 @@ func (c *conn) request(f *wire.Frame) {
 			c.writeError(id, toStatus(ctx, err))
 			return
 		}
-		out := getBuf()
-		defer putBuf(out)
+		out := c.s.bufs.get()
+		defer c.s.bufs.put(out)
 		enc, err := cd.Marshal(*out, rsp)
 		if err != nil {
 			c.writeError(id, status.Newf(status.InternalError, "encode response: %v", err))
 			return
 		}
 		*out = enc
-		frame := getBuf()
+		frame := c.s.bufs.get()
 		*frame = wire.AppendResponse(*frame, id, status.OK, cd.ContentType(), "", enc)
 		c.write(*frame)
-		putBuf(frame)
+		c.s.bufs.put(frame)
 	}()
 }
 
@@ -153,10 +160,10 @@ func (c *conn) writeError(id uint64, e *status.Error) {
 	if code <= 0 || code > 0xffff {
 		code = status.InternalError
 	}
-	frame := getBuf()
+	frame := c.s.bufs.get()
 	*frame = wire.AppendResponse(*frame, id, uint16(code), "", e.Detail, nil)
 	c.write(*frame)
-	putBuf(frame)
+	c.s.bufs.put(frame)
 }
 
 // write sends one frame; the last writer in line flushes.

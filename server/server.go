@@ -130,6 +130,7 @@ const (
 type Server struct {
 	o        options
 	handlers map[string]*handler
+	bufs     bufPool
 
 	mu       sync.Mutex
 	state    runState
