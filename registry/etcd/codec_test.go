@@ -1,0 +1,171 @@
+package etcd
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/beacon-go/beacon/registry"
+)
+
+// goMicroRecord is a record as go-micro's etcd registry writes it (v3/v4:
+// the JSON of registry.Service with one node).
+const goMicroRecord = `{"name":"go.micro.srv.greeter","version":"latest","metadata":null,` +
+	`"endpoints":[{"name":"Say.Hello","request":{"name":"Request","type":"Request","values":[{"name":"name","type":"string","values":null}]},` +
+	`"response":{"name":"Response","type":"Response","values":[{"name":"msg","type":"string","values":null}]},"metadata":{}}],` +
+	`"nodes":[{"id":"go.micro.srv.greeter-5f3e2b1c-9d4a-4b7e-8c6f-1a2b3c4d5e6f","address":"10.0.0.7:36211",` +
+	`"metadata":{"broker":"http","protocol":"grpc","registry":"etcd","server":"grpc","transport":"grpc"}}]}`
+
+const goMicroKey = "go.micro.srv.greeter/go.micro.srv.greeter-5f3e2b1c-9d4a-4b7e-8c6f-1a2b3c4d5e6f"
+
+func validRecord(t testing.TB) []byte {
+	b, err := encode(svc("greeter", "1.0.0", "greeter-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestDecode(t *testing.T) {
+	valid := validRecord(t)
+	two, _ := json.Marshal(svc("greeter", "1.0.0", "greeter-1", "greeter-2"))
+	nested := `{"name":"greeter","endpoints":[{"name":"E","request":` + strings.Repeat(`{"name":"x","values":[`, 20) +
+		strings.Repeat(`]}`, 20) + `}],"nodes":[{"id":"greeter-1","address":"127.0.0.1:1"}]}`
+	cases := []struct {
+		name  string
+		key   string
+		value string
+		ok    bool
+	}{
+		{"valid", "greeter/greeter-1", string(valid), true},
+		{"go-micro record", goMicroKey, goMicroRecord, true},
+		{"not JSON", "greeter/greeter-1", "hello world", false},
+		{"empty", "greeter/greeter-1", "", false},
+		{"truncated", "greeter/greeter-1", string(valid[:len(valid)/2]), false},
+		{"trailing garbage", "greeter/greeter-1", string(valid) + "x", false},
+		{"JSON array", "greeter/greeter-1", "[1,2,3]", false},
+		{"JSON string", "greeter/greeter-1", `"greeter"`, false},
+		{"JSON null", "greeter/greeter-1", "null", false},
+		{"empty object", "greeter/greeter-1", "{}", false},
+		{"wrong field types", "greeter/greeter-1", `{"name":1,"nodes":"x"}`, false},
+		{"no node", "greeter/greeter-1", `{"name":"greeter","nodes":[]}`, false},
+		{"null node", "greeter/greeter-1", `{"name":"greeter","nodes":[null]}`, false},
+		{"two nodes", "greeter/greeter-1", string(two), false},
+		{"name mismatch", "other/greeter-1", string(valid), false},
+		{"node id mismatch", "greeter/greeter-2", string(valid), false},
+		{"key without node", "greeter", string(valid), false},
+		{"key too deep", "greeter/greeter-1/x", string(valid), false},
+		{"empty key parts", "/", string(valid), false},
+		{"invalid address", "greeter/greeter-1", `{"name":"greeter","nodes":[{"id":"greeter-1","address":"nope"}]}`, false},
+		{"invalid name", "a b/n", `{"name":"a b","nodes":[{"id":"n","address":"127.0.0.1:1"}]}`, false},
+		{"too deeply nested", "greeter/greeter-1", nested, false},
+		{"huge value", "greeter/greeter-1", `{"name":"greeter","metadata":{"x":"` + strings.Repeat("x", MaxRecordSize) + `"}}`, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := decode(tc.key, []byte(tc.value))
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("decode: %v", err)
+				}
+				if len(s.Nodes) != 1 {
+					t.Fatalf("%d nodes", len(s.Nodes))
+				}
+				return
+			}
+			if !errors.Is(err, registry.ErrMalformed) {
+				t.Fatalf("decode err = %v, want ErrMalformed", err)
+			}
+			if errors.Is(err, registry.ErrInvalid) {
+				t.Fatalf("decode err = %v also matches ErrInvalid; a bad record is not the caller's invalid input", err)
+			}
+		})
+	}
+}
+
+func TestEncodeRoundTrip(t *testing.T) {
+	s := svc("greeter", "1.0.0", "greeter-1")
+	b, err := encode(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := decode("greeter/greeter-1", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !registry.SameNode(s, got) {
+		t.Fatalf("round trip changed the record: %+v", got)
+	}
+	// Plain JSON with go-micro's field names.
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"name", "version", "metadata", "endpoints", "nodes"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("record lacks field %q: %s", k, b)
+		}
+	}
+}
+
+func TestEncodeTooBig(t *testing.T) {
+	s := svc("greeter", "1.0.0", "greeter-1")
+	s.Endpoints = nil
+	for i := range registry.MaxEndpoints {
+		md := map[string]string{}
+		for j := range 8 {
+			md[strings.Repeat("k", 100)+string(rune('a'+j))] = strings.Repeat("v", 400)
+		}
+		s.Endpoints = append(s.Endpoints, &registry.Endpoint{Name: "E" + strings.Repeat("e", i%200), Metadata: md})
+	}
+	if err := registry.Validate(s); err != nil {
+		t.Fatalf("test service is invalid: %v", err)
+	}
+	_, err := encode(s)
+	var ve *registry.ValidationError
+	if !errors.As(err, &ve) || !errors.Is(err, registry.ErrInvalid) {
+		t.Fatalf("encode of a >1 MiB record: err = %v, want a ValidationError", err)
+	}
+}
+
+// FuzzDecode: decode never panics, and whatever it accepts is a valid
+// single-node record that matches its key and survives a round trip.
+func FuzzDecode(f *testing.F) {
+	valid := validRecord(f)
+	f.Add("greeter/greeter-1", valid)
+	f.Add(goMicroKey, []byte(goMicroRecord))
+	f.Add("greeter/greeter-1", []byte("not json"))
+	f.Add("greeter/greeter-1", []byte(`{"name":"greeter","nodes":[null]}`))
+	f.Add("greeter/greeter-1", []byte(`{"name":"greeter","nodes":[{"id":"greeter-1"},{"id":"greeter-1"}]}`))
+	f.Add("x/y", []byte(`{"name":"x","nodes":[{"id":"y","address":"h:1","metadata":{"":""}}]}`))
+	f.Add("x", []byte(`[]`))
+	f.Add("x/y/z", []byte(`null`))
+	f.Add("greeter/greeter-1", []byte(`{"name":"greeter","endpoints":[{"name":"E","request":{"values":[{"values":[{"values":[]}]}]}}],"nodes":[{"id":"greeter-1","address":"127.0.0.1:1"}]}`))
+	f.Fuzz(func(t *testing.T, key string, value []byte) {
+		s, err := decode(key, value)
+		if err != nil {
+			if !errors.Is(err, registry.ErrMalformed) {
+				t.Fatalf("error %v does not match ErrMalformed", err)
+			}
+			return
+		}
+		if len(s.Nodes) != 1 || s.Nodes[0] == nil {
+			t.Fatalf("accepted a record with %d nodes", len(s.Nodes))
+		}
+		if key != s.Name+"/"+s.Nodes[0].ID {
+			t.Fatalf("accepted record %s/%s under key %q", s.Name, s.Nodes[0].ID, key)
+		}
+		if err := registry.Validate(s); err != nil {
+			t.Fatalf("accepted an invalid record: %v", err)
+		}
+		b, err := encode(s)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		again, err := decode(key, b)
+		if err != nil || !registry.SameNode(s, again) {
+			t.Fatalf("round trip: %v", err)
+		}
+	})
+}

@@ -1,0 +1,70 @@
+// Package etcd is a registry.Registry on etcd v3 (go.etcd.io/etcd/client/v3).
+//
+// # Storage layout
+//
+// Every node is one key, in go-micro's layout, so that Beacon and go-micro
+// services registered in the same etcd see each other:
+//
+//	<prefix><service name>/<node id>
+//
+// The prefix defaults to "/micro/registry/" (WithPrefix). The value is plain
+// JSON (readable with `etcdctl get --prefix /micro/registry/`): a
+// registry.Service holding exactly that one node, with the service's name,
+// version, metadata and endpoints, e.g.
+//
+//	/micro/registry/greeter/greeter-1
+//	{"name":"greeter","version":"1.2.0","metadata":{...},"endpoints":[...],
+//	 "nodes":[{"id":"greeter-1","address":"10.0.0.5:8080","metadata":{...}}]}
+//
+// Values under the prefix that are not such a record (not JSON, JSON of
+// another shape, no node or several nodes, a name or node ID that does not
+// match the key, data that fails registry.Validate, values larger than
+// MaxRecordSize) are skipped everywhere with a Warn log line.
+//
+// # Leases and heartbeats
+//
+// A node registered with a TTL is attached to a lease of its own, granted
+// with that TTL rounded up to whole seconds and to at least MinTTL (2 s,
+// etcd's minimum). The Registry keeps the lease alive with one KeepAlive
+// stream per lease for as long as the node is registered again within its
+// TTL. Registering it again is a heartbeat: one read-only transaction that
+// checks the stored record and its lease; it never grants a new lease, and
+// when the data changed (or someone deleted the key) it re-puts the record
+// on the same lease. Registering with another TTL moves the node to a new
+// lease and revokes the old one. A node that is not registered again within
+// its TTL is removed (its lease is revoked). If the process dies, etcd
+// deletes the key when the lease expires, at most one TTL after the last
+// keep-alive (keep-alives go out every third of the TTL).
+//
+// The lease counts as lost when its keep-alive stream ends (lease expired
+// or revoked, e.g. after a partition) or when no keep-alive answer arrived
+// for a whole TTL (etcd down or unreachable: it may have expired the lease
+// meanwhile). While the node is still being registered, the Registry then
+// logs it (Warn) and at once grants a new lease and puts the record again,
+// retrying (attempts of at most 1 s, then a short backoff) until etcd
+// answers or the node's TTL runs out; it logs the success (Info). A
+// heartbeat counts even while etcd is unreachable, so a server that keeps
+// beating through an outage is restored as soon as etcd is back.
+//
+// A TTL of 0 (the default of registry.Register) stores the key without a
+// lease: it stays until Deregister.
+//
+// # Watch
+//
+// A watch lists the prefix (all services, or "<prefix><service>/") and
+// reports every node as a Create event, then watches from the listing's
+// revision + 1 with previous values. Puts that do not change the record
+// produce no event; changed records produce Update. After a disconnect the
+// watch resumes from the last revision it delivered; if that revision has
+// been compacted meanwhile, it lists again and emits the difference between
+// what it had reported and the new listing (registry.Diff), so that a watcher
+// is never silently stale.
+//
+// # Concurrency and blocking
+//
+// A Registry is safe for concurrent use. Every etcd request is bounded by the
+// caller's context and by WithRequestTimeout. Errors from etcd wrap
+// registry.ErrUnavailable (and the etcd client's error). Per registered node
+// the Registry runs one goroutine; per watch, one; Close stops them all and
+// closes the etcd client.
+package etcd
