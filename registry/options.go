@@ -1,6 +1,9 @@
 package registry
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // RegisterOptions are the settings of one Register call.
 type RegisterOptions struct {
@@ -65,4 +68,17 @@ func ApplyWatch(opts ...WatchOption) WatchOptions {
 		f(&o)
 	}
 	return o
+}
+
+// WatchArgs folds opts into WatchOptions and checks what every Watch must
+// check first: a valid service name (if any) and a live ctx. For backend
+// authors.
+func WatchArgs(ctx context.Context, opts ...WatchOption) (WatchOptions, error) {
+	o := ApplyWatch(opts...)
+	if o.Service != "" {
+		if err := ValidateName(o.Service); err != nil {
+			return o, err
+		}
+	}
+	return o, ctx.Err()
 }

@@ -65,13 +65,8 @@ type catalogWatch struct {
 // reports deletions only from successful answers. A reader that falls
 // registry.MaxQueued events behind is stopped (registry.ErrOverflow).
 func (r *Registry) Watch(ctx context.Context, opts ...registry.WatchOption) (registry.Watcher, error) {
-	o := registry.ApplyWatch(opts...)
-	if o.Service != "" {
-		if err := registry.ValidateName(o.Service); err != nil {
-			return nil, err
-		}
-	}
-	if err := ctx.Err(); err != nil {
+	o, err := registry.WatchArgs(ctx, opts...)
+	if err != nil {
 		return nil, err
 	}
 	r.closeMu.RLock()

@@ -32,13 +32,8 @@ type watcher struct {
 // registry.ErrUnavailable. The watch runs until Stop, until ctx is done, or
 // until Close; it survives disconnects and compactions on its own.
 func (r *Registry) Watch(ctx context.Context, opts ...registry.WatchOption) (registry.Watcher, error) {
-	o := registry.ApplyWatch(opts...)
-	if o.Service != "" {
-		if err := registry.ValidateName(o.Service); err != nil {
-			return nil, err
-		}
-	}
-	if err := ctx.Err(); err != nil {
+	o, err := registry.WatchArgs(ctx, opts...)
+	if err != nil {
 		return nil, err
 	}
 	if r.isClosed() {

@@ -189,13 +189,8 @@ func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) (
 
 // Watch implements registry.Registry.
 func (r *Registry) Watch(ctx context.Context, opts ...registry.WatchOption) (registry.Watcher, error) {
-	o := registry.ApplyWatch(opts...)
-	if o.Service != "" {
-		if err := registry.ValidateName(o.Service); err != nil {
-			return nil, err
-		}
-	}
-	if err := ctx.Err(); err != nil {
+	o, err := registry.WatchArgs(ctx, opts...)
+	if err != nil {
 		return nil, err
 	}
 	w := &watcher{service: o.Service}

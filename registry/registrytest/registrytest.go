@@ -210,9 +210,10 @@ func wantNodes(t *testing.T, cfg *Config, r registry.Registry, name string, want
 
 // Events reads a watcher from a goroutine that ends when the watcher stops.
 type Events struct {
-	W  registry.Watcher
-	C  chan *registry.Event
-	wg sync.WaitGroup
+	W       registry.Watcher
+	C       chan *registry.Event
+	wg      sync.WaitGroup
+	pending []*registry.Event // read by Expect but not matched yet, in order
 }
 
 // Watch opens a watch and starts reading it; the watch is stopped and its
@@ -248,13 +249,24 @@ func (e *Events) Stop() {
 	e.wg.Wait()
 }
 
-// Expect waits for an event of type typ for node id, skipping others, and
-// returns it.
+// Expect waits for an event of type typ for node id and returns it. Events
+// it reads that do not match are kept, in order, for later calls: the
+// contract fixes the order of events per node, not across nodes.
 func (e *Events) Expect(t testing.TB, wait time.Duration, typ registry.EventType, id string) *registry.Event {
 	t.Helper()
+	var seen []string
+	for i, ev := range e.pending {
+		seen = append(seen, ev.Type.String()+" "+ev.Service.Nodes[0].ID)
+		if ev.Type == typ && ev.Service.Nodes[0].ID == id {
+			e.pending = append(e.pending[:i], e.pending[i+1:]...)
+			return ev
+		}
+		if ev.Service.Nodes[0].ID == id {
+			break // an earlier event of the same node must be expected first
+		}
+	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	var seen []string
 	for {
 		select {
 		case ev, ok := <-e.C:
@@ -268,6 +280,7 @@ func (e *Events) Expect(t testing.TB, wait time.Duration, typ registry.EventType
 			if ev.Type == typ && ev.Service.Nodes[0].ID == id {
 				return ev
 			}
+			e.pending = append(e.pending, ev)
 		case <-timer.C:
 			t.Fatalf("no %v event for %s within %v (seen %v)", typ, id, wait, seen)
 		}
@@ -387,6 +400,11 @@ func testWatchBefore(t *testing.T, cfg *Config, r registry.Registry, name string
 		t.Errorf("delete event for service %q, want %q", got.Service.Name, name)
 	}
 	// The filter holds: nothing about the other service arrived.
+	for _, e := range ev.pending {
+		if e.Service.Name != name {
+			t.Fatalf("watch for %s delivered an event for %s", name, e.Service.Name)
+		}
+	}
 	for {
 		select {
 		case e := <-ev.C:

@@ -1,0 +1,114 @@
+package beacon_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/beacon-go/beacon"
+	"github.com/beacon-go/beacon/examples/greeter"
+	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/memory"
+	"github.com/beacon-go/beacon/server"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+func TestServiceEndToEnd(t *testing.T) {
+	reg := memory.New()
+	defer reg.Close()
+	var order []string
+	hook := func(name string) func(context.Context) error {
+		return func(context.Context) error { order = append(order, name); return nil }
+	}
+	svc, err := beacon.NewService(beacon.Name("greeter"), beacon.Version("1.0.0"), beacon.Registry(reg), beacon.Args(),
+		beacon.Address("127.0.0.1:0"), beacon.Logger(quiet),
+		beacon.RegisterTTL(2*time.Second), beacon.RegisterInterval(500*time.Millisecond),
+		beacon.ServerOptions(server.DrainGrace(10*time.Millisecond)),
+		beacon.BeforeStart(hook("before-start")), beacon.AfterStart(hook("after-start")),
+		beacon.BeforeStop(hook("before-stop")), beacon.AfterStop(hook("after-stop")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Handle(&greeter.Greeter{Node: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rsp := new(greeter.HelloRsp)
+	if err := svc.Client().Call(context.Background(), "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "Ann"}, rsp); err != nil || rsp.Msg != "Hello Ann" {
+		t.Fatalf("call: %v %+v", err, rsp)
+	}
+	got, err := reg.GetService(context.Background(), "greeter")
+	if err != nil || len(got[0].Endpoints) != 1 || got[0].Endpoints[0].Name != "Greeter.Hello" || got[0].Endpoints[0].Request.Values[0].Name != "name" {
+		t.Fatalf("registered %+v, %v", got, err)
+	}
+	if err := svc.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.GetService(context.Background(), "greeter"); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("after Stop: %v", err)
+	}
+	want := "[before-start after-start before-stop after-stop]"
+	if s := fmtSlice(order); s != want {
+		t.Fatalf("hooks ran %s, want %s", s, want)
+	}
+}
+
+func fmtSlice(s []string) string {
+	out := "["
+	for i, x := range s {
+		if i > 0 {
+			out += " "
+		}
+		out += x
+	}
+	return out + "]"
+}
+
+func TestPrecedence(t *testing.T) {
+	reg := memory.New()
+	defer reg.Close()
+	t.Setenv("BEACON_REGISTER_TTL", "20s")
+	svc, err := beacon.NewService(beacon.Name("p"), beacon.Registry(reg), beacon.Logger(quiet),
+		beacon.Args("--register_interval", "3s"), beacon.RegisterTTL(9*time.Second), beacon.RegisterInterval(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop(context.Background())
+	if c := svc.Config(); c.RegisterTTL != 20*time.Second || c.RegisterInterval != 3*time.Second {
+		t.Fatalf("config %+v", c)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	tests := []struct {
+		name string
+		opts []beacon.Option
+		want error
+	}{
+		{"interval not below TTL", []beacon.Option{beacon.Name("x"), beacon.RegisterTTL(time.Second), beacon.RegisterInterval(2 * time.Second)}, server.ErrBadInterval},
+		{"invalid name", []beacon.Option{beacon.Name("bad name")}, registry.ErrInvalid},
+		{"help", []beacon.Option{beacon.Name("x"), beacon.Args("--help")}, beacon.ErrHelp},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := memory.New()
+			defer reg.Close()
+			_, err := beacon.NewService(append(tc.opts, beacon.Registry(reg), beacon.Logger(quiet), beacon.Args())...)
+			if tc.name == "help" {
+				_, err = beacon.NewService(append([]beacon.Option{beacon.Registry(reg), beacon.Logger(quiet)}, tc.opts...)...)
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}

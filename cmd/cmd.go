@@ -1,0 +1,284 @@
+// Package cmd turns command-line flags and environment variables into
+// Beacon's settings, and names the registry backends and selector
+// strategies. It is the only package that imports github.com/urfave/cli/v2.
+//
+// Every standard flag has three sources, highest first: the flag itself,
+// BEACON_<NAME>, and go-micro's MICRO_<NAME>. Defaults come from the
+// packages that own them (server.DefaultRegisterTTL, ...), so help text and
+// behaviour cannot disagree. Durations accept Go syntax ("15s", "1m") or, as
+// go-micro's flags did, a plain number of seconds ("15").
+//
+// An application adds its own flags beside these (Parse's extra argument);
+// they are parsed in the same pass and are not clobbered.
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/beacon-go/beacon/client"
+	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/consul"
+	"github.com/beacon-go/beacon/registry/etcd"
+	"github.com/beacon-go/beacon/registry/mdns"
+	"github.com/beacon-go/beacon/registry/memory"
+	"github.com/beacon-go/beacon/selector"
+	"github.com/beacon-go/beacon/server"
+)
+
+// Flag and Context are urfave/cli's, re-exported so that applications can
+// declare flags for beacon.Flags and read them in beacon.Action.
+type (
+	Flag    = cli.Flag
+	Context = cli.Context
+)
+
+// Names of the standard flags.
+const (
+	FlagRegistry             = "registry"
+	FlagRegistryAddress      = "registry_address"
+	FlagRegisterTTL          = "register_ttl"
+	FlagRegisterInterval     = "register_interval"
+	FlagServerAddress        = "server_address"
+	FlagClientRetries        = "client_retries"
+	FlagClientRequestTimeout = "client_request_timeout"
+	FlagSelector             = "selector"
+)
+
+// DefaultRegistry is the registry used when none is named.
+const DefaultRegistry = "mdns"
+
+// DefaultSelector is the selector strategy used when none is named.
+const DefaultSelector = "roundrobin"
+
+// Errors.
+var (
+	ErrUnknownRegistry = errors.New("cmd: unknown registry")
+	ErrUnknownSelector = errors.New("cmd: unknown selector")
+)
+
+// Config holds the standard settings after parsing.
+type Config struct {
+	Registry             string
+	RegistryAddress      []string
+	RegisterTTL          time.Duration
+	RegisterInterval     time.Duration
+	ServerAddress        string
+	ClientRetries        int
+	ClientRequestTimeout time.Duration
+	Selector             string
+	// Set tells which settings were given explicitly (flag or env), by flag
+	// name; the others hold defaults.
+	Set map[string]bool
+}
+
+func envs(name string) []string {
+	u := strings.ToUpper(name)
+	return []string{"BEACON_" + u, "MICRO_" + u}
+}
+
+// Flags returns the standard flags. Each call returns new values.
+func Flags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: FlagRegistry, EnvVars: envs(FlagRegistry), Value: DefaultRegistry,
+			Usage: "service registry: " + strings.Join(RegistryNames(), ", ")},
+		&cli.StringFlag{Name: FlagRegistryAddress, EnvVars: envs(FlagRegistryAddress),
+			Usage: "comma-separated registry addresses (host:port)"},
+		&cli.GenericFlag{Name: FlagRegisterTTL, EnvVars: envs(FlagRegisterTTL), Value: newDuration(server.DefaultRegisterTTL),
+			Usage: "time to live of a registration (duration, or seconds)"},
+		&cli.GenericFlag{Name: FlagRegisterInterval, EnvVars: envs(FlagRegisterInterval), Value: newDuration(server.DefaultRegisterInterval),
+			Usage: "interval of re-registration; must be below the TTL (duration, or seconds)"},
+		&cli.StringFlag{Name: FlagServerAddress, EnvVars: envs(FlagServerAddress), Value: server.DefaultAddress,
+			Usage: "address the server listens on"},
+		&cli.IntFlag{Name: FlagClientRetries, EnvVars: envs(FlagClientRetries), Value: client.DefaultRetries,
+			Usage: "retries of a call on another node after a transport error"},
+		&cli.GenericFlag{Name: FlagClientRequestTimeout, EnvVars: envs(FlagClientRequestTimeout), Value: newDuration(client.DefaultRequestTimeout),
+			Usage: "timeout of one call attempt (duration, or seconds)"},
+		&cli.StringFlag{Name: FlagSelector, EnvVars: envs(FlagSelector), Value: DefaultSelector,
+			Usage: "node selection strategy: " + strings.Join(SelectorNames(), ", ")},
+	}
+}
+
+// ConfigFrom reads the standard settings from a parsed context and checks
+// the registry and selector names.
+func ConfigFrom(c *cli.Context) (Config, error) {
+	cfg := Config{
+		Registry:             c.String(FlagRegistry),
+		RegisterTTL:          c.Generic(FlagRegisterTTL).(*durationValue).d,
+		RegisterInterval:     c.Generic(FlagRegisterInterval).(*durationValue).d,
+		ServerAddress:        c.String(FlagServerAddress),
+		ClientRetries:        c.Int(FlagClientRetries),
+		ClientRequestTimeout: c.Generic(FlagClientRequestTimeout).(*durationValue).d,
+		Selector:             c.String(FlagSelector),
+		Set:                  map[string]bool{},
+	}
+	for _, a := range strings.Split(c.String(FlagRegistryAddress), ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			cfg.RegistryAddress = append(cfg.RegistryAddress, a)
+		}
+	}
+	for _, n := range []string{FlagRegistry, FlagRegistryAddress, FlagRegisterTTL, FlagRegisterInterval,
+		FlagServerAddress, FlagClientRetries, FlagClientRequestTimeout, FlagSelector} {
+		cfg.Set[n] = c.IsSet(n)
+	}
+	if _, ok := registries()[cfg.Registry]; !ok {
+		return cfg, fmt.Errorf("%w %q: valid registries are %s", ErrUnknownRegistry, cfg.Registry, strings.Join(RegistryNames(), ", "))
+	}
+	if _, ok := selector.Strategies()[cfg.Selector]; !ok {
+		return cfg, fmt.Errorf("%w %q: valid selectors are %s", ErrUnknownSelector, cfg.Selector, strings.Join(SelectorNames(), ", "))
+	}
+	if cfg.ClientRetries < 0 {
+		return cfg, fmt.Errorf("cmd: --%s must not be negative", FlagClientRetries)
+	}
+	return cfg, nil
+}
+
+// App describes the program for Parse's help text.
+type App struct {
+	Name, Usage, Version string
+	// Output receives help text (default: stdout of the process via cli).
+	Output io.Writer
+}
+
+// Parse parses args (args[0] is the program name) with the standard flags
+// plus extra. On success action, if not nil, runs with the parsed context.
+// helpShown is true when --help was asked for: nothing else ran.
+func Parse(app App, args []string, extra []cli.Flag, action func(*cli.Context) error) (cfg Config, helpShown bool, err error) {
+	ran := false
+	a := &cli.App{
+		Name:            app.Name,
+		Usage:           app.Usage,
+		Version:         app.Version,
+		HideVersion:     app.Version == "",
+		HideHelpCommand: true,
+		Flags:           append(Flags(), extra...),
+		ExitErrHandler:  func(*cli.Context, error) {}, // never os.Exit from a library
+		Action: func(c *cli.Context) error {
+			ran = true
+			var err error
+			if cfg, err = ConfigFrom(c); err != nil {
+				return err
+			}
+			if action != nil {
+				return action(c)
+			}
+			return nil
+		},
+	}
+	if app.Output != nil {
+		a.Writer, a.ErrWriter = app.Output, app.Output
+	}
+	if len(args) == 0 {
+		args = []string{app.Name}
+	}
+	if err := a.Run(args); err != nil {
+		return cfg, false, err
+	}
+	return cfg, !ran, nil
+}
+
+// RegistryFactory makes a registry from addresses (empty: the backend's
+// default).
+type RegistryFactory func(ctx context.Context, addrs []string, log *slog.Logger) (registry.Registry, error)
+
+// registries is the table of registry names; explicit code, no init()
+// registration.
+func registries() map[string]RegistryFactory {
+	return map[string]RegistryFactory{
+		"mdns": func(ctx context.Context, addrs []string, log *slog.Logger) (registry.Registry, error) {
+			return mdns.New(ctx, mdns.WithAddrs(addrs...), mdns.WithLogger(log))
+		},
+		"etcd": func(ctx context.Context, addrs []string, log *slog.Logger) (registry.Registry, error) {
+			return etcd.New(ctx, etcd.WithAddrs(addrs...), etcd.WithLogger(log))
+		},
+		"consul": func(ctx context.Context, addrs []string, log *slog.Logger) (registry.Registry, error) {
+			return consul.New(ctx, consul.WithAddrs(addrs...), consul.WithLogger(log))
+		},
+		"memory": func(_ context.Context, _ []string, log *slog.Logger) (registry.Registry, error) {
+			return memory.New(memory.WithLogger(log)), nil
+		},
+	}
+}
+
+// RegistryNames lists the registry names, sorted.
+func RegistryNames() []string {
+	var names []string
+	for n := range registries() {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// SelectorNames lists the selector strategy names, sorted.
+func SelectorNames() []string {
+	var names []string
+	for n := range selector.Strategies() {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// NewRegistry makes the named registry. An unknown name is an error matching
+// ErrUnknownRegistry that lists the valid names.
+func NewRegistry(ctx context.Context, name string, addrs []string, log *slog.Logger) (registry.Registry, error) {
+	f, ok := registries()[name]
+	if !ok {
+		return nil, fmt.Errorf("%w %q: valid registries are %s", ErrUnknownRegistry, name, strings.Join(RegistryNames(), ", "))
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return f(ctx, addrs, log)
+}
+
+// NewStrategy returns the named selector strategy.
+func NewStrategy(name string) (selector.Strategy, error) {
+	f, ok := selector.Strategies()[name]
+	if !ok {
+		return nil, fmt.Errorf("%w %q: valid selectors are %s", ErrUnknownSelector, name, strings.Join(SelectorNames(), ", "))
+	}
+	return f(), nil
+}
+
+// durationValue is a cli.Generic duration that also accepts whole seconds.
+type durationValue struct{ d time.Duration }
+
+func newDuration(d time.Duration) *durationValue { return &durationValue{d: d} }
+
+func (v *durationValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 0 {
+			return fmt.Errorf("negative duration %q", s)
+		}
+		v.d = time.Duration(n) * time.Second
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is neither a duration (15s) nor a number of seconds", s)
+	}
+	if d < 0 {
+		return fmt.Errorf("negative duration %q", s)
+	}
+	v.d = d
+	return nil
+}
+
+func (v *durationValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return v.d.String()
+}

@@ -1,0 +1,50 @@
+// Command server runs one greeter node. Flags and environment choose the
+// registry (default mdns), e.g. `server --registry etcd --registry_address
+// 127.0.0.1:2379`; --node names the node in answers.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/beacon-go/beacon"
+	"github.com/beacon-go/beacon/cmd"
+	"github.com/beacon-go/beacon/examples/greeter"
+)
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	g := &greeter.Greeter{}
+	svc, err := beacon.NewService(
+		beacon.Name("greeter"),
+		beacon.Version("1.0.0"),
+		beacon.Logger(log),
+		beacon.Flags(&cli.StringFlag{Name: "node", EnvVars: []string{"GREETER_NODE"}, Usage: "node name shown in answers"}),
+		beacon.Action(func(c *cmd.Context) error {
+			g.Node = c.String("node")
+			if g.Node == "" {
+				g.Node, _ = os.Hostname()
+			}
+			return nil
+		}),
+	)
+	if errors.Is(err, beacon.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "greeter:", err)
+		os.Exit(1)
+	}
+	if err := svc.Handle(g); err != nil {
+		fmt.Fprintln(os.Stderr, "greeter:", err)
+		os.Exit(1)
+	}
+	if err := svc.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "greeter:", err)
+		os.Exit(1)
+	}
+}

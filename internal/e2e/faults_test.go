@@ -1,0 +1,311 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/beacon-go/beacon/client"
+	"github.com/beacon-go/beacon/examples/greeter"
+	"github.com/beacon-go/beacon/internal/testserver"
+	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/consul"
+	"github.com/beacon-go/beacon/registry/etcd"
+	"github.com/beacon-go/beacon/registry/registrytest"
+	"github.com/beacon-go/beacon/selector"
+)
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// Service-level fault settings: greeter processes register with this TTL
+// and heartbeat at this interval.
+const (
+	faultTTL      = 3 * time.Second
+	faultInterval = time.Second
+)
+
+// backend is a real registry server that a fault test can stop and start.
+type backend struct {
+	name     string
+	addrs    func() []string
+	kill     func()
+	restart  func() error
+	registry func(t *testing.T) registry.Registry
+	// settle is how long after a (re)start the backend may delay acting on
+	// a failed health check: a fresh consul agent holds back syncing check
+	// changes for a random 0-3 s after its leader election.
+	settle time.Duration
+}
+
+func etcdBackend(t *testing.T) backend {
+	srv := testserver.MustStartEtcd(t)
+	return backend{
+		name: "etcd", addrs: srv.Endpoints, kill: srv.Kill, restart: srv.Restart,
+		registry: func(t *testing.T) registry.Registry {
+			r, err := etcd.New(context.Background(), etcd.WithAddrs(srv.Endpoints()...), etcd.WithLogger(quiet))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { r.Close() })
+			return r
+		},
+	}
+}
+
+func consulBackend(t *testing.T) backend {
+	srv := testserver.MustStartConsul(t)
+	return backend{
+		name: "consul", addrs: func() []string { return []string{srv.Addr()} }, kill: srv.Kill, restart: srv.Restart,
+		settle: 3 * time.Second,
+		registry: func(t *testing.T) registry.Registry {
+			r, err := consul.New(context.Background(), consul.WithAddrs(srv.Addr()), consul.WithLogger(quiet))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { r.Close() })
+			return r
+		},
+	}
+}
+
+// greeterProc runs the greeter example as a process on the backend.
+func greeterProc(t *testing.T, bin string, b backend, node string) *exec.Cmd {
+	t.Helper()
+	return start(t, exec.Command(filepath.Join(bin, "greeter-server"), "--node", node,
+		"--registry", b.name, "--registry_address", strings.Join(b.addrs(), ","),
+		"--server_address", "127.0.0.1:0",
+		"--register_ttl", faultTTL.String(), "--register_interval", faultInterval.String()), node)
+}
+
+// caller calls greeter by name in a loop and counts failures.
+type caller struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	lastErr    error
+	nodes      sync.Map
+	stop       chan struct{}
+	done       chan struct{}
+}
+
+func startCaller(cli *client.Client) *caller {
+	c := &caller{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		for {
+			select {
+			case <-c.stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			rsp := new(greeter.HelloRsp)
+			err := cli.Call(ctx, "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "f"}, rsp)
+			cancel()
+			if err != nil {
+				c.failed.Add(1)
+				c.mu.Lock()
+				c.lastErr = err
+				c.mu.Unlock()
+				continue
+			}
+			c.ok.Add(1)
+			c.nodes.Store(rsp.Node, true)
+		}
+	}()
+	return c
+}
+
+func (c *caller) halt() { close(c.stop); <-c.done }
+
+func (c *caller) check(t *testing.T, phase string) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := c.failed.Load(); n > 0 {
+		t.Fatalf("%s: %d of %d calls failed; last: %v", phase, n, n+c.ok.Load(), c.lastErr)
+	}
+}
+
+func (c *caller) progress(t *testing.T, more int64) {
+	t.Helper()
+	target := c.ok.Load() + more
+	registrytest.Eventually(t, 10*time.Second, func() error {
+		if c.ok.Load() < target {
+			return fmt.Errorf("calls stalled at %d", c.ok.Load())
+		}
+		return nil
+	})
+}
+
+func countNodes(ctx context.Context, r registry.Registry) int {
+	ss, err := r.GetService(ctx, "greeter")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, s := range ss {
+		n += len(s.Nodes)
+	}
+	return n
+}
+
+// waitSelectorNodes polls until the selector's snapshot of greeter holds n
+// nodes.
+func waitSelectorNodes(t *testing.T, sel *selector.Cached, n int, d time.Duration) {
+	t.Helper()
+	registrytest.Eventually(t, d, func() error {
+		if got := snapshotNodes(sel); got != n {
+			return fmt.Errorf("%d nodes in the selector, want %d", got, n)
+		}
+		return nil
+	})
+}
+
+func snapshotNodes(sel *selector.Cached) int {
+	e, err := sel.Cache().Entry(context.Background(), "greeter")
+	if err != nil {
+		return -1
+	}
+	return len(e.Snapshot().Nodes)
+}
+
+// TestRegistryOutage: for etcd and consul, with greeter processes
+// heartbeating and a client calling by name: the registry is down for
+// longer than the TTL and every call still succeeds from the cache; when it
+// is back, every server is registered again within one register interval
+// and the client's watch reports them; a server killed with SIGKILL leaves
+// the client's selector within TTL + 1 s.
+func TestRegistryOutage(t *testing.T) {
+	bin, err := build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mk := range []func(*testing.T) backend{etcdBackend, consulBackend} {
+		b := mk(t)
+		t.Run(b.name, func(t *testing.T) {
+			g1 := greeterProc(t, bin, b, "g1")
+			greeterProc(t, bin, b, "g2")
+			reg := b.registry(t)
+			sel := selector.New(reg, selector.WithLogger(quiet))
+			defer sel.Close()
+			cli := client.New(sel, client.Logger(quiet))
+			defer cli.Close()
+			waitSelectorNodes(t, sel, 2, 15*time.Second)
+			c := startCaller(cli)
+			defer c.halt()
+			c.progress(t, 50)
+
+			// Outage longer than the TTL.
+			b.kill()
+			outage := time.Now()
+			for time.Since(outage) < faultTTL+2*time.Second {
+				c.progress(t, 20)
+			}
+			c.check(t, "registry down")
+			t.Logf("%s down for %v: %d calls, all served from the cache", b.name, time.Since(outage).Round(time.Millisecond), c.ok.Load())
+
+			if err := b.restart(); err != nil {
+				t.Fatal(err)
+			}
+			back := time.Now()
+			probe := b.registry(t)
+			registrytest.Eventually(t, 10*time.Second, func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				if n := countNodes(ctx, probe); n != 2 {
+					return fmt.Errorf("%d servers registered again", n)
+				}
+				return nil
+			})
+			again := time.Since(back)
+			t.Logf("%s back: both servers registered again %v after it was ready (register interval %v)", b.name, again.Round(time.Millisecond), faultInterval)
+			if again > faultInterval+500*time.Millisecond {
+				t.Errorf("servers registered again after %v, want within one register interval (%v)", again, faultInterval)
+			}
+			waitSelectorNodes(t, sel, 2, 15*time.Second)
+			c.progress(t, 50)
+			c.check(t, "registry back")
+
+			// A server crashes (once the backend has settled; see backend.settle).
+			if wait := b.settle - time.Since(back); wait > 0 {
+				time.Sleep(wait)
+			}
+			if err := g1.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			killed := time.Now()
+			waitSelectorNodes(t, sel, 1, faultTTL+5*time.Second)
+			gone := time.Since(killed)
+			t.Logf("%s: SIGKILLed server left the selector after %v (TTL %v)", b.name, gone.Round(time.Millisecond), faultTTL)
+			if gone > faultTTL+time.Second {
+				t.Errorf("crashed server left after %v, want within TTL + 1 s = %v", gone, faultTTL+time.Second)
+			}
+			c.progress(t, 50)
+			c.check(t, "after the crash")
+		})
+	}
+}
+
+// TestEtcdClusterLeaderKill: greeter processes heartbeat into a real
+// 3-member etcd cluster while a client calls them; SIGKILL of the leader
+// loses no registration (no Delete reaches a watcher), no call fails, and
+// the watch carries on (a server started after the kill is seen).
+func TestEtcdClusterLeaderKill(t *testing.T) {
+	bin, err := build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := testserver.MustStartEtcdCluster(t, 3)
+	b := backend{name: "etcd", addrs: cluster.Endpoints}
+	reg, err := etcd.New(context.Background(), etcd.WithAddrs(cluster.Endpoints()...), etcd.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	greeterProc(t, bin, b, "g1")
+	greeterProc(t, bin, b, "g2")
+	sel := selector.New(reg, selector.WithLogger(quiet))
+	defer sel.Close()
+	cli := client.New(sel, client.Logger(quiet))
+	defer cli.Close()
+	w := registrytest.Watch(t, reg, registry.WatchService("greeter"))
+	waitSelectorNodes(t, sel, 2, 15*time.Second)
+	c := startCaller(cli)
+	defer c.halt()
+	c.progress(t, 50)
+
+	leader, err := cluster.Leader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader.Kill()
+	killed := time.Now()
+	// Longer than the TTL: a lost registration would show.
+	for time.Since(killed) < faultTTL+time.Second {
+		c.progress(t, 20)
+	}
+	c.check(t, "leader killed")
+	greeterProc(t, bin, b, "g3")
+	waitSelectorNodes(t, sel, 3, 15*time.Second)
+	for {
+		select {
+		case ev := <-w.C:
+			if ev.Type == registry.Delete {
+				t.Fatalf("registration lost after the leader was killed: delete of %s", ev.Service.Nodes[0].ID)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	c.progress(t, 50)
+	c.check(t, "after the election")
+	t.Logf("leader %s killed: %d calls, none failed; no registration lost; a new server was seen", leader.Name(), c.ok.Load())
+}
