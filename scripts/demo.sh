@@ -37,8 +37,14 @@ fi
 # --- inside the private namespace ---------------------------------------------
 bin=$BEACON_DEMO_BIN
 P=bdemo$$
-mkdir -p /run/netns
-mount -t tmpfs beacon-demo /run/netns
+# A private /run/netns for `ip netns` (rootless: /run is not ours, so put a
+# tmpfs over /run itself; this mount namespace is private to the demo).
+if mkdir -p /run/netns 2>/dev/null; then
+	mount -t tmpfs beacon-demo /run/netns
+else
+	mount -t tmpfs beacon-demo /run
+	mkdir -p /run/netns
+fi
 ip link set lo up
 pids=()
 cleanup() {
