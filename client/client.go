@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/beacon-go/beacon/codec"
+	"github.com/beacon-go/beacon/internal/backoff"
 	"github.com/beacon-go/beacon/internal/wire"
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/selector"
@@ -220,7 +221,7 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 	attempts := o.Retries + 1
 	for attempt := 0; attempt < attempts; attempt++ {
 		if attempt > 0 {
-			if !sleep(ctx, o.Backoff(attempt)) {
+			if !backoff.Sleep(ctx, o.Backoff(attempt)) {
 				break
 			}
 		}
@@ -384,18 +385,4 @@ func (c *Client) Close() error {
 	}
 	c.wg.Wait()
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/beacon-go/beacon/codec"
+	"github.com/beacon-go/beacon/internal/backoff"
 	"github.com/beacon-go/beacon/internal/wire"
 	"github.com/beacon-go/beacon/registry"
 )
@@ -314,24 +315,18 @@ func (s *Server) Service() *registry.Service {
 }
 
 // heartbeat re-registers every interval; after a failure it retries with
-// backoff (from 100 ms, doubling, up to the interval) until it succeeds.
+// jittered backoff (from 100 ms, doubling, up to the interval) until it
+// succeeds.
 func (s *Server) heartbeat(ctx context.Context, svc *registry.Service, ok bool) {
 	defer close(s.hbDone)
 	log := s.o.log.With("service", svc.Name, "node", s.o.id)
-	retry := 100 * time.Millisecond
-	wait := s.o.interval
-	if !ok {
-		wait = retry
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
+	bo := backoff.New(100*time.Millisecond, s.o.interval)
 	failing := !ok
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	wait := s.o.interval
+	if failing {
+		wait = bo.Next()
+	}
+	for backoff.Sleep(ctx, wait) {
 		rctx, cancel := context.WithTimeout(ctx, s.o.interval)
 		err := s.o.reg.Register(rctx, svc, registry.RegisterTTL(s.o.ttl))
 		cancel()
@@ -339,17 +334,16 @@ func (s *Server) heartbeat(ctx context.Context, svc *registry.Service, ok bool) 
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			log.Warn("server: heartbeat failed; retrying", "err", err, "retry_in", retry)
-			t.Reset(retry)
-			retry = min(retry*2, s.o.interval)
+			wait = bo.Next()
+			log.Warn("server: heartbeat failed; retrying", "err", err, "retry_in", wait)
 			failing = true
 			continue
 		case failing:
 			log.Info("server: registered again after failures")
 			failing = false
 		}
-		retry = 100 * time.Millisecond
-		t.Reset(s.o.interval)
+		bo.Reset()
+		wait = s.o.interval
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/beacon-go/beacon/internal/backoff"
 	"github.com/beacon-go/beacon/registry"
 )
 
@@ -234,7 +235,7 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 	defer c.wg.Done()
 	defer close(e.done)
 	log := c.log.With("service", e.name, "registry", c.reg.String())
-	backoff := newBackoff(100*time.Millisecond, 10*time.Second)
+	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	refresh := time.NewTicker(c.refresh)
 	defer refresh.Stop()
 	idle := 0
@@ -247,8 +248,8 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 			if ctx.Err() != nil {
 				return
 			}
-			log.Warn("cache: watch failed; serving the last snapshot", "err", err, "retry_in", backoff.peek())
-			if !sleep(ctx, backoff.next()) {
+			log.Warn("cache: watch failed; serving the last snapshot", "err", err, "retry_in", bo.Peek())
+			if !backoff.Sleep(ctx, bo.Next()) {
 				return
 			}
 			continue
@@ -286,7 +287,7 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 					healthy = false
 					break
 				}
-				backoff.reset()
+				bo.Reset()
 				changed := set.Apply(ev)
 				// Drain what is already queued before rebuilding once.
 				for more := true; more; {
@@ -337,11 +338,11 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 		select {
 		case err := <-werr:
 			if ctx.Err() == nil {
-				log.Warn("cache: watch ended; serving the last snapshot and re-watching", "err", err, "retry_in", backoff.peek())
+				log.Warn("cache: watch ended; serving the last snapshot and re-watching", "err", err, "retry_in", bo.Peek())
 			}
 		default:
 		}
-		if !sleep(ctx, backoff.next()) {
+		if !backoff.Sleep(ctx, bo.Next()) {
 			return
 		}
 	}
@@ -373,15 +374,4 @@ func build(set registry.NodeSet) *Snapshot {
 		}
 	}
 	return s
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
