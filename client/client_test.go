@@ -456,3 +456,32 @@ func TestHandleFuncAndProtobuf(t *testing.T) {
 		t.Fatalf("json call: %v", err)
 	}
 }
+
+func TestServerSurvivesGarbageConnections(t *testing.T) {
+	e := newEnv(t, 1)
+	addr := e.servers[0].Addr().String()
+	garbage := [][]byte{
+		{0xff, 0xff, 0xff, 0xff, 1, 2, 3},                 // a frame larger than the limit
+		{0, 0, 0, 2, 1, 0},                                // a frame too short to hold a header
+		append([]byte{0, 0, 0, 9, 7}, make([]byte, 8)...), // an unknown kind
+		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),       // the wrong protocol
+	}
+	for _, g := range garbage {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(g)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 64)
+		n, err := c.Read(buf) // the server must close the connection
+		c.Close()
+		var ne net.Error
+		if n > 0 || err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+			t.Errorf("garbage %q: read %d bytes, %v; want the connection closed", g[:min(len(g), 8)], n, err)
+		}
+	}
+	if _, err := call(e, &HelloReq{Name: "after"}); err != nil {
+		t.Fatalf("server unusable after garbage connections: %v", err)
+	}
+}
