@@ -37,7 +37,11 @@ type Queue struct {
 // calling Push.
 func NewQueue(ctx context.Context, onStop func()) *Queue {
 	q := &Queue{notify: make(chan struct{}, 1), done: make(chan struct{}), onStop: onStop}
+	// Under the lock: with ctx already done, the func runs at once in
+	// another goroutine, and StopWith must see stopAF set.
+	q.mu.Lock()
 	q.stopAF = context.AfterFunc(ctx, func() { q.StopWith(ErrWatcherStopped) })
+	q.mu.Unlock()
 	return q
 }
 
@@ -105,8 +109,9 @@ func (q *Queue) StopWith(err error) {
 	q.err = err
 	q.items, q.head = nil, 0
 	close(q.done)
+	stopAF := q.stopAF
 	q.mu.Unlock()
-	q.stopAF()
+	stopAF()
 	if q.onStop != nil {
 		q.onStop()
 	}

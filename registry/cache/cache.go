@@ -10,7 +10,9 @@
 //
 // When the registry fails (errors, timeouts, unreachable) the last snapshot
 // keeps serving: a snapshot changes only on positive news, that is an event
-// from the registry or a successful answer (an empty one included). Entries
+// from the registry or a successful answer (an empty one included). News
+// that every node left at once is believed only after WithEmptyHold: a
+// registry that restarted empty says so until live servers re-register. Entries
 // not looked up for two refresh intervals are dropped and their watch
 // stopped, but never while the registry is failing. Close stops every watch.
 package cache
@@ -35,6 +37,7 @@ import (
 const (
 	DefaultRefreshInterval = time.Minute
 	DefaultFetchTimeout    = 5 * time.Second
+	DefaultEmptyHold       = 15 * time.Second
 )
 
 // Option configures a Cache.
@@ -46,6 +49,14 @@ func WithRefreshInterval(d time.Duration) Option { return func(c *Cache) { c.ref
 
 // WithFetchTimeout bounds each registry fetch (default DefaultFetchTimeout).
 func WithFetchTimeout(d time.Duration) Option { return func(c *Cache) { c.fetchTimeout = d } }
+
+// WithEmptyHold sets how long the last nodes of a service keep serving
+// when news says that all of them left at once (default DefaultEmptyHold,
+// the default register TTL; 0 disables it). A registry that restarted empty
+// says so until the live servers register again; a service that really
+// went away costs its callers transport errors, instead of "not found",
+// for that long.
+func WithEmptyHold(d time.Duration) Option { return func(c *Cache) { c.emptyHold = d } }
 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(c *Cache) { c.log = l } }
@@ -96,6 +107,7 @@ type Cache struct {
 	log          *slog.Logger
 	refresh      time.Duration
 	fetchTimeout time.Duration
+	emptyHold    time.Duration
 
 	entries atomic.Pointer[map[string]*Entry] // copy on write
 	mu      sync.Mutex                        // serialises writers of entries
@@ -112,7 +124,7 @@ var ErrClosed = errors.New("cache: closed")
 // New returns a cache in front of r. It starts no goroutine until the first
 // lookup. Close it to stop its watches; it does not close r.
 func New(r registry.Registry, opts ...Option) *Cache {
-	c := &Cache{reg: r, log: slog.Default(), refresh: DefaultRefreshInterval, fetchTimeout: DefaultFetchTimeout}
+	c := &Cache{reg: r, log: slog.Default(), refresh: DefaultRefreshInterval, fetchTimeout: DefaultFetchTimeout, emptyHold: DefaultEmptyHold}
 	for _, o := range opts {
 		o(c)
 	}
@@ -240,7 +252,34 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 	defer refresh.Stop()
 	idle := 0
 	lastFetchOK := true
-	publish := func() { e.snap.Store(build(set)) }
+	// publish swaps in a snapshot of set. When news would take a service
+	// from some nodes to none at once, the last nodes are held for
+	// emptyHold first: a registry that restarted empty (a fresh consul
+	// agent, an etcd that lost its data) answers "no nodes" until the live
+	// servers register again, within one register interval.
+	var hold *time.Timer
+	var holdC <-chan time.Time
+	defer func() {
+		if hold != nil {
+			hold.Stop()
+		}
+	}()
+	publish := func() {
+		next := build(set)
+		if len(next.Nodes) == 0 && len(e.snap.Load().Nodes) > 0 && c.emptyHold > 0 {
+			if holdC == nil {
+				log.Info("cache: every node left at once; holding the last ones", "for", c.emptyHold)
+				hold = time.NewTimer(c.emptyHold)
+				holdC = hold.C
+			}
+			return
+		}
+		if holdC != nil {
+			hold.Stop()
+			holdC = nil
+		}
+		e.snap.Store(next)
+	}
 
 	for ctx.Err() == nil {
 		w, err := c.reg.Watch(ctx, registry.WatchService(e.name))
@@ -304,6 +343,11 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 				}
 				if changed {
 					publish()
+				}
+			case <-holdC:
+				holdC = nil
+				if len(set) == 0 {
+					e.snap.Store(build(set))
 				}
 			case <-refresh.C:
 				if !e.used.Swap(false) {

@@ -33,9 +33,9 @@ type broken struct {
 
 // down makes the registry fail and breaks the watches already open.
 func (b *broken) down() {
-	b.fail.Store(true)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.fail.Store(true)
 	for _, w := range b.ws {
 		w.Stop()
 	}
@@ -54,6 +54,8 @@ func (b *broken) GetService(ctx context.Context, n string, o ...registry.GetOpti
 
 func (b *broken) Watch(ctx context.Context, o ...registry.WatchOption) (registry.Watcher, error) {
 	b.calls.Add(1)
+	b.mu.Lock() // so that down cannot miss a watch being opened
+	defer b.mu.Unlock()
 	if b.fail.Load() {
 		return nil, errDown
 	}
@@ -62,9 +64,7 @@ func (b *broken) Watch(ctx context.Context, o ...registry.WatchOption) (registry
 	}
 	w, err := b.Registry.Watch(ctx, o...)
 	if err == nil {
-		b.mu.Lock()
 		b.ws = append(b.ws, w)
-		b.mu.Unlock()
 	}
 	return w, err
 }
@@ -99,7 +99,7 @@ func TestStaleOnErrorDroppedOnPositiveNews(t *testing.T) {
 	mem := memory.New()
 	defer mem.Close()
 	b := &broken{Registry: mem}
-	c := cache.New(b, cache.WithRefreshInterval(20*time.Millisecond))
+	c := cache.New(b, cache.WithRefreshInterval(20*time.Millisecond), cache.WithEmptyHold(0))
 	defer c.Close()
 	ctx := context.Background()
 	mem.Register(ctx, svc("a", "b"))
@@ -194,4 +194,32 @@ func TestFirstFetchErrorNotCached(t *testing.T) {
 	if _, err := c.Entry(context.Background(), "other"); !errors.Is(err, cache.ErrClosed) {
 		t.Fatalf("after Close: %v", err)
 	}
+}
+
+func TestEmptyHold(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	c := cache.New(mem, cache.WithEmptyHold(300*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a", "b"))
+	e, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The registry restarts empty: every node "leaves" at once.
+	start := time.Now()
+	mem.Deregister(ctx, svc("a", "b"))
+	// The servers register again within the hold: callers never saw none.
+	mem.Register(ctx, svc("a"))
+	wantIDs(t, e, "[a]")
+	if held := ids(e); held == "[]" {
+		t.Fatal("empty snapshot published during the hold")
+	}
+	// A service that really goes away is empty once the hold has passed.
+	mem.Deregister(ctx, svc("a"))
+	if got := ids(e); got != "[a]" && time.Since(start) < 300*time.Millisecond {
+		t.Fatalf("snapshot %s during the hold, want the last nodes", got)
+	}
+	wantIDs(t, e, "[]")
 }
