@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/beacon-go/beacon/client"
 	"github.com/beacon-go/beacon/examples/greeter"
 	"github.com/beacon-go/beacon/internal/netns"
@@ -35,7 +37,15 @@ func TestMain(m *testing.M) {
 	if os.Getenv(probeEnv) == "1" {
 		os.Exit(probe())
 	}
-	os.Exit(netns.RunIsolated(m))
+	code := netns.RunIsolated(m)
+	if code == 0 {
+		// No goroutine of the in-process selectors and clients survives.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // build compiles the greeter server and the beacon CLI once.
