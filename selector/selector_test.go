@@ -278,6 +278,13 @@ func TestConcurrentMissesShareOneFetch(t *testing.T) {
 	if g := f.gets.Load(); g > 2 {
 		t.Fatalf("%d fetches for 50 concurrent first lookups, want 1 (+1 resync)", g)
 	}
+	// The watch starts in the background, once.
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if f.watches.Load() == 0 {
+			return errors.New("no watch yet")
+		}
+		return nil
+	})
 	if w := f.watches.Load(); w != 1 {
 		t.Fatalf("%d watches, want 1", w)
 	}
