@@ -370,6 +370,26 @@ func (c *Client) pool(addr string) *pool {
 	return p
 }
 
+// dropIfEmpty removes p from the pool map when it has no connection; a
+// caller still holding p then moves to a new pool (see pool.again).
+func (c *Client) dropIfEmpty(p *pool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dead || len(p.conns) > 0 {
+		return
+	}
+	p.dead = true
+	old := *c.pools.Load()
+	if old[p.addr] != p {
+		return
+	}
+	m := maps.Clone(old)
+	delete(m, p.addr)
+	c.pools.Store(&m)
+}
+
 // Close closes every connection and waits for the client's goroutines.
 // Calls in flight fail. It does not close the selector.
 func (c *Client) Close() error {

@@ -485,3 +485,32 @@ func TestServerSurvivesGarbageConnections(t *testing.T) {
 		t.Fatalf("server unusable after garbage connections: %v", err)
 	}
 }
+
+func TestPoolsOfGoneNodesAreDropped(t *testing.T) {
+	e := newEnv(t, 1)
+	cli := client.New(nil, client.Retries(0))
+	defer cli.Close()
+	// 20 nodes come and go; then calls to addresses where nothing listens.
+	for i := range 20 {
+		s := e.start(t, 100+i)
+		addr := s.Addr().String()
+		if err := cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{}, new(HelloRsp), client.WithAddress(addr)); err != nil {
+			t.Fatal(err)
+		}
+		s.Stop(context.Background())
+		cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{}, new(HelloRsp), client.WithAddress(addr))
+	}
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if n := cli.Pools(); n != 0 {
+			return fmt.Errorf("%d pools left for 20 nodes that are gone", n)
+		}
+		return nil
+	})
+	// The live node still works and keeps its pool.
+	if err := cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{}, new(HelloRsp), client.WithAddress(e.servers[0].Addr().String())); err != nil {
+		t.Fatal(err)
+	}
+	if n := cli.Pools(); n != 1 {
+		t.Fatalf("%d pools, want 1", n)
+	}
+}

@@ -275,6 +275,7 @@ type pool struct {
 	addr   string
 	mu     sync.Mutex
 	conns  []*conn
+	dead   bool // dropped from the client's map: take no new connection
 	dialMu sync.Mutex
 	rr     atomic.Uint32
 }
@@ -311,38 +312,66 @@ func (p *pool) get(ctx context.Context) (*conn, error) {
 			p.dialMu.Unlock()
 			return c, nil
 		}
+		dead := p.dead
 		p.mu.Unlock()
+		if dead {
+			p.dialMu.Unlock()
+			return p.again(ctx)
+		}
 	}
-	defer p.dialMu.Unlock()
 	d := net.Dialer{Timeout: p.c.o.dialTimeout, KeepAlive: 15 * time.Second}
 	nc, err := d.DialContext(ctx, "tcp", p.addr)
 	if err != nil {
+		p.dialMu.Unlock()
 		if best != nil {
 			return best, nil
 		}
+		p.c.dropIfEmpty(p) // a node that is gone leaves no pool behind
 		return nil, &TransportError{Addr: p.addr, Op: "dial", Err: err}
 	}
 	c := newConn(p, nc)
 	p.mu.Lock()
-	if p.c.closed.Load() {
+	if p.c.closed.Load() || p.dead {
+		closed := p.c.closed.Load()
 		p.mu.Unlock()
+		p.dialMu.Unlock()
 		c.fail(errConnGone)
 		<-c.done
-		return nil, &TransportError{Addr: p.addr, Op: "dial", Err: ErrClosed}
+		if closed {
+			return nil, &TransportError{Addr: p.addr, Op: "dial", Err: ErrClosed}
+		}
+		return p.again(ctx)
 	}
 	p.conns = append(p.conns, c)
 	p.mu.Unlock()
+	p.dialMu.Unlock()
 	return c, nil
 }
 
+// again gets a connection from the pool that now stands for p's address
+// (p was dropped while this caller held it).
+func (p *pool) again(ctx context.Context) (*conn, error) {
+	np := p.c.pool(p.addr)
+	if np == nil {
+		return nil, &TransportError{Addr: p.addr, Op: "dial", Err: ErrClosed}
+	}
+	return np.get(ctx)
+}
+
+// remove forgets c; a pool left without connections is dropped from the
+// client, so addresses of nodes that left do not accumulate.
 func (p *pool) remove(c *conn) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	for i, x := range p.conns {
 		if x == c {
 			p.conns = append(p.conns[:i], p.conns[i+1:]...)
-			return
+			break
 		}
+	}
+	empty := len(p.conns) == 0
+	p.mu.Unlock()
+	if empty {
+		p.c.dropIfEmpty(p)
 	}
 }
 
