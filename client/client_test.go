@@ -81,7 +81,7 @@ func newEnv(t testing.TB, n int, sopts ...server.Option) *env {
 	for i := range n {
 		e.start(t, i, sopts...)
 	}
-	e.sel = selector.New(e.reg)
+	e.sel = selector.New(e.reg, selector.WithLogger(quiet))
 	e.cli = client.New(e.sel, client.WithDefaultBackoff(client.ExponentialBackoff(time.Millisecond, 5*time.Millisecond)))
 	t.Cleanup(func() {
 		for _, s := range e.servers {
