@@ -60,7 +60,7 @@ var build = sync.OnceValues(func() (string, error) {
 	}
 	for name, pkg := range map[string]string{"greeter-server": "../../examples/greeter/server", "beacon": "../../cmd/beacon"} {
 		cmd := exec.Command(goBin, "build", "-o", filepath.Join(dir, name), pkg)
-		cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local", "GOFLAGS=-mod=mod")
+		cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 		}
