@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -87,12 +86,10 @@ func (p *pools) putBuf(b *[]byte) {
 
 // conn is one multiplexed connection to a node.
 type conn struct {
-	p       *pool
-	nc      net.Conn
-	wmu     sync.Mutex
-	bw      *bufio.Writer
-	writers atomic.Int32
-	load    atomic.Int32 // requests in flight
+	p    *pool
+	nc   net.Conn
+	w    *wire.Writer
+	load atomic.Int32 // requests in flight
 
 	mu      sync.Mutex
 	pending map[uint64]*call
@@ -106,7 +103,7 @@ func newConn(p *pool, nc net.Conn) *conn {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	c := &conn{p: p, nc: nc, bw: bufio.NewWriterSize(nc, 32<<10), pending: map[uint64]*call{}, done: make(chan struct{})}
+	c := &conn{p: p, nc: nc, w: wire.NewWriter(nc), pending: map[uint64]*call{}, done: make(chan struct{})}
 	p.c.wg.Add(1)
 	go c.read()
 	return c
@@ -191,15 +188,9 @@ func (c *conn) forget(id uint64, cl *call) {
 	}
 }
 
-// write sends one frame; the last writer in line flushes.
+// write sends one frame; a failure makes the connection unusable.
 func (c *conn) write(frame []byte) error {
-	c.writers.Add(1)
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_, err := c.bw.Write(frame)
-	if c.writers.Add(-1) == 0 && err == nil {
-		err = c.bw.Flush()
-	}
+	err := c.w.Write(frame)
 	if err != nil {
 		c.fail(err)
 	}

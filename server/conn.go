@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -19,19 +18,17 @@ import (
 // per request, responses written under a lock and flushed by the last
 // writer in line (so concurrent responses share syscalls).
 type conn struct {
-	s       *Server
-	nc      net.Conn
-	wmu     sync.Mutex
-	bw      *bufio.Writer
-	writers atomic.Int32
-	closed  atomic.Bool
+	s      *Server
+	nc     net.Conn
+	w      *wire.Writer
+	closed atomic.Bool
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	return &conn{s: s, nc: nc, bw: bufio.NewWriterSize(nc, 32<<10)}
+	return &conn{s: s, nc: nc, w: wire.NewWriter(nc)}
 }
 
 // bufPool is a server's free list of byte buffers.
@@ -166,16 +163,9 @@ func (c *conn) writeError(id uint64, e *status.Error) {
 	c.s.bufs.put(frame)
 }
 
-// write sends one frame; the last writer in line flushes.
+// write sends one frame; a failure closes the connection.
 func (c *conn) write(frame []byte) {
-	c.writers.Add(1)
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_, err := c.bw.Write(frame)
-	if c.writers.Add(-1) == 0 && err == nil {
-		err = c.bw.Flush()
-	}
-	if err != nil && !c.closed.Load() {
+	if err := c.w.Write(frame); err != nil && !c.closed.Load() {
 		c.s.o.log.Debug("server: write failed", "remote", c.nc.RemoteAddr(), "err", err)
 		c.close()
 	}
