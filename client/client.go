@@ -344,7 +344,7 @@ func (c *Client) attempt(ctx context.Context, addr, endpoint string, cd codec.Co
 		}
 		return nil
 	case status.Unavailable:
-		return &TransportError{Addr: addr, Op: "shutdown", Err: fmt.Errorf("%w: %s", ErrServerShutdown, cl.detail)}
+		return &TransportError{Addr: addr, Op: "unavailable", Err: fmt.Errorf("%w: %s", ErrNotRun, cl.detail)}
 	default:
 		return &status.Error{Code: int(cl.status), Detail: cl.detail}
 	}

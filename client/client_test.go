@@ -514,3 +514,48 @@ func TestPoolsOfGoneNodesAreDropped(t *testing.T) {
 		t.Fatalf("%d pools, want 1", n)
 	}
 }
+
+func TestOverloadedNodeShedsToAnother(t *testing.T) {
+	e := newEnv(t, 2, server.MaxConcurrentRequests(1))
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := call(e, &HelloReq{Delay: 300 * time.Millisecond}, client.WithRetries(0),
+				client.WithAddress(e.servers[0].Addr().String()))
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	var refused int
+	for err := range errs {
+		var te *client.TransportError
+		if errors.As(err, &te) && te.Op == "unavailable" && errors.Is(err, client.ErrNotRun) {
+			refused++
+		} else if err != nil {
+			t.Fatalf("unexpected error: %v", err)
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("%d of 2 concurrent calls to a node limited to 1 were refused, want 1", refused)
+	}
+	if c := e.greet[0].calls.Load(); c != 1 {
+		t.Fatalf("the handler ran %d times, want 1 (a refused request is not run)", c)
+	}
+	// By name, with retries, a refused call moves to the other node: two
+	// concurrent calls fit the two nodes whichever node each tries first.
+	var wg2 sync.WaitGroup
+	for range 2 {
+		wg2.Add(1)
+		go func() {
+			defer wg2.Done()
+			if _, err := call(e, &HelloReq{Delay: 200 * time.Millisecond}, client.WithRetries(3)); err != nil {
+				t.Errorf("call with retries: %v", err)
+			}
+		}()
+	}
+	wg2.Wait()
+}

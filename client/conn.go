@@ -13,21 +13,22 @@ import (
 )
 
 // TransportError is a failure to get a response from a node: dial refused,
-// connection reset, no response before the attempt's timeout, or a server
-// that is shutting down and did not run the request. The client retries
+// connection reset, no response before the attempt's timeout, or a node
+// that answered 503, refusing the request without running it (shutting
+// down or overloaded). The client retries
 // these on another node; it never retries an error returned by a handler.
 type TransportError struct {
 	Addr string
-	Op   string // "dial", "write", "read", "timeout", "shutdown"
+	Op   string // "dial", "write", "read", "timeout", "unavailable"
 	Err  error
 }
 
 func (e *TransportError) Error() string { return fmt.Sprintf("%s %s: %v", e.Op, e.Addr, e.Err) }
 func (e *TransportError) Unwrap() error { return e.Err }
 
-// ErrServerShutdown: the node is shutting down and refused the request
-// without running it.
-var ErrServerShutdown = errors.New("server shutting down")
+// ErrNotRun: the node refused the request without running it (status 503:
+// it is shutting down or overloaded); the request is safe to retry.
+var ErrNotRun = errors.New("request refused without running")
 
 // errConnGone: the connection was closed or told to go away before the
 // request was sent.

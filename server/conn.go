@@ -91,12 +91,23 @@ func (c *conn) request(f *wire.Frame) {
 		c.writeError(id, status.New(status.BadRequest, err.Error()))
 		return
 	}
+	if c.s.slots != nil {
+		select {
+		case c.s.slots <- struct{}{}:
+		default:
+			c.writeError(id, status.New(status.Unavailable, "server overloaded; not run"))
+			return
+		}
+	}
 	body := c.s.bufs.get()
 	*body = append(*body, f.Body...)
 	timeout := f.Timeout
 	c.s.inflight.Add(1)
 	go func() {
 		defer c.s.inflight.Done()
+		if c.s.slots != nil {
+			defer func() { <-c.s.slots }()
+		}
 		defer c.s.bufs.put(body)
 		ctx := c.s.baseCtx
 		if timeout > 0 {

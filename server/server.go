@@ -61,6 +61,7 @@ type options struct {
 	ttl, interval        time.Duration
 	drainGrace, shutdown time.Duration
 	maxMessage           int
+	maxConcurrent        int
 	codecs               *codec.Set
 	log                  *slog.Logger
 }
@@ -112,6 +113,11 @@ func ShutdownTimeout(d time.Duration) Option { return func(o *options) { o.shutd
 // DefaultMaxMessageSize). A larger one closes the connection.
 func MaxMessageSize(n int) Option { return func(o *options) { o.maxMessage = n } }
 
+// MaxConcurrentRequests bounds the requests a server runs at once (default
+// 0: no bound). A request past the bound is answered at once with status
+// 503 without running, which clients retry on another node.
+func MaxConcurrentRequests(n int) Option { return func(o *options) { o.maxConcurrent = n } }
+
 // Codecs sets the codecs by content type (default codec.NewSet()).
 func Codecs(s *codec.Set) Option { return func(o *options) { o.codecs = s } }
 
@@ -132,6 +138,7 @@ type Server struct {
 	o        options
 	handlers map[string]*handler
 	bufs     bufPool
+	slots    chan struct{} // nil: no bound on concurrent requests
 
 	mu       sync.Mutex
 	state    runState
@@ -183,6 +190,9 @@ func New(opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{o: o, handlers: map[string]*handler{}, conns: map[*conn]struct{}{}}
+	if o.maxConcurrent > 0 {
+		s.slots = make(chan struct{}, o.maxConcurrent)
+	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	return s, nil
 }
