@@ -559,3 +559,25 @@ func TestOverloadedNodeShedsToAnother(t *testing.T) {
 	}
 	wg2.Wait()
 }
+
+func TestServesDuringDrainGrace(t *testing.T) {
+	e := newEnv(t, 1, server.DrainGrace(time.Second))
+	s := e.servers[0]
+	addr := s.Addr().String()
+	stopped := make(chan error, 1)
+	go func() { stopped <- s.Stop(context.Background()) }()
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if _, err := e.reg.GetService(context.Background(), "greeter"); !errors.Is(err, registry.ErrNotFound) {
+			return errors.New("not deregistered yet")
+		}
+		return nil
+	})
+	// Deregistered, inside the grace: callers whose caches still hold the
+	// node are served, not refused.
+	if _, err := call(e, &HelloReq{Name: "late"}, client.WithAddress(addr), client.WithRetries(0)); err != nil {
+		t.Fatalf("call during the drain grace: %v", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}

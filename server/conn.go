@@ -77,7 +77,7 @@ func (c *conn) serve() {
 // must not block: the handler runs in its own goroutine.
 func (c *conn) request(f *wire.Frame) {
 	id := f.ID
-	if c.s.draining() {
+	if c.s.refusing.Load() {
 		c.writeError(id, status.New(status.Unavailable, "server is shutting down; not run"))
 		return
 	}

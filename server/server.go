@@ -23,6 +23,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/beacon-go/beacon/codec"
@@ -139,6 +140,7 @@ type Server struct {
 	handlers map[string]*handler
 	bufs     bufPool
 	slots    chan struct{} // nil: no bound on concurrent requests
+	refusing atomic.Bool   // set when GoAway goes out: new requests get 503
 
 	mu       sync.Mutex
 	state    runState
@@ -394,6 +396,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		t.Stop()
 	}
 
+	s.refusing.Store(true)
 	s.ln.Close()
 	<-s.acceptDone
 	s.mu.Lock()
@@ -425,10 +428,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	}
 	<-done
 	s.mu.Lock()
-	for c := range s.conns {
-		c.close()
-	}
-	s.state = stateStopped
+	s.state = stateStopped // the accept loop has ended: conns holds no other connection
 	s.mu.Unlock()
 	s.connWG.Wait()
 	s.o.log.Info("server: stopped", "service", svc.Name, "node", s.o.id)
@@ -463,12 +463,6 @@ func (s *Server) accept(ln net.Listener) {
 		s.mu.Unlock()
 		go c.serve()
 	}
-}
-
-func (s *Server) draining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.state >= stateDraining
 }
 
 func (s *Server) removeConn(c *conn) {
