@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,20 +58,9 @@ func TestServiceEndToEnd(t *testing.T) {
 		t.Fatalf("after Stop: %v", err)
 	}
 	want := "[before-start after-start before-stop after-stop]"
-	if s := fmtSlice(order); s != want {
+	if s := "[" + strings.Join(order, " ") + "]"; s != want {
 		t.Fatalf("hooks ran %s, want %s", s, want)
 	}
-}
-
-func fmtSlice(s []string) string {
-	out := "["
-	for i, x := range s {
-		if i > 0 {
-			out += " "
-		}
-		out += x
-	}
-	return out + "]"
 }
 
 func TestPrecedence(t *testing.T) {

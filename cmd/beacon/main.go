@@ -199,8 +199,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					var rsp json.RawMessage
 					if err := cl.Call(cctx, c.Args().Get(0), c.Args().Get(1), json.RawMessage(body), &rsp, opts...); err != nil {
 						if c.Bool("json") {
-							var se *status.Error
-							errors.As(err, &se)
 							out, _ := json.Marshal(map[string]any{"error": err.Error(), "code": status.Code(err)})
 							fmt.Fprintln(stdout, string(out))
 						}

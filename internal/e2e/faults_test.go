@@ -294,16 +294,10 @@ func TestEtcdClusterLeaderKill(t *testing.T) {
 	c.check(t, "leader killed")
 	greeterProc(t, bin, b, "g3")
 	waitSelectorNodes(t, sel, 3, 15*time.Second)
-	for {
-		select {
-		case ev := <-w.C:
-			if ev.Type == registry.Delete {
-				t.Fatalf("registration lost after the leader was killed: delete of %s", ev.Service.Nodes[0].ID)
-			}
-			continue
-		default:
+	for len(w.C) > 0 {
+		if ev := <-w.C; ev.Type == registry.Delete {
+			t.Fatalf("registration lost after the leader was killed: delete of %s", ev.Service.Nodes[0].ID)
 		}
-		break
 	}
 	c.progress(t, 50)
 	c.check(t, "after the election")
