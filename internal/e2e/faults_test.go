@@ -38,10 +38,10 @@ type backend struct {
 	kill     func()
 	restart  func() error
 	registry func(t *testing.T) registry.Registry
-	// settle is how long after a (re)start the backend may delay acting on
-	// a failed health check: a fresh consul agent holds back syncing check
-	// changes for a random 0-3 s after its leader election.
-	settle time.Duration
+	// settled waits, after a (re)start, until the backend acts on failed
+	// health checks promptly (nil: at once). A fresh consul agent holds back
+	// syncing check changes for a random 0-3 s after its leader election.
+	settled func() error
 }
 
 func etcdBackend(t *testing.T) backend {
@@ -63,7 +63,7 @@ func consulBackend(t *testing.T) backend {
 	srv := testserver.MustStartConsul(t)
 	return backend{
 		name: "consul", addrs: func() []string { return []string{srv.Addr()} }, kill: srv.Kill, restart: srv.Restart,
-		settle: 3 * time.Second,
+		settled: func() error { return srv.WaitSettled(30 * time.Second) },
 		registry: func(t *testing.T) registry.Registry {
 			r, err := consul.New(context.Background(), consul.WithAddrs(srv.Addr()), consul.WithLogger(quiet))
 			if err != nil {
@@ -233,9 +233,11 @@ func TestRegistryOutage(t *testing.T) {
 			c.progress(t, 50)
 			c.check(t, "registry back")
 
-			// A server crashes (once the backend has settled; see backend.settle).
-			if wait := b.settle - time.Since(back); wait > 0 {
-				time.Sleep(wait)
+			// A server crashes (once the backend has settled; see backend.settled).
+			if b.settled != nil {
+				if err := b.settled(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if err := g1.Process.Kill(); err != nil {
 				t.Fatal(err)

@@ -7,9 +7,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // ConsulNodeName is the node name of the agent started by StartConsul.
@@ -233,4 +236,46 @@ func (c *Consul) Restart() error {
 		return withLog(fmt.Errorf("testserver: restart consul (http port %d): %w", c.httpPort, err), c.LogPath())
 	}
 	return nil
+}
+
+// WaitSettled waits until the agent acts on failed checks promptly. A fresh
+// agent (Start or Restart) holds back syncing check changes to the catalog
+// for a random 0-3 s after its leader election; tests that time how fast a
+// crashed node is hidden call this first. It registers probe services with
+// a 100 ms TTL check and returns once two in a row went critical within
+// 250 ms, or fails after timeout.
+func (c *Consul) WaitSettled(timeout time.Duration) error {
+	const ttl = 100 * time.Millisecond
+	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	prompt := 0
+	for i := 0; time.Now().Before(deadline); i++ {
+		id := fmt.Sprintf("settle-probe-%d", i)
+		reg := fmt.Sprintf(`{"ID":%q,"Name":"settle-probe","Port":1,"Check":{"CheckID":%q,"TTL":%q,"Status":"passing"}}`, id, id, ttl)
+		if err := doJSON(ctx, http.MethodPut, c.URL()+"/v1/agent/service/register", strings.NewReader(reg), nil); err != nil {
+			return fmt.Errorf("consul settle probe: %w", err)
+		}
+		start := time.Now()
+		for time.Now().Before(deadline) {
+			var checks []struct{ CheckID, Status string }
+			if doJSON(ctx, http.MethodGet, c.URL()+"/v1/health/checks/settle-probe", nil, &checks) == nil &&
+				slices.ContainsFunc(checks, func(h struct{ CheckID, Status string }) bool { return h.CheckID == id && h.Status == "critical" }) {
+				break
+			}
+			time.Sleep(5 * time.Millisecond) // poll interval
+		}
+		if time.Since(start) < ttl+150*time.Millisecond {
+			prompt++
+		} else {
+			prompt = 0
+		}
+		if err := doJSON(ctx, http.MethodPut, c.URL()+"/v1/agent/service/deregister/"+id, nil, nil); err != nil {
+			return fmt.Errorf("consul settle probe: %w", err)
+		}
+		if prompt == 2 {
+			return nil
+		}
+	}
+	return fmt.Errorf("consul agent %s does not report critical checks promptly after %v", c.Addr(), timeout)
 }

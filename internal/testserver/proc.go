@@ -121,7 +121,8 @@ var httpClient = &http.Client{
 	},
 }
 
-// getJSON GETs (or POSTs body, if non-nil) url and decodes a JSON response.
+// doJSON sends a request (with body, if non-nil) and decodes a JSON
+// response into v, if v is not nil.
 func doJSON(ctx context.Context, method, url string, body io.Reader, v any) error {
 	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
@@ -141,6 +142,9 @@ func doJSON(ctx context.Context, method, url string, body io.Reader, v any) erro
 	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, strings.TrimSpace(string(data)))
+	}
+	if v == nil {
+		return nil
 	}
 	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("%s %s: decode %q: %w", method, url, data, err)

@@ -28,7 +28,7 @@ import (
 func startAgent(t *testing.T, opts ...testserver.Option) *testserver.Consul {
 	t.Helper()
 	a := testserver.MustStartConsul(t, opts...)
-	if err := waitSettled(a.Addr(), 30*time.Second); err != nil {
+	if err := a.WaitSettled(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	return a
@@ -61,7 +61,7 @@ func TestAgentRestart(t *testing.T) {
 	if err := a.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitSettled(a.Addr(), 30*time.Second); err != nil {
+	if err := a.WaitSettled(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// The fresh agent does not know the node: a successful, empty answer.

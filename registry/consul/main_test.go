@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -44,7 +43,7 @@ func (r runner) Run() int {
 		fmt.Fprintf(os.Stderr, "consul tests need a consul agent: %v\n", err)
 		return 1
 	}
-	if err := waitSettled(agent.Addr(), 30*time.Second); err != nil {
+	if err := agent.WaitSettled(30 * time.Second); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		agent.Stop()
 		return 1
@@ -57,56 +56,6 @@ func (r runner) Run() int {
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(runner{m}) }
-
-// waitSettled waits until the agent reports a TTL check going critical
-// promptly, twice in a row. In its first seconds a fresh -dev agent (one
-// started by TestMain, or restarted by a fault test) delays the catalog sync
-// of a check's status by up to about 3 s (consul's anti-entropy staggers the
-// full syncs it runs after the leader election and its auto-TLS setup);
-// expiry-timing tests must not start in that window. The probes are
-// services of their own (name "settle-probe"), removed again.
-func waitSettled(addr string, wait time.Duration) error {
-	cfg := api.DefaultNonPooledConfig()
-	cfg.Address = addr
-	c, err := api.NewClient(cfg)
-	if err != nil {
-		return err
-	}
-	defer cfg.Transport.CloseIdleConnections()
-	const ttl = 100 * time.Millisecond
-	deadline := time.Now().Add(wait)
-	prompt := 0
-	for i := 0; time.Now().Before(deadline); i++ {
-		id := fmt.Sprintf("settle-probe-%d", i)
-		reg := &api.AgentServiceRegistration{ID: id, Name: "settle-probe", Port: 1,
-			Check: &api.AgentServiceCheck{CheckID: id, TTL: ttl.String(), Status: api.HealthPassing}}
-		if err := c.Agent().ServiceRegister(reg); err != nil {
-			return fmt.Errorf("settle probe: %w", err)
-		}
-		start := time.Now()
-		for time.Now().Before(deadline) {
-			checks, _, err := c.Health().Checks("settle-probe", nil)
-			if err == nil && slices.ContainsFunc(checks, func(h *api.HealthCheck) bool {
-				return h.CheckID == id && h.Status == api.HealthCritical
-			}) {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if time.Since(start) < ttl+150*time.Millisecond {
-			prompt++
-		} else {
-			prompt = 0
-		}
-		if err := c.Agent().ServiceDeregister(id); err != nil {
-			return fmt.Errorf("settle probe: %w", err)
-		}
-		if prompt == 2 {
-			return nil
-		}
-	}
-	return fmt.Errorf("consul agent %s does not report critical checks promptly after %v", addr, wait)
-}
 
 // testLogger logs to the test's output.
 func testLogger(t testing.TB) *slog.Logger {
