@@ -21,6 +21,8 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +43,14 @@ const (
 	DefaultBackoffBase    = 10 * time.Millisecond
 	DefaultBackoffMax     = 500 * time.Millisecond
 	DefaultConnsPerNode   = 2
-	DefaultMaxMessageSize = wire.DefaultMaxFrame
+	// DefaultMaxConnsPerNode caps the connections to one node, opened past
+	// ConnsPerNode only when every connection is at the node's advertised
+	// limit of requests in flight.
+	DefaultMaxConnsPerNode = 16
+	DefaultMaxMessageSize  = wire.DefaultMaxFrame
+	// DefaultWriteStall bounds a write that makes no progress when no call
+	// deadline does (a cancel frame, a background flush).
+	DefaultWriteStall = 10 * time.Second
 )
 
 // ErrClosed: the client was closed.
@@ -69,13 +78,20 @@ func ExponentialBackoff(base, max time.Duration) Backoff {
 type Option func(*options)
 
 type options struct {
-	call         CallOptions
-	dialTimeout  time.Duration
-	connsPerNode int
-	maxMessage   int
-	codecs       *codec.Set
-	log          *slog.Logger
+	call            CallOptions
+	dialTimeout     time.Duration
+	connsPerNode    int
+	maxConnsPerNode int
+	maxMessage      int
+	writeStall      time.Duration
+	dial            DialFunc
+	codecs          *codec.Set
+	log             *slog.Logger
 }
+
+// DialFunc opens a connection to a node, like net.Dialer.DialContext. It
+// must return when ctx ends.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // CallOptions are the settings of one call.
 type CallOptions struct {
@@ -85,6 +101,13 @@ type CallOptions struct {
 	SelectOptions  []selector.SelectOption
 	Addresses      []string // call these addresses directly, bypassing the selector
 	ContentType    string   // "" : protobuf for proto.Message requests, else JSON
+	// Idempotent says the call may run more than once: it is then retried
+	// on another node after any transport failure, even one after which the
+	// request may have run (a timeout, a broken connection), and after a
+	// handler's status 503. Without it, only requests that provably did not
+	// run are retried, unless the node publishes the endpoint as idempotent
+	// (registry.MetaIdempotent in the endpoint's metadata).
+	Idempotent bool
 }
 
 // CallOption configures one call.
@@ -102,11 +125,24 @@ func WithDefaultBackoff(b Backoff) Option { return func(o *options) { o.call.Bac
 // DialTimeout bounds connecting to a node (default DefaultDialTimeout).
 func DialTimeout(d time.Duration) Option { return func(o *options) { o.dialTimeout = d } }
 
-// ConnsPerNode sets how many multiplexed connections are kept per node.
+// ConnsPerNode sets how many multiplexed connections are opened per node
+// when they are busy (default DefaultConnsPerNode).
 func ConnsPerNode(n int) Option { return func(o *options) { o.connsPerNode = max(n, 1) } }
 
-// MaxMessageSize sets the largest response accepted, in bytes.
+// MaxConnsPerNode caps the connections per node (default
+// DefaultMaxConnsPerNode); past ConnsPerNode, one more is opened only when
+// every connection has as many requests in flight as the node allows. When
+// all are full, a call waits for a free slot, until its deadline.
+func MaxConnsPerNode(n int) Option { return func(o *options) { o.maxConnsPerNode = max(n, 1) } }
+
+// MaxMessageSize sets the largest response accepted, in bytes (default
+// DefaultMaxMessageSize). A larger response fails its call alone with
+// status 413; the connection keeps serving.
 func MaxMessageSize(n int) Option { return func(o *options) { o.maxMessage = n } }
+
+// Dialer replaces the function that connects to nodes (default: TCP with
+// keep-alive). It runs under the dial timeout.
+func Dialer(d DialFunc) Option { return func(o *options) { o.dial = d } }
 
 // Codecs sets the codecs by content type (default codec.NewSet()).
 func Codecs(s *codec.Set) Option { return func(o *options) { o.codecs = s } }
@@ -136,6 +172,10 @@ func WithAddress(addrs ...string) CallOption {
 	return func(o *CallOptions) { o.Addresses = addrs }
 }
 
+// WithIdempotent declares that this call may safely run more than once; see
+// CallOptions.Idempotent.
+func WithIdempotent() CallOption { return func(o *CallOptions) { o.Idempotent = true } }
+
 // WithContentType sets the request's content type (e.g. codec.ProtoContentType).
 func WithContentType(ct string) CallOption { return func(o *CallOptions) { o.ContentType = ct } }
 
@@ -147,6 +187,8 @@ type Client struct {
 	mu     sync.Mutex
 	wg     sync.WaitGroup
 	closed atomic.Bool
+	ctx    context.Context // ends with Close: bounds dials
+	cancel context.CancelFunc
 	free   pools
 }
 
@@ -158,8 +200,8 @@ func New(sel selector.Selector, opts ...Option) *Client {
 			Retries: DefaultRetries, RequestTimeout: DefaultRequestTimeout,
 			Backoff: ExponentialBackoff(DefaultBackoffBase, DefaultBackoffMax),
 		},
-		dialTimeout: DefaultDialTimeout, connsPerNode: DefaultConnsPerNode, maxMessage: DefaultMaxMessageSize,
-		log: slog.Default(),
+		dialTimeout: DefaultDialTimeout, connsPerNode: DefaultConnsPerNode, maxConnsPerNode: DefaultMaxConnsPerNode,
+		maxMessage: DefaultMaxMessageSize, writeStall: DefaultWriteStall, log: slog.Default(),
 	}
 	for _, f := range opts {
 		f(&o)
@@ -167,7 +209,13 @@ func New(sel selector.Selector, opts ...Option) *Client {
 	if o.codecs == nil {
 		o.codecs = codec.NewSet()
 	}
+	if o.dial == nil {
+		d := &net.Dialer{KeepAlive: 15 * time.Second}
+		o.dial = d.DialContext
+	}
+	o.maxConnsPerNode = max(o.maxConnsPerNode, o.connsPerNode)
 	c := &Client{sel: sel, o: o}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.free.init()
 	m := map[string]*pool{}
 	c.pools.Store(&m)
@@ -179,19 +227,27 @@ func (c *Client) Selector() selector.Selector { return c.sel }
 
 // Call calls endpoint (e.g. "Greeter.Hello") of service with req and decodes
 // the response into rsp. It blocks until a response, the last attempt's
-// failure, or ctx's end. See the package doc for retries. The error is a
-// *status.Error (errors.As), or ctx's error wrapped in one.
+// failure, or ctx's end: every wait (selection, dial, a free stream, the
+// write, the response, the backoff) ends with ctx or the attempt's deadline.
+// See the package doc for retries. The error is a *status.Error (errors.As);
+// errors.Is(err, ErrNotRun) tells that no attempt ran.
 func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp any, opts ...CallOption) error {
 	if c.closed.Load() {
-		return &status.Error{Code: status.Unavailable, Detail: "client closed", Causes: []error{ErrClosed}}
+		return &status.Error{Code: status.Unavailable, Detail: "client closed", Causes: []error{ErrClosed, ErrNotRun}}
 	}
 	o := c.o.call
 	for _, f := range opts {
 		f(&o)
 	}
+	if err := checkEndpoint(endpoint); err != nil {
+		return err
+	}
 	cd, err := c.o.codecs.For(o.ContentType, req)
 	if err != nil {
 		return &status.Error{Code: status.BadRequest, Detail: "request codec", Causes: []error{err}}
+	}
+	if len(cd.ContentType()) > maxContentType {
+		return status.Newf(status.BadRequest, "content type of %d bytes: the limit is %d", len(cd.ContentType()), maxContentType)
 	}
 	buf := c.free.getBuf()
 	defer c.free.putBuf(buf)
@@ -209,8 +265,13 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 		next, err = c.sel.Select(ctx, service, o.SelectOptions...)
 		if err != nil {
 			code := status.Unavailable
-			if errors.Is(err, selector.ErrNotFound) {
+			switch {
+			case errors.Is(err, selector.ErrNotFound):
 				code = status.NotFound
+			case errors.Is(ctx.Err(), context.DeadlineExceeded):
+				code = status.Timeout
+			case errors.Is(ctx.Err(), context.Canceled):
+				code = status.Canceled
 			}
 			return &status.Error{Code: code, Detail: fmt.Sprintf("select %s", service), Causes: []error{err}}
 		}
@@ -230,7 +291,7 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 		if next == nil {
 			addr = o.Addresses[attempt%len(o.Addresses)]
 		} else {
-			node, err = pickUntried(next, tried[:min(attempt, len(tried))])
+			node, err = c.pickUntried(next, tried[:min(attempt, len(tried))])
 			if err != nil {
 				causes = append(causes, err)
 				break
@@ -248,31 +309,33 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 			return nil
 		}
 		var te *TransportError
-		if !errors.As(err, &te) {
-			if ctx.Err() != nil {
-				causes = append(causes, err)
-				break
-			}
-			// The handler answered: not retried.
-			if len(causes) == 0 {
-				return err
-			}
-			se := new(status.Error)
-			if errors.As(err, &se) {
-				return &status.Error{Code: se.Code, Detail: se.Detail, Causes: append(causes, err)}
-			}
-			return &status.Error{Code: status.InternalError, Detail: err.Error(), Causes: append(causes, err)}
-		}
-		if node != nil {
+		isTE := errors.As(err, &te)
+		if isTE && node != nil {
 			c.sel.Mark(service, node, err)
 		}
-		causes = append(causes, fmt.Errorf("attempt %d: %w", attempt+1, err))
-		if ctx.Err() != nil {
+		if ctxOver(ctx) {
+			causes = append(causes, fmt.Errorf("attempt %d: %w", attempt+1, err))
 			break
 		}
+		var retry bool
+		switch {
+		case isTE && te.NotRun:
+			retry = true
+		case isTE, status.Code(err) == status.Unavailable:
+			// It may have run (a timeout or a broken connection after the
+			// request left), or the handler itself answered 503.
+			retry = o.Idempotent || c.idempotent(service, node, endpoint)
+		}
+		if !retry {
+			return finalError(service, endpoint, attempt, causes, err)
+		}
+		causes = append(causes, fmt.Errorf("attempt %d: %w", attempt+1, err))
 	}
 	code := status.Unavailable
 	switch {
+	case ctxOver(ctx) && ctx.Err() == nil: // its deadline passed; its timer has yet to fire
+		code = status.Timeout
+		causes = append(causes, context.DeadlineExceeded)
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		code = status.Timeout
 		causes = append(causes, ctx.Err())
@@ -283,11 +346,69 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 	return &status.Error{Code: code, Detail: fmt.Sprintf("call %s %s failed after %d attempt(s)", service, endpoint, len(causes)), Causes: causes}
 }
 
-// pickUntried asks next for a node whose address was not tried yet; after a
-// few misses (fewer nodes than attempts) it accepts a tried one.
-func pickUntried(next selector.Next, tried []string) (*registry.Node, error) {
-	var first *registry.Node
-	for range 2*len(tried) + 1 {
+// ctxOver reports whether ctx is done or its deadline has passed.
+func ctxOver(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
+}
+
+// finalError is the error of a call that stops at an attempt that is not
+// retried: the handler's answer as it is, or a transport failure after which
+// the request may have run.
+func finalError(service, endpoint string, attempt int, causes []error, err error) error {
+	var te *TransportError
+	if errors.As(err, &te) {
+		code := status.Unavailable
+		if te.Op == "timeout" {
+			code = status.Timeout
+		}
+		detail := fmt.Sprintf("call %s %s: %v; not retried: the request may have run and the call is not idempotent (client.WithIdempotent)", service, endpoint, err)
+		return &status.Error{Code: code, Detail: detail, Causes: append(causes, fmt.Errorf("attempt %d: %w", attempt+1, err))}
+	}
+	if len(causes) == 0 {
+		return err
+	}
+	se := new(status.Error)
+	if errors.As(err, &se) {
+		return &status.Error{Code: se.Code, Detail: se.Detail, Causes: append(causes, err)}
+	}
+	return &status.Error{Code: status.InternalError, Detail: err.Error(), Causes: append(causes, err)}
+}
+
+// idempotent reports whether the node publishes the endpoint as idempotent.
+func (c *Client) idempotent(service string, node *registry.Node, endpoint string) bool {
+	lk, ok := c.sel.(selector.EndpointLookup)
+	if node == nil || !ok {
+		return false
+	}
+	ep := lk.Endpoint(service, node, endpoint)
+	return ep != nil && ep.Metadata[registry.MetaIdempotent] == "true"
+}
+
+// maxContentType is the longest content type the wire carries.
+const maxContentType = 255
+
+// checkEndpoint refuses an endpoint name that no node can publish.
+func checkEndpoint(endpoint string) error {
+	switch {
+	case endpoint == "":
+		return status.New(status.BadRequest, "empty endpoint name")
+	case len(endpoint) > registry.MaxEndpointNameLen:
+		return status.Newf(status.BadRequest, "endpoint name of %d bytes: the limit is %d (registry.MaxEndpointNameLen)", len(endpoint), registry.MaxEndpointNameLen)
+	}
+	return nil
+}
+
+// pickUntried asks next for a node whose address was not tried yet and whose
+// connection is not still being set up (a node whose connects hang must not
+// hold callers while others are ready); after a few misses (fewer nodes than
+// attempts) it accepts a tried or connecting one.
+func (c *Client) pickUntried(next selector.Next, tried []string) (*registry.Node, error) {
+	var first, fresh *registry.Node
+	for range 2*len(tried) + 3 {
 		n, err := next()
 		if err != nil {
 			return nil, err
@@ -295,21 +416,24 @@ func pickUntried(next selector.Next, tried []string) (*registry.Node, error) {
 		if first == nil {
 			first = n
 		}
-		dup := false
-		for _, a := range tried {
-			if a == n.Address {
-				dup = true
-				break
-			}
+		if slices.Contains(tried, n.Address) {
+			continue
 		}
-		if !dup {
+		if fresh == nil {
+			fresh = n
+		}
+		if p, ok := (*c.pools.Load())[n.Address]; !ok || !p.connecting() {
 			return n, nil
 		}
+	}
+	if fresh != nil {
+		return fresh, nil
 	}
 	return first, nil
 }
 
-// attempt makes one request to addr.
+// attempt makes one request to addr, bounded by ctx and the per-attempt
+// timeout.
 func (c *Client) attempt(ctx context.Context, addr, endpoint string, cd codec.Codec, body []byte, rsp any, timeout time.Duration) error {
 	var deadline time.Time
 	if timeout > 0 {
@@ -320,19 +444,25 @@ func (c *Client) attempt(ctx context.Context, addr, endpoint string, cd codec.Co
 	}
 	p := c.pool(addr)
 	if p == nil {
-		return ErrClosed
-	}
-	cn, err := p.get(ctx)
-	if err != nil {
-		return err
+		return &TransportError{Addr: addr, Op: "dial", NotRun: true, Err: ErrClosed}
 	}
 	cl := c.free.getCall()
 	defer c.free.putCall(cl)
-	if err := cn.roundTrip(ctx, cl, deadline, endpoint, cd.ContentType(), body); err != nil {
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		cl.timer.Reset(time.Until(deadline))
+		defer cl.timer.Stop()
+		expired = cl.timer.C
+	}
+	cn, err := p.get(ctx, expired)
+	if err != nil {
 		return err
 	}
-	switch cl.status {
-	case status.OK:
+	if err := cn.roundTrip(ctx, cl, deadline, expired, endpoint, cd.ContentType(), body); err != nil {
+		return err
+	}
+	switch {
+	case cl.status == status.OK:
 		rcd := cd
 		if cl.ctype != "" && cl.ctype != cd.ContentType() {
 			if rcd, err = c.o.codecs.Get(cl.ctype); err != nil {
@@ -343,8 +473,8 @@ func (c *Client) attempt(ctx context.Context, addr, endpoint string, cd codec.Co
 			return &status.Error{Code: status.InternalError, Detail: "decode response", Causes: []error{err}}
 		}
 		return nil
-	case status.Unavailable:
-		return &TransportError{Addr: addr, Op: "unavailable", Err: fmt.Errorf("%w: %s", ErrNotRun, cl.detail)}
+	case cl.status == status.Unavailable && cl.flags&wire.FlagNotRun != 0:
+		return &TransportError{Addr: addr, Op: "refused", NotRun: true, Err: fmt.Errorf("%w: %s", ErrRefused, cl.detail)}
 	default:
 		return &status.Error{Code: int(cl.status), Detail: cl.detail}
 	}
@@ -377,7 +507,7 @@ func (c *Client) dropIfEmpty(p *pool) {
 	defer c.mu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.dead || len(p.conns) > 0 {
+	if p.dead || len(p.conns) > 0 || p.dialing != nil {
 		return
 	}
 	p.dead = true
@@ -400,6 +530,7 @@ func (c *Client) Close() error {
 	}
 	pools := *c.pools.Load()
 	c.mu.Unlock()
+	c.cancel()
 	for _, p := range pools {
 		p.closeAll()
 	}

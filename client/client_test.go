@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/beacon-go/beacon/client"
+	"github.com/beacon-go/beacon/internal/wire"
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/memory"
 	"github.com/beacon-go/beacon/registry/registrytest"
@@ -223,19 +224,30 @@ func TestErrors(t *testing.T) {
 	}
 }
 
-func TestTimeoutRetriesElsewhere(t *testing.T) {
+// A request whose attempt timed out after it was sent may have run: it is
+// not retried unless the call or the endpoint is idempotent (it used to run
+// on every node).
+func TestTimeoutRetriedOnlyWhenIdempotent(t *testing.T) {
 	e := newEnv(t, 2)
 	start := time.Now()
 	_, err := call(e, &HelloReq{Delay: time.Second}, client.WithRequestTimeout(50*time.Millisecond), client.WithRetries(1))
 	var te *client.TransportError
+	if !errors.As(err, &te) || te.Op != "timeout" || te.NotRun || errors.Is(err, client.ErrNotRun) || status.Code(err) != status.Timeout {
+		t.Fatalf("err = %v, want a may-have-run timeout", err)
+	}
+	if !strings.Contains(err.Error(), "may have run") || !strings.Contains(err.Error(), "not idempotent") {
+		t.Fatalf("the error does not say what happened: %v", err)
+	}
+	if c := e.greet[0].calls.Load() + e.greet[1].calls.Load(); c != 1 {
+		t.Fatalf("handler ran %d times for one non-idempotent call, want 1", c)
+	}
+	before0, before1 := e.greet[0].calls.Load(), e.greet[1].calls.Load()
+	_, err = call(e, &HelloReq{Delay: time.Second}, client.WithRequestTimeout(50*time.Millisecond), client.WithRetries(1), client.WithIdempotent())
 	if !errors.As(err, &te) || te.Op != "timeout" {
 		t.Fatalf("err = %v, want a timeout TransportError", err)
 	}
-	if c := e.greet[0].calls.Load() + e.greet[1].calls.Load(); c != 2 {
-		t.Fatalf("handler ran %d times, want 2 (one per node)", c)
-	}
-	if e.greet[0].calls.Load() != 1 {
-		t.Fatalf("retry went to the same node")
+	if d0, d1 := e.greet[0].calls.Load()-before0, e.greet[1].calls.Load()-before1; d0 != 1 || d1 != 1 {
+		t.Fatalf("idempotent call: handler ran %d+%d times, want once on each node (a retry elsewhere)", d0, d1)
 	}
 	if time.Since(start) > 900*time.Millisecond {
 		t.Fatalf("timeouts not honoured")
@@ -461,10 +473,11 @@ func TestServerSurvivesGarbageConnections(t *testing.T) {
 	e := newEnv(t, 1)
 	addr := e.servers[0].Addr().String()
 	garbage := [][]byte{
-		{0xff, 0xff, 0xff, 0xff, 1, 2, 3},                 // a frame larger than the limit
-		{0, 0, 0, 2, 1, 0},                                // a frame too short to hold a header
-		append([]byte{0, 0, 0, 9, 7}, make([]byte, 8)...), // an unknown kind
-		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),       // the wrong protocol
+		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),                                        // the wrong protocol
+		{0xff, 0xff, 0xff, 0xff, 1, 2, 3},                                                  // no preface
+		append([]byte(wire.Preface), 0, 0, 0, 2, 1, 0),                                     // a frame too short to hold a header
+		append([]byte(wire.Preface), append([]byte{0, 0, 0, 9, 7}, make([]byte, 8)...)...), // an unknown kind
+		append([]byte(wire.Preface), wire.AppendSettings(nil, wire.Settings{})...),         // a frame only servers send
 	}
 	for _, g := range garbage {
 		c, err := net.Dial("tcp", addr)
@@ -473,12 +486,17 @@ func TestServerSurvivesGarbageConnections(t *testing.T) {
 		}
 		c.Write(g)
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		buf := make([]byte, 64)
-		n, err := c.Read(buf) // the server must close the connection
+		// The server speaks first (its settings), then must close.
+		r := wire.NewReader(c, 0)
+		var f wire.Frame
+		if err := r.Next(&f); err != nil || f.Kind != wire.KindSettings {
+			t.Errorf("garbage %q: first frame %+v, %v; want the settings", g[:min(len(g), 8)], f, err)
+		}
+		err = r.Next(&f)
 		c.Close()
 		var ne net.Error
-		if n > 0 || err == nil || (errors.As(err, &ne) && ne.Timeout()) {
-			t.Errorf("garbage %q: read %d bytes, %v; want the connection closed", g[:min(len(g), 8)], n, err)
+		if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+			t.Errorf("garbage %q: %+v, %v; want the connection closed", g[:min(len(g), 8)], f, err)
 		}
 	}
 	if _, err := call(e, &HelloReq{Name: "after"}); err != nil {
@@ -533,7 +551,7 @@ func TestOverloadedNodeShedsToAnother(t *testing.T) {
 	var refused int
 	for err := range errs {
 		var te *client.TransportError
-		if errors.As(err, &te) && te.Op == "unavailable" && errors.Is(err, client.ErrNotRun) {
+		if errors.As(err, &te) && te.Op == "refused" && errors.Is(err, client.ErrNotRun) {
 			refused++
 		} else if err != nil {
 			t.Fatalf("unexpected error: %v", err)

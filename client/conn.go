@@ -10,34 +10,56 @@ import (
 	"time"
 
 	"github.com/beacon-go/beacon/internal/wire"
+	"github.com/beacon-go/beacon/status"
 )
 
-// TransportError is a failure to get a response from a node: dial refused,
-// connection reset, no response before the attempt's timeout, or a node
-// that answered 503, refusing the request without running it (shutting
-// down or overloaded). The client retries
-// these on another node; it never retries an error returned by a handler.
+// TransportError is a failure to get a response from a node: the dial
+// failed, the connection broke, no response came before the attempt's
+// deadline, or the node refused the request without running it (it is
+// shutting down or overloaded). NotRun tells whether the request provably
+// did not run (nothing of it reached the node whole, or the node said so):
+// only then is it retried on another node, unless the call is idempotent.
 type TransportError struct {
-	Addr string
-	Op   string // "dial", "write", "read", "timeout", "unavailable"
-	Err  error
+	Addr   string
+	Op     string // "dial", "wait", "write", "read", "timeout", "refused"
+	NotRun bool
+	Err    error
 }
 
-func (e *TransportError) Error() string { return fmt.Sprintf("%s %s: %v", e.Op, e.Addr, e.Err) }
+func (e *TransportError) Error() string {
+	ran := "may have run"
+	if e.NotRun {
+		ran = "not run"
+	}
+	return fmt.Sprintf("%s %s: %v (%s)", e.Op, e.Addr, e.Err, ran)
+}
+
 func (e *TransportError) Unwrap() error { return e.Err }
 
-// ErrNotRun: the node refused the request without running it (status 503:
-// it is shutting down or overloaded); the request is safe to retry.
-var ErrNotRun = errors.New("request refused without running")
+// Is makes errors.Is(err, ErrNotRun) true when the request did not run.
+func (e *TransportError) Is(target error) bool { return target == ErrNotRun && e.NotRun }
+
+// ErrNotRun: the request provably did not run on the node (the dial failed,
+// nothing of it was sent, or the node refused it without running it); it is
+// safe to retry anywhere. errors.Is finds it in a call's error.
+var ErrNotRun = errors.New("request not run")
+
+// ErrRefused: the node refused the request without running it (it is
+// shutting down, or over its concurrency bounds).
+var ErrRefused = errors.New("refused by the node")
 
 // errConnGone: the connection was closed or told to go away before the
 // request was sent.
 var errConnGone = errors.New("connection closing")
 
+// errNoResponse: the attempt's deadline passed after the request was sent.
+var errNoResponse = errors.New("no response before the deadline")
+
 // call is one request in flight; pooled.
 type call struct {
 	ch     chan struct{}
 	status uint16
+	flags  byte
 	detail string
 	ctype  string
 	body   []byte
@@ -71,7 +93,7 @@ func (p *pools) putCall(cl *call) {
 		cl.body = nil
 	}
 	cl.body = cl.body[:0]
-	cl.status, cl.detail, cl.ctype, cl.err = 0, "", "", nil
+	cl.status, cl.flags, cl.detail, cl.ctype, cl.err = 0, 0, "", "", nil
 	p.calls.Put(cl)
 }
 
@@ -87,99 +109,151 @@ func (p *pools) putBuf(b *[]byte) {
 
 // conn is one multiplexed connection to a node.
 type conn struct {
-	p    *pool
-	nc   net.Conn
-	w    *wire.Writer
-	load atomic.Int32 // requests in flight
+	p          *pool
+	nc         net.Conn
+	w          *wire.Writer
+	load       atomic.Int32 // requests in flight (reserved by pool.get)
+	maxStreams atomic.Int32 // the server's advertised limit
+	maxFrame   atomic.Int64 // the largest request frame the server accepts
 
-	mu      sync.Mutex
-	pending map[uint64]*call
-	nextID  uint64
-	err     error // set once the connection is unusable
-	goaway  bool
-	done    chan struct{}
+	mu         sync.Mutex
+	pending    map[uint64]*call
+	nextID     uint64
+	err        error // set once the connection is unusable
+	goaway     bool
+	sentAtFail int64 // bytes that had left when the connection failed
+	done       chan struct{}
 }
 
-func newConn(p *pool, nc net.Conn) *conn {
+// handshake dials addr and reads the server's Settings, all within ctx.
+func (p *pool) handshake(ctx context.Context) (*conn, error) {
+	nc, err := p.c.o.dial(ctx, "tcp", p.addr)
+	if err != nil {
+		return nil, err
+	}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	c := &conn{p: p, nc: nc, w: wire.NewWriter(nc), pending: map[uint64]*call{}, done: make(chan struct{})}
+	if d, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	r := wire.NewReader(nc, p.c.o.maxMessage)
+	var f wire.Frame
+	_, err = nc.Write([]byte(wire.Preface))
+	if err == nil {
+		err = r.Next(&f)
+	}
+	switch {
+	case err != nil:
+	case f.Kind == wire.KindGoAway:
+		err = fmt.Errorf("%w: the server refused the connection (at its connection limit, or going away)", ErrRefused)
+	case f.Kind != wire.KindSettings:
+		err = fmt.Errorf("%w: the server did not start with its settings", wire.ErrMalformed)
+	}
+	if err == nil && !stop() {
+		err = ctx.Err()
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	c := &conn{p: p, nc: nc, w: wire.NewWriter(nc, p.c.o.writeStall), pending: map[uint64]*call{}, done: make(chan struct{})}
+	c.apply(f.Settings)
 	p.c.wg.Add(1)
-	go c.read()
-	return c
+	go c.read(r)
+	return c, nil
 }
 
-// usable reports whether new requests may be sent.
-func (c *conn) usable() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err == nil && !c.goaway
+func (c *conn) apply(s wire.Settings) {
+	c.maxStreams.Store(int32(min(max(s.MaxStreams, 1), 1<<20)))
+	c.maxFrame.Store(int64(max(s.MaxFrame, 1024)))
+}
+
+// reserve takes one of the connection's stream slots.
+func (c *conn) reserve() bool {
+	for {
+		l := c.load.Load()
+		if l >= c.maxStreams.Load() {
+			return false
+		}
+		if c.load.CompareAndSwap(l, l+1) {
+			return true
+		}
+	}
+}
+
+// release returns a stream slot taken by pool.get.
+func (c *conn) release() {
+	c.load.Add(-1)
+	c.p.freed()
 }
 
 // roundTrip sends one request and waits for its response, ctx's end, or the
-// deadline (zero: none). On success the response is in cl.
-func (c *conn) roundTrip(ctx context.Context, cl *call, deadline time.Time, endpoint, ctype string, body []byte) error {
+// attempt's deadline (expired fires then). On success the response is in
+// cl. Every error says whether the request provably did not run.
+func (c *conn) roundTrip(ctx context.Context, cl *call, deadline time.Time, expired <-chan time.Time, endpoint, ctype string, body []byte) error {
+	defer c.release()
+	if n := wire.RequestSize(endpoint, ctype, len(body)) - 4; int64(n) > c.maxFrame.Load() {
+		return &status.Error{Code: status.TooLarge, Detail: fmt.Sprintf("request of %d bytes is larger than the limit of %d bytes of the node at %s; not sent", n, c.maxFrame.Load(), c.p.addr)}
+	}
 	c.mu.Lock()
 	if c.err != nil || c.goaway {
 		c.mu.Unlock()
-		return &TransportError{Addr: c.p.addr, Op: "write", Err: errConnGone}
+		return &TransportError{Addr: c.p.addr, Op: "write", NotRun: true, Err: errConnGone}
 	}
 	c.nextID++
 	id := c.nextID
 	c.pending[id] = cl
 	c.mu.Unlock()
-	c.load.Add(1)
-	defer c.load.Add(-1)
 
 	var timeout time.Duration
 	if !deadline.IsZero() {
 		if timeout = time.Until(deadline); timeout <= 0 {
 			c.forget(id, cl)
-			return &TransportError{Addr: c.p.addr, Op: "timeout", Err: context.DeadlineExceeded}
+			return &TransportError{Addr: c.p.addr, Op: "timeout", NotRun: true, Err: context.DeadlineExceeded}
 		}
 	}
 	frame := c.p.c.free.getBuf()
 	var err error
+	var end int64
 	*frame, err = wire.AppendRequest(*frame, id, endpoint, ctype, timeout, body)
 	if err == nil {
-		err = c.write(*frame)
+		end, err = c.w.Write(*frame, deadline, ctx.Done(), expired)
 	}
 	c.p.c.free.putBuf(frame)
 	if err != nil {
 		c.forget(id, cl)
-		return &TransportError{Addr: c.p.addr, Op: "write", Err: err}
+		if !errors.Is(err, wire.ErrNotQueued) {
+			c.fail(err) // the frame may have left in part: framing is lost
+		}
+		return &TransportError{Addr: c.p.addr, Op: "write", NotRun: end == 0 || end > c.w.Sent(), Err: err}
 	}
 
-	var timerC <-chan time.Time
-	if timeout > 0 {
-		cl.timer.Reset(timeout)
-		timerC = cl.timer.C
-	}
 	select {
 	case <-cl.ch:
-		if timerC != nil {
-			cl.timer.Stop()
-		}
 		if cl.err != nil {
-			return &TransportError{Addr: c.p.addr, Op: "read", Err: cl.err}
+			c.mu.Lock()
+			notRun := end > c.sentAtFail
+			c.mu.Unlock()
+			return &TransportError{Addr: c.p.addr, Op: "read", NotRun: notRun, Err: cl.err}
 		}
 		return nil
 	case <-ctx.Done():
-		if timerC != nil {
-			cl.timer.Stop()
-		}
-		c.forget(id, cl)
+		c.abandon(id, cl)
 		return ctx.Err()
-	case <-timerC:
-		c.forget(id, cl)
-		return &TransportError{Addr: c.p.addr, Op: "timeout", Err: context.DeadlineExceeded}
+	case <-expired:
+		c.abandon(id, cl)
+		return &TransportError{Addr: c.p.addr, Op: "timeout", Err: fmt.Errorf("%w (%v): %w", errNoResponse, timeout.Round(time.Millisecond), context.DeadlineExceeded)}
 	}
 }
 
 // forget abandons a pending call; when the reader already took it, wait for
-// its (imminent) delivery so that cl can be reused.
-func (c *conn) forget(id uint64, cl *call) {
+// its (imminent) delivery so that cl can be reused. It reports whether the
+// call was still pending.
+func (c *conn) forget(id uint64, cl *call) bool {
 	c.mu.Lock()
 	_, ok := c.pending[id]
 	delete(c.pending, id)
@@ -187,24 +261,38 @@ func (c *conn) forget(id uint64, cl *call) {
 	if !ok {
 		<-cl.ch
 	}
+	return ok
 }
 
-// write sends one frame; a failure makes the connection unusable.
-func (c *conn) write(frame []byte) error {
-	err := c.w.Write(frame)
-	if err != nil {
-		c.fail(err)
+// abandon forgets a call that was sent and tells the server to cancel its
+// handler, in the background (the caller returns at once).
+func (c *conn) abandon(id uint64, cl *call) {
+	if !c.forget(id, cl) {
+		return // answered meanwhile, or the connection failed
 	}
-	return err
+	c.p.c.wg.Add(1)
+	go func() {
+		defer c.p.c.wg.Done()
+		t := time.NewTimer(time.Second)
+		defer t.Stop()
+		if _, err := c.w.Write(wire.AppendCancel(nil, id), time.Now().Add(time.Second), nil, t.C); err != nil && !errors.Is(err, wire.ErrNotQueued) {
+			c.fail(err)
+		}
+	}()
 }
 
-func (c *conn) read() {
+func (c *conn) read(r *wire.Reader) {
 	defer c.p.c.wg.Done()
 	defer close(c.done)
-	r := wire.NewReader(c.nc, c.p.c.o.maxMessage)
 	var f wire.Frame
 	for {
-		if err := r.Next(&f); err != nil {
+		err := r.Next(&f)
+		var tooLarge *wire.TooLargeError
+		if errors.As(err, &tooLarge) && tooLarge.Kind == wire.KindResponse {
+			// The handler ran; its answer is dropped, the connection kept.
+			f = wire.Frame{Kind: wire.KindResponse, ID: tooLarge.ID, Status: status.TooLarge}
+			f.Detail = fmt.Appendf(nil, "response of %d bytes is larger than the client's limit of %d bytes (client.MaxMessageSize)", tooLarge.Size, tooLarge.Limit)
+		} else if err != nil {
 			c.fail(err)
 			return
 		}
@@ -216,7 +304,7 @@ func (c *conn) read() {
 			idle := c.goaway && len(c.pending) == 0
 			c.mu.Unlock()
 			if cl != nil {
-				cl.status = f.Status
+				cl.status, cl.flags = f.Status, f.Flags
 				if len(f.Detail) > 0 {
 					cl.detail = string(f.Detail)
 				}
@@ -238,11 +326,17 @@ func (c *conn) read() {
 			if idle {
 				c.fail(errConnGone)
 			}
+		case wire.KindSettings:
+			c.apply(f.Settings)
+		default:
+			c.fail(fmt.Errorf("%w: unexpected frame kind %d from the server", wire.ErrMalformed, f.Kind))
+			return
 		}
 	}
 }
 
 // fail makes the connection unusable, fails its pending calls and closes it.
+// Each pending call learns from sentAtFail whether its request left whole.
 func (c *conn) fail(err error) {
 	c.mu.Lock()
 	if c.err != nil {
@@ -250,10 +344,14 @@ func (c *conn) fail(err error) {
 		return
 	}
 	c.err = err
+	c.mu.Unlock()
+	c.nc.Close()
+	sent := c.w.Settle() // nothing more can leave: count what did
+	c.mu.Lock()
+	c.sentAtFail = sent
 	pending := c.pending
 	c.pending = map[uint64]*call{}
 	c.mu.Unlock()
-	c.nc.Close()
 	c.p.remove(c)
 	for _, cl := range pending {
 		cl.err = err
@@ -263,91 +361,163 @@ func (c *conn) fail(err error) {
 
 // pool holds the connections to one address.
 type pool struct {
-	c      *Client
-	addr   string
-	mu     sync.Mutex
-	conns  []*conn
-	dead   bool // dropped from the client's map: take no new connection
-	dialMu sync.Mutex
-	rr     atomic.Uint32
+	c       *Client
+	addr    string
+	mu      sync.Mutex
+	conns   []*conn
+	dead    bool    // dropped from the client's map: take no new connection
+	dialing *dialOp // the dial in progress, if any
+	waitCh  chan struct{}
+	waiters atomic.Int32 // callers waiting for a slot or a dial
+	ready   atomic.Int32 // len(conns), readable without the lock
+	rr      atomic.Uint32
 }
 
-// get returns a usable connection, dialing when there is none or when every
-// connection is busy and the pool is below its size.
-func (p *pool) get(ctx context.Context) (*conn, error) {
+// dialOp is one dial in progress; done closes when it ends.
+type dialOp struct {
+	done chan struct{}
+	err  error
+}
+
+// connecting reports whether the pool has no connection yet and a dial is
+// under way (the node may be unreachable: callers prefer other nodes).
+func (p *pool) connecting() bool {
+	if p.ready.Load() > 0 {
+		return false
+	}
 	p.mu.Lock()
-	var best *conn
-	n := len(p.conns)
-	if n > 0 {
-		start := int(p.rr.Add(1)) % n
-		for k := range n {
-			c := p.conns[(start+k)%n]
-			if best == nil || c.load.Load() < best.load.Load() {
-				best = c
-			}
-		}
-	}
-	p.mu.Unlock()
-	if best != nil && (best.load.Load() == 0 || n >= p.c.o.connsPerNode) {
-		return best, nil
-	}
-	if best != nil && !p.dialMu.TryLock() {
-		return best, nil // someone is already dialing; share an existing connection
-	}
-	if best == nil {
-		p.dialMu.Lock()
-		// Another caller may have dialed while we waited.
+	defer p.mu.Unlock()
+	return p.dialing != nil && len(p.conns) == 0
+}
+
+// get returns a connection with a stream slot reserved for the caller (give
+// it back with conn.release, which roundTrip does). It prefers the least
+// loaded connection; it opens another one, in the background, when every
+// connection is busy and the pool is below ConnsPerNode, or when every one
+// is at the server's stream limit and the pool is below MaxConnsPerNode.
+// It waits, for a dial or a freed slot, only until ctx ends or expired fires.
+// The dial runs on its own, bounded by the dial timeout: a caller that gives
+// up does not cancel it for the others.
+func (p *pool) get(ctx context.Context, expired <-chan time.Time) (*conn, error) {
+	for {
 		p.mu.Lock()
-		if len(p.conns) > 0 {
-			c := p.conns[0]
+		if p.dead {
 			p.mu.Unlock()
-			p.dialMu.Unlock()
-			return c, nil
+			return p.again(ctx, expired)
 		}
-		dead := p.dead
-		p.mu.Unlock()
-		if dead {
-			p.dialMu.Unlock()
-			return p.again(ctx)
+		var best, room *conn
+		n := len(p.conns)
+		if n > 0 {
+			start := int(p.rr.Add(1)) % n
+			for k := range n {
+				c := p.conns[(start+k)%n]
+				l := c.load.Load()
+				if l >= c.maxStreams.Load() {
+					continue
+				}
+				if room == nil || l < room.load.Load() {
+					room = c
+				}
+			}
+			best = room
 		}
-	}
-	d := net.Dialer{Timeout: p.c.o.dialTimeout, KeepAlive: 15 * time.Second}
-	nc, err := d.DialContext(ctx, "tcp", p.addr)
-	if err != nil {
-		p.dialMu.Unlock()
-		if best != nil {
+		busy := best == nil || best.load.Load() > 0
+		if p.dialing == nil && busy && (n < p.c.o.connsPerNode || (best == nil && n < p.c.o.maxConnsPerNode)) {
+			p.startDial()
+		}
+		if best != nil && best.reserve() {
+			p.mu.Unlock()
 			return best, nil
 		}
-		p.c.dropIfEmpty(p) // a node that is gone leaves no pool behind
-		return nil, &TransportError{Addr: p.addr, Op: "dial", Err: err}
-	}
-	c := newConn(p, nc)
-	p.mu.Lock()
-	if p.c.closed.Load() || p.dead {
-		closed := p.c.closed.Load()
-		p.mu.Unlock()
-		p.dialMu.Unlock()
-		c.fail(errConnGone)
-		<-c.done
-		if closed {
-			return nil, &TransportError{Addr: p.addr, Op: "dial", Err: ErrClosed}
+		if best != nil {
+			p.mu.Unlock()
+			continue // the slot was taken meanwhile: look again
 		}
-		return p.again(ctx)
+		op := p.dialing
+		var wake <-chan struct{}
+		if op != nil {
+			wake = op.done
+		} else {
+			if p.waitCh == nil {
+				p.waitCh = make(chan struct{})
+			}
+			wake = p.waitCh
+		}
+		p.waiters.Add(1)
+		p.mu.Unlock()
+		select {
+		case <-wake:
+			p.waiters.Add(-1)
+			if op != nil && op.err != nil && p.ready.Load() == 0 {
+				return nil, &TransportError{Addr: p.addr, Op: "dial", NotRun: true, Err: op.err}
+			}
+		case <-ctx.Done():
+			p.waiters.Add(-1)
+			return nil, ctx.Err()
+		case <-expired:
+			p.waiters.Add(-1)
+			what := "no free stream on the node's connections"
+			if op != nil {
+				what = "still connecting"
+			}
+			return nil, &TransportError{Addr: p.addr, Op: "wait", NotRun: true, Err: fmt.Errorf("%w: %s", context.DeadlineExceeded, what)}
+		}
 	}
-	p.conns = append(p.conns, c)
+}
+
+// startDial starts a background dial; p.mu is held.
+func (p *pool) startDial() {
+	op := &dialOp{done: make(chan struct{})}
+	p.dialing = op
+	p.c.wg.Add(1)
+	go func() {
+		defer p.c.wg.Done()
+		ctx, cancel := context.WithTimeout(p.c.ctx, p.c.o.dialTimeout)
+		c, err := p.handshake(ctx)
+		cancel()
+		p.mu.Lock()
+		p.dialing = nil
+		if err == nil && (p.dead || p.c.closed.Load()) {
+			err = ErrClosed
+		}
+		if err == nil {
+			p.conns = append(p.conns, c)
+			p.ready.Store(int32(len(p.conns)))
+		}
+		empty := len(p.conns) == 0
+		p.mu.Unlock()
+		if err != nil && c != nil {
+			c.fail(errConnGone)
+		}
+		op.err = err
+		close(op.done)
+		if err != nil && empty {
+			p.c.dropIfEmpty(p) // a node that is gone leaves no pool behind
+		}
+	}()
+}
+
+// freed wakes callers waiting for a stream slot.
+func (p *pool) freed() {
+	if p.waiters.Load() == 0 {
+		return
+	}
+	p.mu.Lock()
+	if p.waitCh != nil {
+		close(p.waitCh)
+		p.waitCh = nil
+	}
 	p.mu.Unlock()
-	p.dialMu.Unlock()
-	return c, nil
 }
 
 // again gets a connection from the pool that now stands for p's address
 // (p was dropped while this caller held it).
-func (p *pool) again(ctx context.Context) (*conn, error) {
+func (p *pool) again(ctx context.Context, expired <-chan time.Time) (*conn, error) {
 	np := p.c.pool(p.addr)
 	if np == nil {
-		return nil, &TransportError{Addr: p.addr, Op: "dial", Err: ErrClosed}
+		return nil, &TransportError{Addr: p.addr, Op: "dial", NotRun: true, Err: ErrClosed}
 	}
-	return np.get(ctx)
+	return np.get(ctx, expired)
 }
 
 // remove forgets c; a pool left without connections is dropped from the
@@ -360,8 +530,10 @@ func (p *pool) remove(c *conn) {
 			break
 		}
 	}
-	empty := len(p.conns) == 0
+	p.ready.Store(int32(len(p.conns)))
+	empty := len(p.conns) == 0 && p.dialing == nil
 	p.mu.Unlock()
+	p.freed() // waiters may now dial a replacement
 	if empty {
 		p.c.dropIfEmpty(p)
 	}

@@ -64,6 +64,11 @@ type Node struct {
 	Metadata map[string]string `json:"metadata"`
 }
 
+// MetaIdempotent is the endpoint metadata key by which a server publishes
+// that an endpoint may safely run more than once (value "true"): clients then
+// retry it on another node after failures after which it may have run.
+const MetaIdempotent = "idempotent"
+
 // Endpoint describes one callable method of a service, e.g. "Greeter.Hello".
 type Endpoint struct {
 	Name     string            `json:"name"`

@@ -3,11 +3,13 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/beacon-go/beacon/codec"
 	"github.com/beacon-go/beacon/internal/wire"
@@ -15,20 +17,33 @@ import (
 )
 
 // conn serves one client connection: one reader goroutine, one goroutine
-// per request, responses written under a lock and flushed by the last
-// writer in line (so concurrent responses share syscalls).
+// per request, responses written through a shared wire.Writer (concurrent
+// responses share system calls; a stalled write closes the connection).
+//
+// What one connection can cost is bounded: MaxStreamsPerConn requests from
+// arrival until their response is written (past it a request is refused
+// without running), a read buffer that grows only as bytes arrive, an idle
+// timeout, a frame timeout for a started request, and a write stall timeout.
 type conn struct {
 	s      *Server
 	nc     net.Conn
 	w      *wire.Writer
+	ctx    context.Context // canceled (ErrConnClosed) when the connection closes
+	cancel context.CancelCauseFunc
 	closed atomic.Bool
+	goaway atomic.Bool // told to go away: new requests are refused
+
+	mu      sync.Mutex
+	streams map[uint64]context.CancelFunc // requests in flight
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	return &conn{s: s, nc: nc, w: wire.NewWriter(nc)}
+	c := &conn{s: s, nc: nc, w: wire.NewWriter(nc, s.o.writeTimeout), streams: map[uint64]context.CancelFunc{}}
+	c.ctx, c.cancel = context.WithCancelCause(s.baseCtx)
+	return c
 }
 
 // bufPool is a server's free list of byte buffers.
@@ -54,85 +69,163 @@ func (c *conn) serve() {
 	defer c.s.connWG.Done()
 	defer c.s.removeConn(c)
 	defer c.close()
-	r := wire.NewReader(c.nc, c.s.o.maxMessage)
+	log := c.s.o.log
+	settings := wire.AppendSettings(nil, wire.Settings{MaxStreams: uint32(c.s.o.maxStreams), MaxFrame: uint32(c.s.o.maxMessage)})
+	if !c.write(settings) {
+		return
+	}
+	r := wire.NewReader(c.nc, c.s.o.maxMessage, wire.IdleTimeout(c.s.o.idleTimeout), wire.FrameTimeout(c.s.o.frameTimeout))
+	if err := r.ReadPreface(); err != nil {
+		if !c.closed.Load() {
+			log.Debug("server: connection without a valid preface closed", "remote", c.nc.RemoteAddr(), "err", err)
+		}
+		return
+	}
 	var f wire.Frame
 	for {
-		if err := r.Next(&f); err != nil {
-			if !c.closed.Load() && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
-				c.s.o.log.Debug("server: connection closed", "remote", c.nc.RemoteAddr(), "err", err)
+		err := r.Next(&f)
+		var tooLarge *wire.TooLargeError
+		switch {
+		case err == nil:
+		case errors.Is(err, wire.ErrIdle):
+			if c.inFlight() > 0 {
+				continue
 			}
-			if errors.Is(err, wire.ErrFrameTooLarge) || errors.Is(err, wire.ErrMalformed) {
-				c.s.o.log.Warn("server: bad frame; closing connection", "remote", c.nc.RemoteAddr(), "err", err)
+			if c.goaway.Load() {
+				log.Debug("server: idle connection closed", "remote", c.nc.RemoteAddr())
+				return
+			}
+			c.goAway() // the client closes it; if not, the next idle period does
+			continue
+		case errors.As(err, &tooLarge) && tooLarge.Kind == wire.KindRequest:
+			c.refuse(tooLarge.ID, status.TooLarge, fmt.Sprintf("request of %d bytes is larger than the server's limit of %d bytes", tooLarge.Size, tooLarge.Limit))
+			continue
+		default:
+			if !c.closed.Load() && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
+				log.Debug("server: connection closed", "remote", c.nc.RemoteAddr(), "err", err)
+			}
+			if errors.Is(err, wire.ErrFrameTooLarge) || errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrFrameTimeout) {
+				log.Warn("server: bad frame; closing connection", "remote", c.nc.RemoteAddr(), "err", err)
 			}
 			return
 		}
-		if f.Kind != wire.KindRequest {
-			continue
+		switch f.Kind {
+		case wire.KindRequest:
+			c.request(&f)
+		case wire.KindCancel:
+			c.cancelStream(f.ID)
+		default:
+			log.Warn("server: unexpected frame from a client; closing connection", "remote", c.nc.RemoteAddr(), "kind", f.Kind)
+			return
 		}
-		c.request(&f)
 	}
 }
 
+func (c *conn) inFlight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.streams)
+}
+
 // request dispatches one request frame. It runs on the reader goroutine and
-// must not block: the handler runs in its own goroutine.
+// does not wait for the handler, which runs in its own goroutine; refusals
+// are written inline (a client that does not read them stops being read).
 func (c *conn) request(f *wire.Frame) {
 	id := f.ID
-	if c.s.refusing.Load() {
-		c.writeError(id, status.New(status.Unavailable, "server is shutting down; not run"))
+	if c.s.refusing.Load() || c.goaway.Load() {
+		c.refuse(id, status.Unavailable, "server is going away; not run")
 		return
 	}
 	h, ok := c.s.handlers[string(f.Endpoint)]
 	if !ok {
-		c.writeError(id, status.Newf(status.NotFound, "unknown endpoint %q", f.Endpoint))
+		c.refuse(id, status.NotFound, fmt.Sprintf("unknown endpoint %q", f.Endpoint))
 		return
 	}
 	cd, err := c.s.o.codecs.GetBytes(f.ContentType)
 	if err != nil {
-		c.writeError(id, status.New(status.BadRequest, err.Error()))
+		c.refuse(id, status.BadRequest, err.Error())
+		return
+	}
+	c.mu.Lock()
+	if _, dup := c.streams[id]; dup {
+		c.mu.Unlock()
+		c.refuse(id, status.BadRequest, "call ID already in flight on this connection")
+		return
+	}
+	if len(c.streams) >= c.s.o.maxStreams {
+		c.mu.Unlock()
+		c.refuse(id, status.Unavailable, fmt.Sprintf("over the connection's limit of %d requests in flight; not run", c.s.o.maxStreams))
 		return
 	}
 	if c.s.slots != nil {
 		select {
 		case c.s.slots <- struct{}{}:
 		default:
-			c.writeError(id, status.New(status.Unavailable, "server overloaded; not run"))
+			c.mu.Unlock()
+			c.refuse(id, status.Unavailable, "server overloaded; not run")
 			return
 		}
 	}
+	// The handler's context ends with the caller's deadline, a Cancel from
+	// the client, the connection's close (cause ErrConnClosed) or the
+	// server's stop (cause ErrStopped).
+	var ctx context.Context
+	var cancel context.CancelFunc
+	if f.Timeout > 0 {
+		ctx, cancel = context.WithTimeout(c.ctx, f.Timeout)
+	} else {
+		ctx, cancel = context.WithCancel(c.ctx)
+	}
+	c.streams[id] = cancel
+	c.mu.Unlock()
+
 	body := c.s.bufs.get()
 	*body = append(*body, f.Body...)
-	timeout := f.Timeout
 	c.s.inflight.Add(1)
 	go func() {
 		defer c.s.inflight.Done()
-		if c.s.slots != nil {
-			defer func() { <-c.s.slots }()
-		}
-		defer c.s.bufs.put(body)
-		ctx := c.s.baseCtx
-		if timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-			defer cancel()
-		}
+		defer c.endStream(id, cancel)
 		rsp, err := c.run(ctx, h, cd, *body)
+		c.s.bufs.put(body)
+		if c.s.slots != nil {
+			<-c.s.slots // the handler is done: free its slot before writing
+		}
 		if err != nil {
-			c.writeError(id, toStatus(ctx, err))
+			c.writeError(id, toStatus(ctx, err), 0)
 			return
 		}
 		out := c.s.bufs.get()
 		defer c.s.bufs.put(out)
 		enc, err := cd.Marshal(*out, rsp)
 		if err != nil {
-			c.writeError(id, status.Newf(status.InternalError, "encode response: %v", err))
+			c.writeError(id, status.Newf(status.InternalError, "encode response: %v", err), 0)
 			return
 		}
 		*out = enc
 		frame := c.s.bufs.get()
-		*frame = wire.AppendResponse(*frame, id, status.OK, cd.ContentType(), "", enc)
+		*frame = wire.AppendResponse(*frame, id, status.OK, 0, cd.ContentType(), "", enc)
 		c.write(*frame)
 		c.s.bufs.put(frame)
 	}()
+}
+
+// endStream forgets a finished request (its response written) and releases
+// its context.
+func (c *conn) endStream(id uint64, cancel context.CancelFunc) {
+	c.mu.Lock()
+	delete(c.streams, id)
+	c.mu.Unlock()
+	cancel()
+}
+
+// cancelStream cancels the handler of a call the client gave up on.
+func (c *conn) cancelStream(id uint64) {
+	c.mu.Lock()
+	cancel := c.streams[id]
+	c.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 }
 
 // run calls the handler, turning a panic into an error.
@@ -163,30 +256,57 @@ func toStatus(ctx context.Context, err error) *status.Error {
 	}
 }
 
-func (c *conn) writeError(id uint64, e *status.Error) {
+// refuse answers a request that was not run.
+func (c *conn) refuse(id uint64, code int, detail string) {
+	c.writeError(id, status.New(code, detail), wire.FlagNotRun)
+}
+
+func (c *conn) writeError(id uint64, e *status.Error, flags byte) {
 	code := e.Code
 	if code <= 0 || code > 0xffff {
 		code = status.InternalError
 	}
 	frame := c.s.bufs.get()
-	*frame = wire.AppendResponse(*frame, id, uint16(code), "", e.Detail, nil)
+	*frame = wire.AppendResponse(*frame, id, uint16(code), flags, "", e.Detail, nil)
 	c.write(*frame)
 	c.s.bufs.put(frame)
 }
 
-// write sends one frame; a failure closes the connection.
-func (c *conn) write(frame []byte) {
-	if err := c.w.Write(frame); err != nil && !c.closed.Load() {
-		c.s.o.log.Debug("server: write failed", "remote", c.nc.RemoteAddr(), "err", err)
-		c.close()
+// write sends one frame; a failure (a client that stopped reading for the
+// write timeout, a reset) closes the connection.
+func (c *conn) write(frame []byte) bool { return c.writeBy(frame, time.Time{}) }
+
+// writeBy is write with a deadline for the wait and the write (zero: only
+// the write timeout).
+func (c *conn) writeBy(frame []byte, deadline time.Time) bool {
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		expired = t.C
 	}
+	if _, err := c.w.Write(frame, deadline, nil, expired); err != nil {
+		if !c.closed.Load() {
+			c.s.o.log.Debug("server: write failed; closing connection", "remote", c.nc.RemoteAddr(), "err", err)
+		}
+		c.close()
+		return false
+	}
+	return true
 }
 
-func (c *conn) goAway() { c.write(wire.AppendGoAway(nil)) }
+// goAway tells the client to send nothing more on this connection,
+// waiting at most a second to do so (a client that does not read is closed).
+func (c *conn) goAway() {
+	if !c.goaway.Swap(true) {
+		c.writeBy(wire.AppendGoAway(nil), time.Now().Add(time.Second))
+	}
+}
 
 func (c *conn) close() {
 	if c.closed.Swap(true) {
 		return
 	}
 	c.nc.Close()
+	c.cancel(ErrConnClosed)
 }

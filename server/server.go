@@ -42,12 +42,44 @@ const (
 	DefaultMaxMessageSize   = wire.DefaultMaxFrame
 )
 
+// Limits on what one peer can cost a server: the defaults, all in one place.
+// Each has an option of the same name. With the defaults, an idle
+// connection costs about 16 KiB (a goroutine and a 4 KiB read buffer), so
+// DefaultMaxConnections idle connections stay under 200 MiB; a connection
+// that sends requests and never reads the answers holds at most
+// DefaultMaxStreamsPerConn requests until DefaultWriteTimeout closes it.
+const (
+	// DefaultMaxConnections caps open client connections; one more is told
+	// to go away and closed at once.
+	DefaultMaxConnections = 10000
+	// DefaultMaxStreamsPerConn bounds the requests in flight on one
+	// connection (advertised: clients open another connection rather than
+	// exceed it; a request past it is refused without running).
+	DefaultMaxStreamsPerConn = wire.DefaultMaxStreams
+	// DefaultIdleTimeout: a connection with nothing in flight and no bytes
+	// for this long is told to go away, and closed after one more.
+	DefaultIdleTimeout = 5 * time.Minute
+	// DefaultFrameTimeout bounds how long a request's bytes (and the
+	// connection's preface) may take to arrive once they started.
+	DefaultFrameTimeout = 10 * time.Second
+	// DefaultWriteTimeout bounds how long a response write may make no
+	// progress (a client that stopped reading); the connection is then
+	// closed.
+	DefaultWriteTimeout = 10 * time.Second
+)
+
 // Errors.
 var (
 	ErrBadInterval = errors.New("server: register interval must be positive and below the register TTL")
 	ErrRunning     = errors.New("server: already started")
 	ErrNoName      = errors.New("server: no service name")
 	ErrNoHandlers  = errors.New("server: no handlers")
+	// ErrStopped is the cause (context.Cause) of a handler's context
+	// canceled because the server stopped before the handler returned.
+	ErrStopped = errors.New("server: stopped")
+	// ErrConnClosed is the cause of a handler's context canceled because the
+	// client's connection closed.
+	ErrConnClosed = errors.New("server: client connection closed")
 )
 
 // Option configures a Server.
@@ -63,6 +95,10 @@ type options struct {
 	drainGrace, shutdown time.Duration
 	maxMessage           int
 	maxConcurrent        int
+	maxConns, maxStreams int
+	idleTimeout          time.Duration
+	frameTimeout         time.Duration
+	writeTimeout         time.Duration
 	codecs               *codec.Set
 	log                  *slog.Logger
 }
@@ -111,13 +147,36 @@ func DrainGrace(d time.Duration) Option { return func(o *options) { o.drainGrace
 func ShutdownTimeout(d time.Duration) Option { return func(o *options) { o.shutdown = d } }
 
 // MaxMessageSize sets the largest request accepted, in bytes (default
-// DefaultMaxMessageSize). A larger one closes the connection.
+// DefaultMaxMessageSize; advertised to clients, which refuse larger requests
+// before sending). A larger request that still arrives is skipped and
+// answered alone with status 413; the connection keeps serving.
 func MaxMessageSize(n int) Option { return func(o *options) { o.maxMessage = n } }
 
-// MaxConcurrentRequests bounds the requests a server runs at once (default
+// MaxConcurrentRequests bounds the handlers a server runs at once (default
 // 0: no bound). A request past the bound is answered at once with status
-// 503 without running, which clients retry on another node.
+// 503 without running, which clients retry on another node. A slot is freed
+// when the handler returns, not when its response is written.
 func MaxConcurrentRequests(n int) Option { return func(o *options) { o.maxConcurrent = n } }
+
+// MaxConnections caps open client connections (default
+// DefaultMaxConnections).
+func MaxConnections(n int) Option { return func(o *options) { o.maxConns = n } }
+
+// MaxStreamsPerConn bounds the requests in flight on one connection, from
+// arrival until the response is written (default DefaultMaxStreamsPerConn).
+func MaxStreamsPerConn(n int) Option { return func(o *options) { o.maxStreams = n } }
+
+// IdleTimeout sets when an idle connection is told to go away (default
+// DefaultIdleTimeout).
+func IdleTimeout(d time.Duration) Option { return func(o *options) { o.idleTimeout = d } }
+
+// FrameTimeout bounds the arrival of a started request (default
+// DefaultFrameTimeout).
+func FrameTimeout(d time.Duration) Option { return func(o *options) { o.frameTimeout = d } }
+
+// WriteTimeout bounds a response write that makes no progress (default
+// DefaultWriteTimeout).
+func WriteTimeout(d time.Duration) Option { return func(o *options) { o.writeTimeout = d } }
 
 // Codecs sets the codecs by content type (default codec.NewSet()).
 func Codecs(s *codec.Set) Option { return func(o *options) { o.codecs = s } }
@@ -141,6 +200,7 @@ type Server struct {
 	bufs     bufPool
 	slots    chan struct{} // nil: no bound on concurrent requests
 	refusing atomic.Bool   // set when GoAway goes out: new requests get 503
+	refused  atomic.Int64  // connections refused over the cap
 
 	mu       sync.Mutex
 	state    runState
@@ -151,7 +211,7 @@ type Server struct {
 	connWG   sync.WaitGroup
 
 	baseCtx    context.Context
-	cancelBase context.CancelFunc
+	cancelBase context.CancelCauseFunc
 	hbCancel   context.CancelFunc
 	hbDone     chan struct{}
 	acceptDone chan struct{}
@@ -163,6 +223,8 @@ func New(opts ...Option) (*Server, error) {
 	o := options{
 		address: DefaultAddress, ttl: DefaultRegisterTTL, interval: DefaultRegisterInterval,
 		drainGrace: DefaultDrainGrace, shutdown: DefaultShutdownTimeout, maxMessage: DefaultMaxMessageSize,
+		maxConns: DefaultMaxConnections, maxStreams: DefaultMaxStreamsPerConn, idleTimeout: DefaultIdleTimeout,
+		frameTimeout: DefaultFrameTimeout, writeTimeout: DefaultWriteTimeout,
 		log: slog.Default(),
 	}
 	for _, f := range opts {
@@ -191,12 +253,34 @@ func New(opts ...Option) (*Server, error) {
 	if err := registry.ValidateMetadata("server metadata", o.metadata); err != nil {
 		return nil, err
 	}
+	if err := checkLimits(&o); err != nil {
+		return nil, err
+	}
 	s := &Server{o: o, handlers: map[string]*handler{}, conns: map[*conn]struct{}{}}
 	if o.maxConcurrent > 0 {
 		s.slots = make(chan struct{}, o.maxConcurrent)
 	}
-	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
+	s.baseCtx, s.cancelBase = context.WithCancelCause(context.Background())
 	return s, nil
+}
+
+// ErrBadLimit: a limit option is out of range.
+var ErrBadLimit = errors.New("server: limit out of range")
+
+func checkLimits(o *options) error {
+	switch {
+	case o.maxMessage < 1024 || o.maxMessage > wire.MaxFrameLimit:
+		return fmt.Errorf("%w: MaxMessageSize %d (want 1 KiB to 4 GiB)", ErrBadLimit, o.maxMessage)
+	case o.maxConcurrent < 0:
+		return fmt.Errorf("%w: MaxConcurrentRequests %d (want 0 for no bound, or more)", ErrBadLimit, o.maxConcurrent)
+	case o.maxConns < 1:
+		return fmt.Errorf("%w: MaxConnections %d (want 1 or more)", ErrBadLimit, o.maxConns)
+	case o.maxStreams < 1 || o.maxStreams > 1<<20:
+		return fmt.Errorf("%w: MaxStreamsPerConn %d (want 1 to %d)", ErrBadLimit, o.maxStreams, 1<<20)
+	case o.idleTimeout < 0 || o.frameTimeout < 0 || o.writeTimeout < 0:
+		return fmt.Errorf("%w: negative timeout", ErrBadLimit)
+	}
+	return nil
 }
 
 // Handle adds every method of h of the form
@@ -368,7 +452,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	if s.state != stateRunning {
 		if s.state == stateNew {
 			s.state = stateStopped
-			s.cancelBase()
+			s.cancelBase(ErrStopped)
 		}
 		s.mu.Unlock()
 		return nil
@@ -405,9 +489,11 @@ func (s *Server) Stop(ctx context.Context) error {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	var told sync.WaitGroup
 	for _, c := range conns {
-		c.goAway()
+		told.Go(c.goAway)
 	}
+	told.Wait()
 
 	done := make(chan struct{})
 	go func() { s.inflight.Wait(); close(done) }()
@@ -420,7 +506,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		s.o.log.Warn("server: stop context ended; canceling in-flight requests")
 	}
 	t.Stop()
-	s.cancelBase()
+	s.cancelBase(ErrStopped)
 	// Closing the connections also unblocks handlers stuck writing to a
 	// client that does not read.
 	for _, c := range conns {
@@ -451,18 +537,34 @@ func (s *Server) accept(ln net.Listener) {
 			continue
 		}
 		delay = 0
-		c := newConn(s, nc)
 		s.mu.Lock()
 		if s.state == stateStopped {
 			s.mu.Unlock()
 			nc.Close()
 			continue
 		}
+		if len(s.conns) >= s.o.maxConns {
+			s.mu.Unlock()
+			s.refuseConn(nc)
+			continue
+		}
+		c := newConn(s, nc)
 		s.conns[c] = struct{}{}
 		s.connWG.Add(1)
 		s.mu.Unlock()
 		go c.serve()
 	}
+}
+
+// refuseConn tells a connection over the cap to go away (before any
+// Settings, so the client knows nothing ran) and closes it.
+func (s *Server) refuseConn(nc net.Conn) {
+	if n := s.refused.Add(1); n&(n-1) == 0 { // log the 1st, 2nd, 4th, 8th, ... refusal
+		s.o.log.Warn("server: connection limit reached; refusing connections", "remote", nc.RemoteAddr(), "limit", s.o.maxConns, "refused", n)
+	}
+	_ = nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = nc.Write(wire.AppendGoAway(nil))
+	nc.Close()
 }
 
 func (s *Server) removeConn(c *conn) {

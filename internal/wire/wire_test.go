@@ -3,9 +3,15 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"io"
+	"net"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestRoundTrip(t *testing.T) {
 	var b []byte
@@ -13,7 +19,12 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b = AppendResponse(b, 7, 500, "application/json", "boom", []byte(`{}`))
+	if len(b) != RequestSize("Greeter.Hello", "application/json", len(`{"name":"Ann"}`)) {
+		t.Fatalf("RequestSize = %d, frame is %d bytes", RequestSize("Greeter.Hello", "application/json", 14), len(b))
+	}
+	b = AppendResponse(b, 7, 503, FlagNotRun, "application/json", "boom", []byte(`{}`))
+	b = AppendSettings(b, Settings{MaxStreams: 10, MaxFrame: 2048})
+	b = AppendCancel(b, 9)
 	b = AppendGoAway(b)
 	r := NewReader(bytes.NewReader(b), 0)
 	var f Frame
@@ -21,11 +32,20 @@ func TestRoundTrip(t *testing.T) {
 		string(f.ContentType) != "application/json" || f.Timeout != 3*time.Second || string(f.Body) != `{"name":"Ann"}` {
 		t.Fatalf("request = %+v, %v", f, err)
 	}
-	if err := r.Next(&f); err != nil || f.Kind != KindResponse || f.Status != 500 || string(f.Detail) != "boom" || string(f.Body) != "{}" {
+	if err := r.Next(&f); err != nil || f.Kind != KindResponse || f.Status != 503 || f.Flags != FlagNotRun || string(f.Detail) != "boom" || string(f.Body) != "{}" {
 		t.Fatalf("response = %+v, %v", f, err)
+	}
+	if err := r.Next(&f); err != nil || f.Kind != KindSettings || f.Settings != (Settings{MaxStreams: 10, MaxFrame: 2048}) {
+		t.Fatalf("settings = %+v, %v", f, err)
+	}
+	if err := r.Next(&f); err != nil || f.Kind != KindCancel || f.ID != 9 {
+		t.Fatalf("cancel = %+v, %v", f, err)
 	}
 	if err := r.Next(&f); err != nil || f.Kind != KindGoAway {
 		t.Fatalf("goaway = %+v, %v", f, err)
+	}
+	if err := r.Next(&f); err != io.EOF {
+		t.Fatalf("end: %v, want EOF", err)
 	}
 }
 
@@ -35,10 +55,11 @@ func TestRejects(t *testing.T) {
 		in   []byte
 		want error
 	}{
-		{"too large", []byte{0xff, 0xff, 0xff, 0xff, 1}, ErrFrameTooLarge},
 		{"too short", []byte{0, 0, 0, 2, 1, 0}, ErrMalformed},
 		{"unknown kind", append([]byte{0, 0, 0, 9, 9}, make([]byte, 8)...), ErrMalformed},
 		{"endpoint overruns", append([]byte{0, 0, 0, 11, 1}, append(make([]byte, 8), 0xff, 0xff)...), ErrMalformed},
+		{"short settings", append([]byte{0, 0, 0, 10, KindSettings}, make([]byte, 9)...), ErrMalformed},
+		{"cut in the middle", []byte{0, 0, 0, 20, 1, 0}, io.ErrUnexpectedEOF},
 	}
 	for _, tc := range cases {
 		var f Frame
@@ -48,15 +69,169 @@ func TestRejects(t *testing.T) {
 	}
 }
 
+// An oversized frame is reported with its ID and skipped; the frames after
+// it still read.
+func TestTooLargeFrameIsSkipped(t *testing.T) {
+	big, _ := AppendRequest(nil, 42, "A.B", "", 0, make([]byte, 10_000))
+	small, _ := AppendRequest(nil, 43, "A.B", "", 0, []byte("ok"))
+	r := NewReader(bytes.NewReader(append(big, small...)), 1024)
+	var f Frame
+	err := r.Next(&f)
+	var tl *TooLargeError
+	if !errors.As(err, &tl) || !errors.Is(err, ErrFrameTooLarge) || tl.ID != 42 || tl.Kind != KindRequest || tl.Limit != 1024 || tl.Size != len(big)-4 {
+		t.Fatalf("err = %v (%+v), want a TooLargeError for ID 42", err, tl)
+	}
+	if err := r.Next(&f); err != nil || f.ID != 43 || string(f.Body) != "ok" {
+		t.Fatalf("next frame = %+v, %v", f, err)
+	}
+}
+
+// A peer that announces a 4 MiB frame and sends a few bytes costs a few KiB,
+// not 4 MiB; the buffer grows with what arrives and shrinks once drained.
+func TestBufferGrowsAsBytesArrive(t *testing.T) {
+	hdr := []byte{0, 0x40, 0, 0, KindRequest} // 4 MiB announced
+	r := NewReader(io.MultiReader(bytes.NewReader(hdr), bytes.NewReader(make([]byte, 100))), 8<<20)
+	var f Frame
+	if err := r.Next(&f); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("err = %v", err)
+	}
+	if r.Buffered() > 8<<10 {
+		t.Fatalf("buffer is %d bytes after 105 bytes of a 4 MiB frame", r.Buffered())
+	}
+
+	big, _ := AppendRequest(nil, 1, "A.B", "", 0, make([]byte, 1<<20))
+	small, _ := AppendRequest(nil, 2, "A.B", "", 0, nil)
+	r = NewReader(bytes.NewReader(append(big, small...)), 8<<20)
+	if err := r.Next(&f); err != nil || len(f.Body) != 1<<20 {
+		t.Fatalf("big frame: %v", err)
+	}
+	if err := r.Next(&f); err != nil || f.ID != 2 {
+		t.Fatalf("small frame: %v", err)
+	}
+	if err := r.Next(&f); err != io.EOF {
+		t.Fatalf("end: %v", err)
+	}
+	if r.Buffered() > shrinkBuf {
+		t.Fatalf("buffer of %d bytes kept after the big frame was drained", r.Buffered())
+	}
+}
+
+func TestPreface(t *testing.T) {
+	r := NewReader(bytes.NewReader([]byte(Preface)), 0)
+	if err := r.ReadPreface(); err != nil {
+		t.Fatal(err)
+	}
+	r = NewReader(bytes.NewReader([]byte("GET / HTTP/1.1\r\n")), 0)
+	if err := r.ReadPreface(); !errors.Is(err, ErrBadPreface) {
+		t.Fatalf("err = %v, want ErrBadPreface", err)
+	}
+}
+
+func TestIdleAndFrameTimeouts(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	r := NewReader(a, 0, IdleTimeout(30*time.Millisecond), FrameTimeout(50*time.Millisecond))
+	var f Frame
+	if err := r.Next(&f); !errors.Is(err, ErrIdle) {
+		t.Fatalf("idle: %v", err)
+	}
+	// Still usable after ErrIdle.
+	frame, _ := AppendRequest(nil, 5, "A.B", "", 0, nil)
+	go b.Write(frame)
+	if err := r.Next(&f); err != nil || f.ID != 5 {
+		t.Fatalf("after idle: %+v, %v", f, err)
+	}
+	// A frame that starts and stalls ends with ErrFrameTimeout.
+	go b.Write(frame[:7])
+	start := time.Now()
+	if err := r.Next(&f); !errors.Is(err, ErrFrameTimeout) {
+		t.Fatalf("stalled frame: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("frame timeout took %v", d)
+	}
+}
+
+// A writer blocked on a peer that never reads returns at its deadline and
+// when its done channel closes; waiters for its turn return too, and the
+// writer then fails for good. Sent tells which frames left whole.
+func TestWriterBlockedByPeer(t *testing.T) {
+	for _, how := range []string{"deadline", "done", "stall"} {
+		t.Run(how, func(t *testing.T) {
+			a, b := net.Pipe() // unbuffered: every write blocks until read
+			defer a.Close()
+			defer b.Close()
+			stall := time.Duration(0)
+			if how == "stall" {
+				stall = 50 * time.Millisecond
+			}
+			w := NewWriter(a, stall)
+			var deadline time.Time
+			var done chan struct{}
+			switch how {
+			case "deadline":
+				deadline = time.Now().Add(50 * time.Millisecond)
+			case "done":
+				done = make(chan struct{})
+				time.AfterFunc(50*time.Millisecond, func() { close(done) })
+			}
+			waiter := make(chan error, 1)
+			start := time.Now()
+			go func() {
+				time.Sleep(10 * time.Millisecond) // queue behind the blocked writer
+				_, err := w.Write([]byte("second"), time.Now().Add(time.Second), nil, time.After(time.Second))
+				waiter <- err
+			}()
+			end, err := w.Write([]byte("first frame"), deadline, done, nil)
+			if err == nil || end != int64(len("first frame")) || w.Sent() >= end {
+				t.Fatalf("Write = %d, %v; sent %d", end, err, w.Sent())
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Fatalf("blocked write returned after %v", d)
+			}
+			if err := <-waiter; !errors.Is(err, ErrNotQueued) {
+				t.Fatalf("waiter: %v, want ErrNotQueued", err)
+			}
+			if w.Err() == nil {
+				t.Fatal("writer not failed after an abandoned write")
+			}
+		})
+	}
+}
+
+func TestWriterCoalesces(t *testing.T) {
+	var out bytes.Buffer
+	w := NewWriter(&out, 0)
+	for i := range 3 {
+		end, err := w.Write([]byte("abc"), time.Time{}, nil, nil)
+		if err != nil || end != int64(3*(i+1)) {
+			t.Fatalf("Write %d = %d, %v", i, end, err)
+		}
+	}
+	if out.String() != "abcabcabc" || w.Sent() != 9 || w.Settle() != 9 {
+		t.Fatalf("out %q sent %d", out.String(), w.Sent())
+	}
+}
+
 func FuzzReader(f *testing.F) {
 	req, _ := AppendRequest(nil, 1, "A.B", "application/json", time.Second, []byte("{}"))
 	f.Add(req)
-	f.Add(AppendResponse(nil, 2, 0, "application/json", "", []byte("{}")))
+	f.Add(AppendResponse(nil, 2, 0, 0, "application/json", "", []byte("{}")))
 	f.Add(AppendGoAway(nil))
+	f.Add(AppendSettings(nil, Settings{MaxStreams: 1, MaxFrame: 1}))
+	f.Add(AppendCancel(nil, 3))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := NewReader(bytes.NewReader(data), 1<<16)
+		r := NewReader(bytes.NewReader(data), 1<<10)
 		var fr Frame
-		for r.Next(&fr) == nil {
+		for {
+			err := r.Next(&fr)
+			if err != nil && !errors.Is(err, ErrFrameTooLarge) {
+				break
+			}
+		}
+		if r.Buffered() > 1<<10+2*minBuf {
+			t.Fatalf("buffer of %d bytes for a 1 KiB limit", r.Buffered())
 		}
 	})
 }

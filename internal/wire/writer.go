@@ -1,35 +1,230 @@
 package wire
 
 import (
-	"bufio"
+	"errors"
 	"io"
-	"sync"
 	"sync/atomic"
+	"time"
 )
+
+// ErrWriteTimeout: a write did not complete within its deadline, or made no
+// progress within the writer's stall timeout (a peer that stopped reading).
+var ErrWriteTimeout = errors.New("wire: write timed out")
+
+// ErrWriteCanceled: the writer gave up because the caller's done channel
+// closed.
+var ErrWriteCanceled = errors.New("wire: write canceled")
+
+// ErrNotQueued: the frame was never handed to the stream (the caller's wait
+// for its turn ended, or the writer had already failed). Wrapped with the
+// reason.
+var ErrNotQueued = errors.New("wire: frame not sent")
+
+type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
+
+// cancelSlice is how often a blocked write checks a caller's done channel.
+const cancelSlice = 10 * time.Millisecond
 
 // Writer writes whole frames to a stream from many goroutines. Frames are
 // buffered and the last writer in line flushes, so concurrent calls share
-// system calls while a lone writer's frame goes out at once. It is safe for
-// concurrent use; after an error every later Write fails too.
+// system calls while a lone writer's frame goes out at once, without a copy.
+//
+// Every wait is bounded: the wait for one's turn by the caller's deadline and
+// done channel, the write itself by the deadline, the done channel and the
+// stall timeout. A write abandoned part way leaves the stream without
+// framing: the Writer then fails for good, and so must the connection.
+// It is safe for concurrent use.
 type Writer struct {
-	mu      sync.Mutex
-	bw      *bufio.Writer
+	sem     chan struct{} // holds a token while a writer owns the stream
 	waiting atomic.Int32
+	w       io.Writer
+	dl      writeDeadliner
+	stall   time.Duration
+	pending atomic.Bool // buf holds frames nobody has flushed
+
+	// Owned by the token holder.
+	buf    []byte
+	queued int64 // stream offset past the last queued frame
+	err    error // sticky
+	dlSet  bool
+
+	sent   atomic.Int64 // bytes written to the stream
+	failed atomic.Pointer[error]
 }
 
-// NewWriter returns a Writer on w with a 32 KiB buffer.
-func NewWriter(w io.Writer) *Writer { return &Writer{bw: bufio.NewWriterSize(w, 32<<10)} }
-
-// Write writes one frame, flushing unless another writer is waiting for the
-// lock (that one, or the last of them, flushes). It blocks while the stream
-// does.
-func (w *Writer) Write(frame []byte) error {
-	w.waiting.Add(1)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	_, err := w.bw.Write(frame)
-	if w.waiting.Add(-1) == 0 && err == nil {
-		err = w.bw.Flush()
+// NewWriter returns a Writer on w. stall (0: none) bounds how long a write
+// may make no progress; it needs a stream with SetWriteDeadline.
+func NewWriter(w io.Writer, stall time.Duration) *Writer {
+	ww := &Writer{sem: make(chan struct{}, 1), w: w, stall: stall}
+	ww.dl, _ = w.(writeDeadliner)
+	if ww.dl == nil {
+		ww.stall = 0
 	}
+	return ww
+}
+
+// Sent returns how many bytes have been written to the stream. A frame whose
+// end offset (from Write) is above Sent did not leave whole: a peer cannot
+// have acted on it.
+func (w *Writer) Sent() int64 { return w.sent.Load() }
+
+// Err returns the error that failed the writer, or nil.
+func (w *Writer) Err() error {
+	if p := w.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Write writes one frame. It waits for its turn until deadline (zero: none),
+// done closes or expired fires (nil channels never do); the frame is then
+// not sent and the error wraps ErrNotQueued. Once its turn comes the frame
+// is queued: end is the stream offset just past it. It is then flushed,
+// unless another writer is waiting (the last of them flushes). The flush is
+// bounded by the deadline, done and the stall timeout; when it fails the
+// Writer fails for good and err says why (ErrWriteTimeout,
+// ErrWriteCanceled, or the stream's error). Compare end with Sent to learn
+// whether the frame left whole.
+func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, expired <-chan time.Time) (end int64, err error) {
+	w.waiting.Add(1)
+	select {
+	case w.sem <- struct{}{}:
+	default:
+		select {
+		case w.sem <- struct{}{}:
+		case <-done:
+			w.giveUp()
+			return 0, errors.Join(ErrNotQueued, ErrWriteCanceled)
+		case <-expired:
+			w.giveUp()
+			return 0, errors.Join(ErrNotQueued, ErrWriteTimeout)
+		}
+	}
+	defer func() { <-w.sem }()
+	last := w.waiting.Add(-1) == 0
+	if w.err != nil {
+		return 0, errors.Join(ErrNotQueued, w.err)
+	}
+	w.queued += int64(len(frame))
+	end = w.queued
+	if !last {
+		w.buf = append(w.buf, frame...)
+		w.pending.Store(true)
+		return end, nil
+	}
+	if len(w.buf) == 0 {
+		return end, w.flush(frame, deadline, done)
+	}
+	w.buf = append(w.buf, frame...)
+	err = w.flush(w.buf, deadline, done)
+	w.drained()
+	return end, err
+}
+
+// giveUp leaves the line. When the one who left was the writer that a
+// holder counted on to flush, the frames queued so far are flushed in the
+// background (bounded by the stall timeout).
+func (w *Writer) giveUp() {
+	if w.waiting.Add(-1) == 0 && w.pending.Load() {
+		go w.Flush()
+	}
+}
+
+// Flush writes out buffered frames, waiting for its turn without a bound
+// (the holder of the stream is bounded by the stall timeout).
+func (w *Writer) Flush() error {
+	w.sem <- struct{}{}
+	defer func() { <-w.sem }()
+	if w.err != nil || len(w.buf) == 0 {
+		return w.err
+	}
+	err := w.flush(w.buf, time.Time{}, nil)
+	w.drained()
 	return err
+}
+
+func (w *Writer) drained() {
+	w.pending.Store(false)
+	if cap(w.buf) > shrinkBuf {
+		w.buf = nil
+	} else {
+		w.buf = w.buf[:0]
+	}
+}
+
+// flush writes p whole within the bounds; the caller holds the token.
+func (w *Writer) flush(p []byte, deadline time.Time, done <-chan struct{}) error {
+	var progress time.Time // when the write last moved (for the stall bound)
+	for len(p) > 0 {
+		if w.dl != nil {
+			d := deadline
+			if w.stall > 0 || done != nil {
+				now := time.Now()
+				if progress.IsZero() {
+					progress = now
+				}
+				if w.stall > 0 && (d.IsZero() || progress.Add(w.stall).Before(d)) {
+					d = progress.Add(w.stall)
+				}
+				if done != nil && (d.IsZero() || now.Add(cancelSlice).Before(d)) {
+					d = now.Add(cancelSlice)
+				}
+			}
+			if !d.IsZero() || w.dlSet {
+				if err := w.dl.SetWriteDeadline(d); err != nil {
+					return w.fail(err)
+				}
+				w.dlSet = !d.IsZero()
+			}
+		}
+		n, err := w.w.Write(p)
+		w.sent.Add(int64(n))
+		p = p[n:]
+		if err == nil {
+			continue
+		}
+		if !isTimeout(err) {
+			return w.fail(err)
+		}
+		now := time.Now()
+		if n > 0 {
+			progress = now
+		}
+		switch {
+		case !deadline.IsZero() && !now.Before(deadline):
+			return w.fail(ErrWriteTimeout)
+		case isClosed(done):
+			return w.fail(ErrWriteCanceled)
+		case w.stall > 0 && !now.Before(progress.Add(w.stall)):
+			return w.fail(ErrWriteTimeout)
+		}
+	}
+	return nil
+}
+
+func (w *Writer) fail(err error) error {
+	w.err = err
+	w.failed.Store(&err)
+	return err
+}
+
+func isClosed(done <-chan struct{}) bool {
+	if done == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Settle waits for the writer in progress, if any, and returns Sent. Call it
+// after closing the stream: the result is then final.
+func (w *Writer) Settle() int64 {
+	w.sem <- struct{}{}
+	n := w.sent.Load()
+	<-w.sem
+	return n
 }
