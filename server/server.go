@@ -199,9 +199,22 @@ func New(opts ...Option) (*Server, error) {
 	return s, nil
 }
 
-// Handle adds every method of h of the form
-// func(ctx context.Context, req *Req, rsp *Rsp) error as endpoint "T.Method".
-// It must be called before Start.
+// Handle adds every exported method of h of the form
+// func(ctx context.Context, req *Req, rsp *Rsp) error as endpoint "T.Method"
+// (T without its package and pointer). It must be called before Start.
+//
+// An exported method that looks like a handler must have exactly that form:
+// one that takes a context.Context (at any position), or exactly two
+// pointers (a request and a response, the context forgotten). Otherwise
+// Handle fails with an error matching ErrBadHandler that names every such
+// method and what is wrong, e.g. "server: not a handler: Greeter.Hello:
+// request must be a pointer (got greeter.HelloReq)"; so does a handler
+// method with a pointer receiver when h is not a pointer. Other methods
+// (String() string, Close() error, Init(*Config) error, ...) are ignored;
+// to keep a method of the handler's look that is not an endpoint, unexport
+// it or move it to another type. An endpoint already added, by Handle or by
+// HandleFunc, is an error matching ErrBadHandler naming the endpoint and
+// both sources. On error nothing is added.
 func (s *Server) Handle(h any) error {
 	hs, err := handlersOf(h)
 	if err != nil {
@@ -212,7 +225,8 @@ func (s *Server) Handle(h any) error {
 
 // HandleFunc adds one typed endpoint without reflection, e.g.
 // server.HandleFunc(s, "Greeter.Hello", g.Hello). It must be called before
-// Start.
+// Start. An endpoint already added, by Handle or by HandleFunc, is an error
+// matching ErrBadHandler naming the endpoint and both sources.
 func HandleFunc[Req, Rsp any](s *Server, endpoint string, fn func(ctx context.Context, req *Req, rsp *Rsp) error) error {
 	if endpoint == "" {
 		return fmt.Errorf("%w: empty endpoint name", ErrBadHandler)
@@ -221,6 +235,7 @@ func HandleFunc[Req, Rsp any](s *Server, endpoint string, fn func(ctx context.Co
 	return s.add(&handler{
 		name:     endpoint,
 		endpoint: &registry.Endpoint{Name: endpoint, Request: describe(reqT.Name(), reqT, 0), Response: describe(rspT.Name(), rspT, 0)},
+		source:   fmt.Sprintf("HandleFunc[%s, %s]", reqT, rspT),
 		serve: func(ctx context.Context, c codec.Codec, body []byte) (any, error) {
 			req := new(Req)
 			if err := c.Unmarshal(body, req); err != nil {
@@ -242,8 +257,8 @@ func (s *Server) add(hs ...*handler) error {
 		return ErrRunning
 	}
 	for _, h := range hs {
-		if _, dup := s.handlers[h.name]; dup {
-			return fmt.Errorf("%w: endpoint %s added twice", ErrBadHandler, h.name)
+		if prev, dup := s.handlers[h.name]; dup {
+			return fmt.Errorf("%w: endpoint %s added twice: first by %s, again by %s", ErrBadHandler, h.name, prev.source, h.source)
 		}
 	}
 	for _, h := range hs {
