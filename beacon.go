@@ -93,7 +93,8 @@ func RegistryName(name string, addrs ...string) Option {
 // is then ignored). The service does not close a selector given this way.
 func Selector(s selector.Selector) Option { return func(o *options) { o.sel = s } }
 
-// RegisterTTL sets the registration TTL (flag --register_ttl).
+// RegisterTTL sets the registration TTL (flag --register_ttl), at most
+// server.MaxRegisterTTL.
 func RegisterTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
 
 // RegisterInterval sets the heartbeat interval (flag --register_interval).

@@ -86,6 +86,7 @@ func TestRefusals(t *testing.T) {
 	}{
 		{"interval not below TTL", []beacon.Option{beacon.Name("x"), beacon.RegisterTTL(time.Second), beacon.RegisterInterval(2 * time.Second)}, server.ErrBadInterval},
 		{"invalid name", []beacon.Option{beacon.Name("bad name")}, registry.ErrInvalid},
+		{"TTL above the maximum", []beacon.Option{beacon.Name("x"), beacon.RegisterTTL(server.MaxRegisterTTL + time.Second)}, server.ErrBadTTL},
 		{"help", []beacon.Option{beacon.Name("x"), beacon.Args("--help")}, beacon.ErrHelp},
 	}
 	for _, tc := range tests {

@@ -42,9 +42,15 @@ const (
 	DefaultMaxMessageSize   = wire.DefaultMaxFrame
 )
 
+// MaxRegisterTTL bounds the register TTL, and so the register interval,
+// which must be below the TTL. It is the one place the bound is defined:
+// New enforces it, and flags and docs read it here.
+const MaxRegisterTTL = 24 * time.Hour
+
 // Errors.
 var (
 	ErrBadInterval = errors.New("server: register interval must be positive and below the register TTL")
+	ErrBadTTL      = errors.New("server: register TTL out of range")
 	ErrRunning     = errors.New("server: already started")
 	ErrNoName      = errors.New("server: no service name")
 	ErrNoHandlers  = errors.New("server: no handlers")
@@ -95,7 +101,8 @@ func Listener(l net.Listener) Option { return func(o *options) { o.listener = l 
 // but registers nowhere.
 func Registry(r registry.Registry) Option { return func(o *options) { o.reg = r } }
 
-// RegisterTTL sets the TTL of the registration (default DefaultRegisterTTL).
+// RegisterTTL sets the TTL of the registration (default DefaultRegisterTTL,
+// at most MaxRegisterTTL).
 func RegisterTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
 
 // RegisterInterval sets the heartbeat interval; it must be below the TTL
@@ -157,8 +164,9 @@ type Server struct {
 	acceptDone chan struct{}
 }
 
-// New returns a server; it checks the options (a name, an interval below the
-// TTL) and serves nothing until Start.
+// New returns a server; it checks the options (a name, a TTL of at most
+// MaxRegisterTTL, else ErrBadTTL; an interval below the TTL, else
+// ErrBadInterval) and serves nothing until Start.
 func New(opts ...Option) (*Server, error) {
 	o := options{
 		address: DefaultAddress, ttl: DefaultRegisterTTL, interval: DefaultRegisterInterval,
@@ -176,6 +184,9 @@ func New(opts ...Option) (*Server, error) {
 	}
 	if err := registry.ValidateName(o.name); err != nil {
 		return nil, err
+	}
+	if o.ttl > MaxRegisterTTL {
+		return nil, fmt.Errorf("%w: %v, want at most %v", ErrBadTTL, o.ttl, MaxRegisterTTL)
 	}
 	if o.interval <= 0 || o.ttl <= 0 || o.interval >= o.ttl {
 		return nil, fmt.Errorf("%w (interval %v, TTL %v)", ErrBadInterval, o.interval, o.ttl)
