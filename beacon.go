@@ -93,7 +93,8 @@ func RegistryName(name string, addrs ...string) Option {
 // is then ignored). The service does not close a selector given this way.
 func Selector(s selector.Selector) Option { return func(o *options) { o.sel = s } }
 
-// RegisterTTL sets the registration TTL (flag --register_ttl).
+// RegisterTTL sets the registration TTL (flag --register_ttl), at most
+// server.MaxRegisterTTL.
 func RegisterTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
 
 // RegisterInterval sets the heartbeat interval (flag --register_interval).
@@ -149,15 +150,14 @@ var ErrHelp = errors.New("beacon: help shown")
 
 // Service is a server, a client and the registry and selector they share.
 type Service struct {
-	o        options
-	cfg      cmd.Config
-	reg      registry.Registry
-	ownsReg  bool
-	sel      selector.Selector
-	ownsSel  bool
-	cli      *client.Client
-	srv      *server.Server
-	handlers int
+	o       options
+	cfg     cmd.Config
+	reg     registry.Registry
+	ownsReg bool
+	sel     selector.Selector
+	ownsSel bool
+	cli     *client.Client
+	srv     *server.Server
 
 	mu      sync.Mutex
 	started bool
@@ -260,19 +260,20 @@ func (s *Service) Client() *client.Client { return s.cli }
 func (s *Service) Server() *server.Server { return s.srv }
 
 // Handle adds a handler value's methods as endpoints; see server.Handle.
+// server.HandleFunc(s.Server(), ...) adds endpoints too.
 func (s *Service) Handle(h any) error {
 	if s.srv == nil {
 		return server.ErrNoName
 	}
-	if err := s.srv.Handle(h); err != nil {
-		return err
-	}
-	s.handlers++
-	return nil
+	return s.srv.Handle(h)
 }
 
 // Start runs the BeforeStart hooks, starts the server (listen, register,
-// heartbeat) when there are handlers, and runs the AfterStart hooks.
+// heartbeat) of a service with a name, and runs the AfterStart hooks. A
+// service with a name serves: Start fails with an error matching
+// server.ErrNoHandlers when no endpoint was added (by Handle or by
+// server.HandleFunc on Server(), before Start or in a BeforeStart hook). A
+// service without a name is a client only and starts no server.
 func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -284,8 +285,11 @@ func (s *Service) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	if s.srv != nil && s.handlers > 0 {
+	if s.srv != nil {
 		if err := s.srv.Start(ctx); err != nil {
+			if errors.Is(err, server.ErrNoHandlers) {
+				return fmt.Errorf("beacon: service %s: %w: add endpoints with Handle or server.HandleFunc before Start, or build a client-only service without a Name", s.o.name, err)
+			}
 			return err
 		}
 	}

@@ -86,6 +86,7 @@ func TestRefusals(t *testing.T) {
 	}{
 		{"interval not below TTL", []beacon.Option{beacon.Name("x"), beacon.RegisterTTL(time.Second), beacon.RegisterInterval(2 * time.Second)}, server.ErrBadInterval},
 		{"invalid name", []beacon.Option{beacon.Name("bad name")}, registry.ErrInvalid},
+		{"TTL above the maximum", []beacon.Option{beacon.Name("x"), beacon.RegisterTTL(server.MaxRegisterTTL + time.Second)}, server.ErrBadTTL},
 		{"help", []beacon.Option{beacon.Name("x"), beacon.Args("--help")}, beacon.ErrHelp},
 	}
 	for _, tc := range tests {
@@ -98,6 +99,62 @@ func TestRefusals(t *testing.T) {
 			}
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestStartServesEveryWayOfAddingEndpoints: endpoints added with Handle or
+// with server.HandleFunc on Server() are served and registered; a named
+// service with no endpoint at all refuses to start; a service without a name
+// (client only) starts without a server.
+func TestStartServesEveryWayOfAddingEndpoints(t *testing.T) {
+	tests := []struct {
+		name    string
+		svcName string
+		add     func(*beacon.Service) error
+		want    error // from Start
+		serves  bool
+	}{
+		{"Handle", "greeter", func(s *beacon.Service) error { return s.Handle(&greeter.Greeter{Node: "a"}) }, nil, true},
+		{"HandleFunc", "greeter", func(s *beacon.Service) error {
+			return server.HandleFunc(s.Server(), "Greeter.Hello", (&greeter.Greeter{Node: "a"}).Hello)
+		}, nil, true},
+		{"no endpoints", "greeter", func(*beacon.Service) error { return nil }, server.ErrNoHandlers, false},
+		{"client only", "", func(*beacon.Service) error { return nil }, nil, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := memory.New()
+			defer reg.Close()
+			svc, err := beacon.NewService(beacon.Name(tc.svcName), beacon.Registry(reg), beacon.Args(),
+				beacon.Address("127.0.0.1:0"), beacon.Logger(quiet), beacon.ServerOptions(server.DrainGrace(0)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer svc.Stop(context.Background())
+			if err := tc.add(svc); err != nil {
+				t.Fatal(err)
+			}
+			if err := svc.Start(context.Background()); !errors.Is(err, tc.want) {
+				t.Fatalf("Start = %v, want %v", err, tc.want)
+			}
+			if !tc.serves {
+				if s := svc.Server(); s != nil && s.Addr() != nil {
+					t.Fatalf("server listens on %v", s.Addr())
+				}
+				return
+			}
+			if svc.Server().Addr() == nil {
+				t.Fatal("Start returned but the server does not listen")
+			}
+			got, err := reg.GetService(context.Background(), "greeter")
+			if err != nil || len(got[0].Endpoints) != 1 || got[0].Endpoints[0].Name != "Greeter.Hello" {
+				t.Fatalf("registered %+v, %v", got, err)
+			}
+			rsp := new(greeter.HelloRsp)
+			if err := svc.Client().Call(context.Background(), "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "Ann"}, rsp); err != nil || rsp.Msg != "Hello Ann" {
+				t.Fatalf("call: %v %+v", err, rsp)
 			}
 		})
 	}

@@ -6,7 +6,10 @@
 // BEACON_<NAME>, and go-micro's MICRO_<NAME>. Defaults come from the
 // packages that own them (server.DefaultRegisterTTL, ...), so help text and
 // behaviour cannot disagree. Durations accept Go syntax ("15s", "1m") or, as
-// go-micro's flags did, a plain number of seconds ("15").
+// go-micro's flags did, a plain number of seconds ("15"). Values are
+// bounded (server.MaxRegisterTTL, MaxClientRequestTimeout, MaxClientRetries):
+// one out of range, or a number of seconds too large for a time.Duration, is
+// an error naming the flag and the bound.
 //
 // An application adds its own flags beside these (Parse's extra argument);
 // they are parsed in the same pass and are not clobbered.
@@ -60,10 +63,18 @@ const DefaultRegistry = "mdns"
 // DefaultSelector is the selector strategy used when none is named.
 const DefaultSelector = "roundrobin"
 
+// Bounds of the client's flags (the register TTL and interval are bounded by
+// server.MaxRegisterTTL).
+const (
+	MaxClientRetries        = 100
+	MaxClientRequestTimeout = time.Hour
+)
+
 // Errors.
 var (
 	ErrUnknownRegistry = errors.New("cmd: unknown registry")
 	ErrUnknownSelector = errors.New("cmd: unknown selector")
+	ErrOutOfRange      = errors.New("cmd: value out of range")
 )
 
 // Config holds the standard settings after parsing.
@@ -93,23 +104,24 @@ func Flags() []cli.Flag {
 			Usage: "service registry: " + strings.Join(RegistryNames(), ", ")},
 		&cli.StringFlag{Name: FlagRegistryAddress, EnvVars: envs(FlagRegistryAddress),
 			Usage: "comma-separated registry addresses (host:port)"},
-		&cli.GenericFlag{Name: FlagRegisterTTL, EnvVars: envs(FlagRegisterTTL), Value: newDuration(server.DefaultRegisterTTL),
-			Usage: "time to live of a registration (duration, or seconds)"},
-		&cli.GenericFlag{Name: FlagRegisterInterval, EnvVars: envs(FlagRegisterInterval), Value: newDuration(server.DefaultRegisterInterval),
+		&cli.GenericFlag{Name: FlagRegisterTTL, EnvVars: envs(FlagRegisterTTL), Value: newDuration(server.DefaultRegisterTTL, server.MaxRegisterTTL),
+			Usage: "time to live of a registration (duration, or seconds; at most " + server.MaxRegisterTTL.String() + ")"},
+		&cli.GenericFlag{Name: FlagRegisterInterval, EnvVars: envs(FlagRegisterInterval), Value: newDuration(server.DefaultRegisterInterval, server.MaxRegisterTTL),
 			Usage: "interval of re-registration; must be below the TTL (duration, or seconds)"},
 		&cli.StringFlag{Name: FlagServerAddress, EnvVars: envs(FlagServerAddress), Value: server.DefaultAddress,
 			Usage: "address the server listens on"},
 		&cli.IntFlag{Name: FlagClientRetries, EnvVars: envs(FlagClientRetries), Value: client.DefaultRetries,
-			Usage: "retries of a call on another node after a transport error"},
-		&cli.GenericFlag{Name: FlagClientRequestTimeout, EnvVars: envs(FlagClientRequestTimeout), Value: newDuration(client.DefaultRequestTimeout),
-			Usage: "timeout of one call attempt (duration, or seconds)"},
+			Usage: "retries of a call on another node after a transport error (0 to " + strconv.Itoa(MaxClientRetries) + ")"},
+		&cli.GenericFlag{Name: FlagClientRequestTimeout, EnvVars: envs(FlagClientRequestTimeout), Value: newDuration(client.DefaultRequestTimeout, MaxClientRequestTimeout),
+			Usage: "timeout of one call attempt (duration, or seconds; at most " + MaxClientRequestTimeout.String() + ")"},
 		&cli.StringFlag{Name: FlagSelector, EnvVars: envs(FlagSelector), Value: DefaultSelector,
 			Usage: "node selection strategy: " + strings.Join(SelectorNames(), ", ")},
 	}
 }
 
 // ConfigFrom reads the standard settings from a parsed context and checks
-// the registry and selector names.
+// the registry and selector names and the number of retries (an error
+// matching ErrOutOfRange past MaxClientRetries).
 func ConfigFrom(c *cli.Context) (Config, error) {
 	cfg := Config{
 		Registry:             c.String(FlagRegistry),
@@ -136,8 +148,8 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 	if _, ok := selector.Strategies()[cfg.Selector]; !ok {
 		return cfg, fmt.Errorf("%w %q: valid selectors are %s", ErrUnknownSelector, cfg.Selector, strings.Join(SelectorNames(), ", "))
 	}
-	if cfg.ClientRetries < 0 {
-		return cfg, fmt.Errorf("cmd: --%s must not be negative", FlagClientRetries)
+	if cfg.ClientRetries < 0 || cfg.ClientRetries > MaxClientRetries {
+		return cfg, fmt.Errorf("%w: --%s %d, want 0 to %d", ErrOutOfRange, FlagClientRetries, cfg.ClientRetries, MaxClientRetries)
 	}
 	return cfg, nil
 }
@@ -251,26 +263,37 @@ func NewStrategy(name string) (selector.Strategy, error) {
 	return f(), nil
 }
 
-// durationValue is a cli.Generic duration that also accepts whole seconds.
-type durationValue struct{ d time.Duration }
+// durationValue is a cli.Generic duration from 0 to max that also accepts
+// whole seconds.
+type durationValue struct{ d, max time.Duration }
 
-func newDuration(d time.Duration) *durationValue { return &durationValue{d: d} }
+func newDuration(d, max time.Duration) *durationValue { return &durationValue{d: d, max: max} }
 
+// Set parses a duration ("15s") or a whole number of seconds ("15"). A
+// negative value, or one above the maximum (a number of seconds too large
+// for a time.Duration included), is an error that gives the maximum; the
+// flag package adds the flag's name.
 func (v *durationValue) Set(s string) error {
 	s = strings.TrimSpace(s)
-	if n, err := strconv.Atoi(s); err == nil {
-		if n < 0 {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		switch {
+		case n < 0:
 			return fmt.Errorf("negative duration %q", s)
+		case err != nil || n > int64(v.max/time.Second):
+			return fmt.Errorf("%w: %s seconds, want at most %v", ErrOutOfRange, s, v.max)
 		}
 		v.d = time.Duration(n) * time.Second
 		return nil
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("%q is neither a duration (15s) nor a number of seconds", s)
+		return fmt.Errorf("%q is neither a duration (15s) nor a number of seconds; want at most %v", s, v.max)
 	}
 	if d < 0 {
 		return fmt.Errorf("negative duration %q", s)
+	}
+	if d > v.max {
+		return fmt.Errorf("%w: %v, want at most %v", ErrOutOfRange, d, v.max)
 	}
 	v.d = d
 	return nil

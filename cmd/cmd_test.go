@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -107,5 +108,58 @@ func TestAppFlagsNotClobbered(t *testing.T) {
 		func(c *cli.Context) error { got, n = c.String("greeting"), c.Int("count"); return nil })
 	if err != nil || got != "hi" || n != 3 || cfg.Registry != "memory" {
 		t.Fatalf("app flags: %q %d %+v %v", got, n, cfg, err)
+	}
+}
+
+// TestRanges: durations and counts beyond their bounds (or beyond what a
+// time.Duration holds) are refused with an error naming the flag and the
+// bound; values at the bound are accepted.
+func TestRanges(t *testing.T) {
+	maxTTL, maxTimeout := server.MaxRegisterTTL.String(), cmd.MaxClientRequestTimeout.String()
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		ok   func(cmd.Config) bool // nil: want an error
+		is   error                 // the error matches it, if not nil
+		text []string              // the error mentions each
+	}{
+		{"TTL seconds at the bound", nil, []string{"--register_ttl", "86400"}, func(c cmd.Config) bool { return c.RegisterTTL == server.MaxRegisterTTL }, nil, nil},
+		{"TTL duration at the bound", nil, []string{"--register_ttl", maxTTL}, func(c cmd.Config) bool { return c.RegisterTTL == server.MaxRegisterTTL }, nil, nil},
+		{"TTL seconds above the bound", nil, []string{"--register_ttl", "86401"}, nil, nil, []string{"register_ttl", maxTTL}},
+		{"TTL duration above the bound", nil, []string{"--register_ttl", "24h0m1s"}, nil, nil, []string{"register_ttl", maxTTL}},
+		{"TTL seconds overflowing a duration", nil, []string{"--register_ttl", "20000000000"}, nil, nil, []string{"register_ttl", maxTTL}},
+		{"TTL seconds overflowing int64", nil, []string{"--register_ttl", "99999999999999999999"}, nil, nil, []string{"register_ttl", maxTTL}},
+		{"TTL duration overflowing", nil, []string{"--register_ttl", "9999999999h"}, nil, nil, []string{"register_ttl", maxTTL}},
+		{"TTL from the environment", map[string]string{"MICRO_REGISTER_TTL": "20000000000"}, nil, nil, nil, []string{"register_ttl", maxTTL}},
+		{"negative TTL", nil, []string{"--register_ttl", "-5"}, nil, nil, []string{"register_ttl", "negative"}},
+		{"interval above the bound", nil, []string{"--register_interval", "25h"}, nil, nil, []string{"register_interval", maxTTL}},
+		{"timeout at the bound", nil, []string{"--client_request_timeout", "3600"}, func(c cmd.Config) bool { return c.ClientRequestTimeout == cmd.MaxClientRequestTimeout }, nil, nil},
+		{"timeout above the bound", nil, []string{"--client_request_timeout", "3601"}, nil, nil, []string{"client_request_timeout", maxTimeout}},
+		{"retries at the bound", nil, []string{"--client_retries", "100"}, func(c cmd.Config) bool { return c.ClientRetries == cmd.MaxClientRetries }, nil, nil},
+		{"retries above the bound", nil, []string{"--client_retries", "101"}, nil, cmd.ErrOutOfRange, []string{"--client_retries 101", "0 to 100"}},
+		{"negative retries", map[string]string{"BEACON_CLIENT_RETRIES": "-1"}, nil, nil, cmd.ErrOutOfRange, []string{"--client_retries -1", "0 to 100"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			cfg, _, err := cmd.Parse(cmd.App{Name: "t", Output: io.Discard}, append([]string{"t"}, tc.args...), nil, nil)
+			if tc.ok != nil {
+				if err != nil || !tc.ok(cfg) {
+					t.Fatalf("config %+v, err %v", cfg, err)
+				}
+				return
+			}
+			if err == nil || (tc.is != nil && !errors.Is(err, tc.is)) {
+				t.Fatalf("err = %v, want an error matching %v", err, tc.is)
+			}
+			for _, s := range tc.text {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+		})
 	}
 }

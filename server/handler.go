@@ -5,18 +5,25 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
+	"strings"
 
 	"github.com/beacon-go/beacon/codec"
 	"github.com/beacon-go/beacon/registry"
 )
 
-// ErrBadHandler: a value given to Handle has no method of the handler form.
+// ErrBadHandler: a value given to Handle is not a handler (no method of the
+// handler form, or a method that looks like a handler but has another
+// signature), or an endpoint was added twice.
 var ErrBadHandler = errors.New("server: not a handler")
 
 // handler is one endpoint: decode a request, run it, encode the response.
 type handler struct {
 	name     string
 	endpoint *registry.Endpoint
+	// source says who added it, for errors: "Handle(*pkg.T)" or
+	// "HandleFunc[pkg.Req, pkg.Rsp]".
+	source string
 	// serve decodes body with c, runs the method, and returns the response
 	// value to encode.
 	serve func(ctx context.Context, c codec.Codec, body []byte) (any, error)
@@ -27,11 +34,16 @@ var (
 	errorType = reflect.TypeFor[error]()
 )
 
+// handlerForm is the signature of a handler method, for error messages.
+const handlerForm = "func(ctx context.Context, req *Req, rsp *Rsp) error"
+
 // handlersOf returns one handler per exported method of h of the form
 //
 //	func (T) Name(ctx context.Context, req *Req, rsp *Rsp) error
 //
-// named "T.Name" (T without its package and pointer).
+// named "T.Name" (T without its package and pointer). A handler-like method
+// (see handlerLike) of another form, or one that needs a pointer receiver
+// when h is not a pointer, is an error naming it; other methods are ignored.
 func handlersOf(h any) ([]*handler, error) {
 	v := reflect.ValueOf(h)
 	if !v.IsValid() {
@@ -43,19 +55,24 @@ func handlersOf(h any) ([]*handler, error) {
 		return nil, fmt.Errorf("%w: %s has no type name", ErrBadHandler, t)
 	}
 	var out []*handler
+	var errs []error
 	for i := range t.NumMethod() {
 		m := t.Method(i)
-		mt := m.Type
-		if !m.IsExported() || mt.NumIn() != 4 || mt.NumOut() != 1 || mt.In(1) != ctxType ||
-			mt.In(2).Kind() != reflect.Pointer || mt.In(3).Kind() != reflect.Pointer || mt.Out(0) != errorType {
+		fn := v.Method(i)
+		mt := fn.Type() // without the receiver
+		name := typeName + "." + m.Name
+		if !m.IsExported() || !handlerLike(inTypes(mt)) {
 			continue
 		}
-		reqT, rspT := mt.In(2).Elem(), mt.In(3).Elem()
-		fn := v.Method(i)
-		name := typeName + "." + m.Name
+		if why := badSignature(mt); why != "" {
+			errs = append(errs, fmt.Errorf("%w: %s: %s", ErrBadHandler, name, why))
+			continue
+		}
+		reqT, rspT := mt.In(1).Elem(), mt.In(2).Elem()
 		out = append(out, &handler{
 			name:     name,
 			endpoint: &registry.Endpoint{Name: name, Request: describe(reqT.Name(), reqT, 0), Response: describe(rspT.Name(), rspT, 0)},
+			source:   fmt.Sprintf("Handle(%s)", t),
 			serve: func(ctx context.Context, c codec.Codec, body []byte) (any, error) {
 				req := reflect.New(reqT)
 				if err := c.Unmarshal(body, req.Interface()); err != nil {
@@ -70,10 +87,88 @@ func handlersOf(h any) ([]*handler, error) {
 			},
 		})
 	}
+	if t.Kind() != reflect.Pointer {
+		// Methods with a pointer receiver are not in the method set of a
+		// value: say so rather than skip them.
+		pt := reflect.PointerTo(t)
+		for i := range pt.NumMethod() {
+			m := pt.Method(i)
+			if _, inValue := t.MethodByName(m.Name); inValue || !m.IsExported() {
+				continue
+			}
+			if handlerLike(inTypes(m.Type)[1:]) {
+				errs = append(errs, fmt.Errorf("%w: %s.%s: has a pointer receiver: pass a %s (got %s)", ErrBadHandler, typeName, m.Name, pt, t))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%w: %s has no method func(context.Context, *Req, *Rsp) error", ErrBadHandler, t)
 	}
 	return out, nil
+}
+
+// handlerLike tells whether a method with parameters in (without its
+// receiver) was meant as a handler: it takes a context.Context at any
+// position, or it takes exactly two pointers (a request and a response
+// without the context).
+func handlerLike(in []reflect.Type) bool {
+	if slices.Contains(in, ctxType) {
+		return true
+	}
+	return len(in) == 2 && in[0].Kind() == reflect.Pointer && in[1].Kind() == reflect.Pointer
+}
+
+// badSignature says what keeps a method of type mt (without its receiver)
+// from being a handler, or returns "".
+func badSignature(mt reflect.Type) string {
+	switch {
+	case mt.NumIn() != 3:
+		s := "s"
+		if mt.NumIn() == 1 {
+			s = ""
+		}
+		return fmt.Sprintf("takes %d argument%s, want %s", mt.NumIn(), s, handlerForm)
+	case mt.In(0) != ctxType:
+		return fmt.Sprintf("first argument must be context.Context (got %s)", mt.In(0))
+	case mt.In(1).Kind() != reflect.Pointer:
+		return fmt.Sprintf("request must be a pointer (got %s)", mt.In(1))
+	case mt.In(2).Kind() != reflect.Pointer:
+		return fmt.Sprintf("response must be a pointer (got %s)", mt.In(2))
+	case mt.NumOut() == 0:
+		return "must return error (returns nothing)"
+	case mt.NumOut() > 1:
+		return fmt.Sprintf("must return only error (returns (%s))", joinTypes(outTypes(mt)))
+	case mt.Out(0) != errorType:
+		return fmt.Sprintf("must return error (returns %s)", mt.Out(0))
+	}
+	return ""
+}
+
+func inTypes(ft reflect.Type) []reflect.Type {
+	ts := make([]reflect.Type, ft.NumIn())
+	for i := range ts {
+		ts[i] = ft.In(i)
+	}
+	return ts
+}
+
+func outTypes(ft reflect.Type) []reflect.Type {
+	ts := make([]reflect.Type, ft.NumOut())
+	for i := range ts {
+		ts[i] = ft.Out(i)
+	}
+	return ts
+}
+
+func joinTypes(ts []reflect.Type) string {
+	s := make([]string, len(ts))
+	for i, t := range ts {
+		s[i] = t.String()
+	}
+	return strings.Join(s, ", ")
 }
 
 // decodeError marks a request body that did not decode (status 400).

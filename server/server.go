@@ -68,9 +68,15 @@ const (
 	DefaultWriteTimeout = 10 * time.Second
 )
 
+// MaxRegisterTTL bounds the register TTL, and so the register interval,
+// which must be below the TTL. It is the one place the bound is defined:
+// New enforces it, and flags and docs read it here.
+const MaxRegisterTTL = 24 * time.Hour
+
 // Errors.
 var (
 	ErrBadInterval = errors.New("server: register interval must be positive and below the register TTL")
+	ErrBadTTL      = errors.New("server: register TTL out of range")
 	ErrRunning     = errors.New("server: already started")
 	ErrNoName      = errors.New("server: no service name")
 	ErrNoHandlers  = errors.New("server: no handlers")
@@ -131,7 +137,8 @@ func Listener(l net.Listener) Option { return func(o *options) { o.listener = l 
 // but registers nowhere.
 func Registry(r registry.Registry) Option { return func(o *options) { o.reg = r } }
 
-// RegisterTTL sets the TTL of the registration (default DefaultRegisterTTL).
+// RegisterTTL sets the TTL of the registration (default DefaultRegisterTTL,
+// at most MaxRegisterTTL).
 func RegisterTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
 
 // RegisterInterval sets the heartbeat interval; it must be below the TTL
@@ -217,8 +224,9 @@ type Server struct {
 	acceptDone chan struct{}
 }
 
-// New returns a server; it checks the options (a name, an interval below the
-// TTL) and serves nothing until Start.
+// New returns a server; it checks the options (a name, a TTL of at most
+// MaxRegisterTTL, else ErrBadTTL; an interval below the TTL, else
+// ErrBadInterval) and serves nothing until Start.
 func New(opts ...Option) (*Server, error) {
 	o := options{
 		address: DefaultAddress, ttl: DefaultRegisterTTL, interval: DefaultRegisterInterval,
@@ -238,6 +246,9 @@ func New(opts ...Option) (*Server, error) {
 	}
 	if err := registry.ValidateName(o.name); err != nil {
 		return nil, err
+	}
+	if o.ttl > MaxRegisterTTL {
+		return nil, fmt.Errorf("%w: %v, want at most %v", ErrBadTTL, o.ttl, MaxRegisterTTL)
 	}
 	if o.interval <= 0 || o.ttl <= 0 || o.interval >= o.ttl {
 		return nil, fmt.Errorf("%w (interval %v, TTL %v)", ErrBadInterval, o.interval, o.ttl)
@@ -283,9 +294,22 @@ func checkLimits(o *options) error {
 	return nil
 }
 
-// Handle adds every method of h of the form
-// func(ctx context.Context, req *Req, rsp *Rsp) error as endpoint "T.Method".
-// It must be called before Start.
+// Handle adds every exported method of h of the form
+// func(ctx context.Context, req *Req, rsp *Rsp) error as endpoint "T.Method"
+// (T without its package and pointer). It must be called before Start.
+//
+// An exported method that looks like a handler must have exactly that form:
+// one that takes a context.Context (at any position), or exactly two
+// pointers (a request and a response, the context forgotten). Otherwise
+// Handle fails with an error matching ErrBadHandler that names every such
+// method and what is wrong, e.g. "server: not a handler: Greeter.Hello:
+// request must be a pointer (got greeter.HelloReq)"; so does a handler
+// method with a pointer receiver when h is not a pointer. Other methods
+// (String() string, Close() error, Init(*Config) error, ...) are ignored;
+// to keep a method of the handler's look that is not an endpoint, unexport
+// it or move it to another type. An endpoint already added, by Handle or by
+// HandleFunc, is an error matching ErrBadHandler naming the endpoint and
+// both sources. On error nothing is added.
 func (s *Server) Handle(h any) error {
 	hs, err := handlersOf(h)
 	if err != nil {
@@ -296,7 +320,8 @@ func (s *Server) Handle(h any) error {
 
 // HandleFunc adds one typed endpoint without reflection, e.g.
 // server.HandleFunc(s, "Greeter.Hello", g.Hello). It must be called before
-// Start.
+// Start. An endpoint already added, by Handle or by HandleFunc, is an error
+// matching ErrBadHandler naming the endpoint and both sources.
 func HandleFunc[Req, Rsp any](s *Server, endpoint string, fn func(ctx context.Context, req *Req, rsp *Rsp) error) error {
 	if endpoint == "" {
 		return fmt.Errorf("%w: empty endpoint name", ErrBadHandler)
@@ -305,6 +330,7 @@ func HandleFunc[Req, Rsp any](s *Server, endpoint string, fn func(ctx context.Co
 	return s.add(&handler{
 		name:     endpoint,
 		endpoint: &registry.Endpoint{Name: endpoint, Request: describe(reqT.Name(), reqT, 0), Response: describe(rspT.Name(), rspT, 0)},
+		source:   fmt.Sprintf("HandleFunc[%s, %s]", reqT, rspT),
 		serve: func(ctx context.Context, c codec.Codec, body []byte) (any, error) {
 			req := new(Req)
 			if err := c.Unmarshal(body, req); err != nil {
@@ -326,8 +352,8 @@ func (s *Server) add(hs ...*handler) error {
 		return ErrRunning
 	}
 	for _, h := range hs {
-		if _, dup := s.handlers[h.name]; dup {
-			return fmt.Errorf("%w: endpoint %s added twice", ErrBadHandler, h.name)
+		if prev, dup := s.handlers[h.name]; dup {
+			return fmt.Errorf("%w: endpoint %s added twice: first by %s, again by %s", ErrBadHandler, h.name, prev.source, h.source)
 		}
 	}
 	for _, h := range hs {

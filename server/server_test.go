@@ -29,8 +29,6 @@ func (good) Hello(ctx context.Context, req *Req, rsp *Rsp) error {
 	return nil
 }
 func (good) helper(ctx context.Context, req *Req, rsp *Rsp) error { return nil }
-func (good) Wrong(req *Req, rsp *Rsp) error                       { return nil }
-func (good) NoPtr(ctx context.Context, req Req, rsp *Rsp) error   { return nil }
 
 type none struct{}
 
