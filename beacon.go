@@ -261,11 +261,11 @@ func (s *Service) Server() *server.Server { return s.srv }
 
 // Handle adds a handler value's methods as endpoints; see server.Handle.
 // server.HandleFunc(s.Server(), ...) adds endpoints too.
-func (s *Service) Handle(h any) error {
+func (s *Service) Handle(h any, opts ...server.HandlerOption) error {
 	if s.srv == nil {
 		return server.ErrNoName
 	}
-	return s.srv.Handle(h)
+	return s.srv.Handle(h, opts...)
 }
 
 // Start runs the BeforeStart hooks, starts the server (listen, register,

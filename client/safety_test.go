@@ -615,3 +615,45 @@ func TestServerBoundsIdleAndPartialConnections(t *testing.T) {
 		t.Fatalf("connection over the cap: %+v, %v; want GoAway", f, err)
 	}
 }
+
+// Defect 2: an endpoint the server publishes as idempotent is retried after
+// a failure after which it may have run; its other endpoints are not.
+func TestPublishedIdempotentEndpointIsRetried(t *testing.T) {
+	e := newEnv(t, 0)
+	for i := range 2 {
+		g := &Greeter{node: fmt.Sprint("idem-", i)}
+		s, err := server.New(server.Name("greeter"), server.ID(g.node), server.Address("127.0.0.1:0"), server.Registry(e.reg), server.Logger(quiet),
+			server.DrainGrace(10*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Handle(g, server.Idempotent("Hello")); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		e.servers, e.greet = append(e.servers, s), append(e.greet, g)
+	}
+	svc := e.servers[0].Service()
+	for _, ep := range svc.Endpoints {
+		want := map[string]string(nil)
+		if ep.Name == "Greeter.Hello" {
+			want = map[string]string{registry.MetaIdempotent: "true"}
+		}
+		if fmt.Sprint(ep.Metadata) != fmt.Sprint(want) {
+			t.Fatalf("endpoint %s metadata %v, want %v", ep.Name, ep.Metadata, want)
+		}
+	}
+	_, err := call(e, &HelloReq{Delay: time.Second}, client.WithRequestTimeout(50*time.Millisecond), client.WithRetries(1))
+	var te *client.TransportError
+	if !errors.As(err, &te) || te.Op != "timeout" {
+		t.Fatalf("err = %v", err)
+	}
+	if a, b := e.greet[0].calls.Load(), e.greet[1].calls.Load(); a != 1 || b != 1 {
+		t.Fatalf("handler ran %d+%d times, want once per node (a published idempotent endpoint is retried)", a, b)
+	}
+	if err := e.servers[0].Handle(&Greeter{}, server.Idempotent("Nope")); !errors.Is(err, server.ErrBadHandler) && !errors.Is(err, server.ErrRunning) {
+		t.Fatalf("unknown name: %v", err)
+	}
+}

@@ -211,3 +211,84 @@ func describe(name string, t reflect.Type, depth int) *registry.Value {
 	}
 	return v
 }
+
+// HandlerOption configures the endpoints added by one Handle or HandleFunc
+// call.
+type HandlerOption func(*handlerOptions)
+
+type handlerOptions struct {
+	idempotent []string // nil: none; empty and idemAll: all
+	idemAll    bool
+	metadata   []endpointMeta
+}
+
+type endpointMeta struct {
+	name string
+	md   map[string]string
+}
+
+// Idempotent publishes endpoints as safe to run more than once (endpoint
+// metadata registry.MetaIdempotent = "true"): clients then retry them on
+// another node even after a failure after which they may have run (a
+// timeout, a broken connection). With no names it marks every endpoint the
+// call adds; a name is a method name ("Get") or an endpoint name
+// ("Cache.Get"), and a name that matches no endpoint is an error.
+func Idempotent(names ...string) HandlerOption {
+	return func(o *handlerOptions) {
+		if len(names) == 0 {
+			o.idemAll = true
+		}
+		o.idempotent = append(o.idempotent, names...)
+	}
+}
+
+// EndpointMetadata publishes metadata on one endpoint, named by method or
+// endpoint name (checked against the registry's limits at Start).
+func EndpointMetadata(name string, md map[string]string) HandlerOption {
+	return func(o *handlerOptions) { o.metadata = append(o.metadata, endpointMeta{name, md}) }
+}
+
+// applyHandlerOptions sets the endpoints' metadata from opts.
+func applyHandlerOptions(hs []*handler, opts []HandlerOption) error {
+	if len(opts) == 0 {
+		return nil
+	}
+	var o handlerOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	set := func(name, k, v string) error {
+		found := false
+		for _, h := range hs {
+			if name == "" || h.name == name || strings.TrimPrefix(h.name, h.name[:strings.LastIndexByte(h.name, '.')+1]) == name {
+				if h.endpoint.Metadata == nil {
+					h.endpoint.Metadata = map[string]string{}
+				}
+				h.endpoint.Metadata[k] = v
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("%w: handler option names %q, which matches no endpoint added", ErrBadHandler, name)
+		}
+		return nil
+	}
+	if o.idemAll {
+		if err := set("", registry.MetaIdempotent, "true"); err != nil {
+			return err
+		}
+	}
+	for _, n := range o.idempotent {
+		if err := set(n, registry.MetaIdempotent, "true"); err != nil {
+			return err
+		}
+	}
+	for _, m := range o.metadata {
+		for k, v := range m.md {
+			if err := set(m.name, k, v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

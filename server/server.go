@@ -310,9 +310,12 @@ func checkLimits(o *options) error {
 // it or move it to another type. An endpoint already added, by Handle or by
 // HandleFunc, is an error matching ErrBadHandler naming the endpoint and
 // both sources. On error nothing is added.
-func (s *Server) Handle(h any) error {
+func (s *Server) Handle(h any, opts ...HandlerOption) error {
 	hs, err := handlersOf(h)
 	if err != nil {
+		return err
+	}
+	if err := applyHandlerOptions(hs, opts); err != nil {
 		return err
 	}
 	return s.add(hs...)
@@ -322,12 +325,12 @@ func (s *Server) Handle(h any) error {
 // server.HandleFunc(s, "Greeter.Hello", g.Hello). It must be called before
 // Start. An endpoint already added, by Handle or by HandleFunc, is an error
 // matching ErrBadHandler naming the endpoint and both sources.
-func HandleFunc[Req, Rsp any](s *Server, endpoint string, fn func(ctx context.Context, req *Req, rsp *Rsp) error) error {
+func HandleFunc[Req, Rsp any](s *Server, endpoint string, fn func(ctx context.Context, req *Req, rsp *Rsp) error, opts ...HandlerOption) error {
 	if endpoint == "" {
 		return fmt.Errorf("%w: empty endpoint name", ErrBadHandler)
 	}
 	reqT, rspT := reflect.TypeFor[Req](), reflect.TypeFor[Rsp]()
-	return s.add(&handler{
+	h := &handler{
 		name:     endpoint,
 		endpoint: &registry.Endpoint{Name: endpoint, Request: describe(reqT.Name(), reqT, 0), Response: describe(rspT.Name(), rspT, 0)},
 		source:   fmt.Sprintf("HandleFunc[%s, %s]", reqT, rspT),
@@ -342,7 +345,11 @@ func HandleFunc[Req, Rsp any](s *Server, endpoint string, fn func(ctx context.Co
 			}
 			return rsp, nil
 		},
-	})
+	}
+	if err := applyHandlerOptions([]*handler{h}, opts); err != nil {
+		return err
+	}
+	return s.add(h)
 }
 
 func (s *Server) add(hs ...*handler) error {
