@@ -13,8 +13,12 @@
 // from the registry or a successful answer (an empty one included). News
 // that every node left at once is believed only after WithEmptyHold: a
 // registry that restarted empty says so until live servers re-register. Entries
-// not looked up for two refresh intervals are dropped and their watch
-// stopped, but never while the registry is failing. Close stops every watch.
+// not read for two refresh intervals are dropped and their watch stopped,
+// but never while the registry is failing. A dropped entry keeps its last
+// snapshot and says that it was dropped (Entry.Load, Entry.Dropped): a
+// holder of entries, such as the selector, looks the name up again
+// (Cache.Renew) rather than serve nodes that no longer follow the registry.
+// Close stops every watch.
 package cache
 
 import (
@@ -81,13 +85,28 @@ type Snapshot struct {
 }
 
 // Entry is the cache slot of one service name.
+//
+// The cache drops an entry that nobody read for two refresh intervals: it
+// stops updating it and forgets it, and a later lookup of the name makes a
+// new entry. A dropped entry keeps its last snapshot; Load and Dropped tell
+// its holder, who looks the name up again (Cache.Entry or Cache.Renew).
+// Reading an entry and dropping it exclude each other: an entry read since
+// the last refresh tick is not dropped at that tick, and an entry that was
+// dropped says so to every later read.
 type Entry struct {
-	name string
-	snap atomic.Pointer[Snapshot]
-	used atomic.Bool
-	stop context.CancelFunc
-	done chan struct{}
+	name  string
+	snap  atomic.Pointer[Snapshot]
+	state atomic.Int32 // entryIdle, entryUsed or entryDropped
+	stop  context.CancelFunc
+	done  chan struct{}
 }
+
+// Entry states.
+const (
+	entryIdle    int32 = iota // not read since the last refresh tick
+	entryUsed                 // read since the last refresh tick
+	entryDropped              // dropped by the cache; final
+)
 
 // Name returns the service name.
 func (e *Entry) Name() string { return e.name }
@@ -95,11 +114,26 @@ func (e *Entry) Name() string { return e.name }
 // Snapshot returns the current snapshot; it never blocks and never returns
 // nil. Calling it counts as a use of the entry.
 func (e *Entry) Snapshot() *Snapshot {
-	if !e.used.Load() {
-		e.used.Store(true)
-	}
-	return e.snap.Load()
+	s, _ := e.Load()
+	return s
 }
+
+// Load returns the current snapshot, like Snapshot, and whether the entry
+// is live: false once the cache has dropped it, so that the snapshot no
+// longer follows the registry. A live read counts as a use, which keeps the
+// entry from being dropped at the next refresh tick. It never blocks or
+// allocates; on a used entry it costs two atomic loads.
+func (e *Entry) Load() (s *Snapshot, live bool) {
+	st := e.state.Load()
+	if st == entryIdle && !e.state.CompareAndSwap(entryIdle, entryUsed) {
+		st = e.state.Load() // another read or the drop came first
+	}
+	return e.snap.Load(), st != entryDropped
+}
+
+// Dropped reports whether the cache has dropped the entry (see Entry). It
+// does not count as a use.
+func (e *Entry) Dropped() bool { return e.state.Load() == entryDropped }
 
 // Cache is a registry cache. It is safe for concurrent use.
 type Cache struct {
@@ -137,16 +171,36 @@ func New(r registry.Registry, opts ...Option) *Cache {
 // Registry returns the registry behind the cache.
 func (c *Cache) Registry() registry.Registry { return c.reg }
 
-// Entry returns the cache entry for a service, fetching it on the first
-// lookup. It blocks only on a miss, until the fetch ends or ctx is done. A
-// service the registry does not know gets an entry with an empty snapshot
-// (and a watch, so it fills when the service appears). A failed first fetch
-// returns the error and caches nothing.
+// Entry returns the live cache entry for a service, fetching it on the
+// first lookup (and on the first lookup after the entry was dropped). It
+// blocks only on a miss, until the fetch ends or ctx is done. A service the
+// registry does not know gets an entry with an empty snapshot (and a watch,
+// so it fills when the service appears). A failed first fetch returns the
+// error and caches nothing.
 func (c *Cache) Entry(ctx context.Context, name string) (*Entry, error) {
-	if e, ok := (*c.entries.Load())[name]; ok {
+	if e, ok := (*c.entries.Load())[name]; ok && !e.Dropped() {
 		return e, nil
 	}
 	return c.miss(ctx, name)
+}
+
+// Renew returns the live entry of a dropped entry's service, like Entry: a
+// registry fetch bounded by ctx when the name is not cached again yet. When
+// that fetch fails because the registry fails, the new entry starts from
+// old's last snapshot instead of failing, and follows the registry as soon
+// as it answers (like an entry cached before the registry failed). Errors
+// are ctx's, ErrClosed and those of an invalid name.
+func (c *Cache) Renew(ctx context.Context, old *Entry) (*Entry, error) {
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	e, err := c.Entry(ctx, old.name)
+	if err == nil || errors.Is(err, ErrClosed) || ctx.Err() != nil || errors.Is(err, registry.ErrInvalid) {
+		return e, err
+	}
+	c.log.Warn("cache: fetch failed; serving the last known nodes of a dropped entry", "service", old.name,
+		"registry", c.reg.String(), "err", err)
+	return c.add(old.name, registry.Flatten(old.snap.Load().Services))
 }
 
 func (c *Cache) miss(ctx context.Context, name string) (*Entry, error) {
@@ -157,7 +211,7 @@ func (c *Cache) miss(ctx context.Context, name string) (*Entry, error) {
 		return nil, err
 	}
 	ch := c.group.DoChan(name, func() (any, error) {
-		if e, ok := (*c.entries.Load())[name]; ok {
+		if e, ok := (*c.entries.Load())[name]; ok && !e.Dropped() {
 			return e, nil
 		}
 		fctx, cancel := context.WithTimeout(c.ctx, c.fetchTimeout)
@@ -179,6 +233,8 @@ func (c *Cache) miss(ctx context.Context, name string) (*Entry, error) {
 	}
 }
 
+// add caches a new entry for name with the nodes of set and starts its
+// watch. An entry already cached for name is returned instead.
 func (c *Cache) add(name string, set registry.NodeSet) (*Entry, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -192,7 +248,7 @@ func (c *Cache) add(name string, set registry.NodeSet) (*Entry, error) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	e := &Entry{name: name, stop: cancel, done: make(chan struct{})}
 	e.snap.Store(build(set))
-	e.used.Store(true)
+	e.state.Store(entryUsed)
 	m := maps.Clone(old)
 	m[name] = e
 	c.entries.Store(&m)
@@ -201,16 +257,22 @@ func (c *Cache) add(name string, set registry.NodeSet) (*Entry, error) {
 	return e, nil
 }
 
-func (c *Cache) remove(e *Entry) {
+// drop forgets e unless it was read since the last refresh tick. It reports
+// whether e was dropped.
+func (c *Cache) drop(e *Entry) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !e.state.CompareAndSwap(entryIdle, entryDropped) {
+		return false
+	}
 	old := *c.entries.Load()
 	if old[e.name] != e {
-		return
+		return true
 	}
 	m := maps.Clone(old)
 	delete(m, e.name)
 	c.entries.Store(&m)
+	return true
 }
 
 // GetService returns the cached services of name (read-only: shared with
@@ -350,18 +412,14 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 					e.snap.Store(build(set))
 				}
 			case <-refresh.C:
-				if !e.used.Swap(false) {
-					idle++
-					if idle >= 2 && lastFetchOK {
-						log.Debug("cache: dropping idle entry")
-						c.remove(e)
-						w.Stop()
-						for range events {
-						}
-						return
-					}
-				} else {
+				if e.state.CompareAndSwap(entryUsed, entryIdle) {
 					idle = 0
+				} else if idle++; idle >= 2 && lastFetchOK && c.drop(e) {
+					log.Debug("cache: dropping idle entry")
+					w.Stop()
+					for range events {
+					}
+					return
 				}
 				fresh, ok := c.fetch(ctx, e.name, log)
 				if ok {

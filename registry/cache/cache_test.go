@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -169,6 +170,157 @@ func TestIdleEntryDropped(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// waitDropped polls until the cache has dropped e for idleness.
+func waitDropped(t *testing.T, e *cache.Entry) {
+	t.Helper()
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if !e.Dropped() {
+			return errors.New("entry not dropped yet")
+		}
+		return nil
+	})
+}
+
+// TestDroppedEntrySaysSo: a dropped entry keeps its last snapshot and says
+// that it was dropped to every later read; looking the name up again gives
+// a live entry that follows the registry.
+func TestDroppedEntrySaysSo(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	c := cache.New(mem, cache.WithRefreshInterval(10*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a"))
+	e1, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, live := e1.Load(); !live || len(s.Nodes) != 1 {
+		t.Fatalf("new entry: live %v, %d nodes", live, len(s.Nodes))
+	}
+	waitDropped(t, e1)
+	if s, live := e1.Load(); live || len(s.Nodes) != 1 || !e1.Dropped() {
+		t.Fatalf("dropped entry: live %v, %d nodes, dropped %v; want not live, its last node", live, len(s.Nodes), e1.Dropped())
+	}
+	e2, err := c.Entry(ctx, "greeter")
+	if err != nil || e2 == e1 || e2.Dropped() {
+		t.Fatalf("lookup after the drop: %p (dropped %p), %v", e2, e1, err)
+	}
+	mem.Register(ctx, svc("a", "b"))
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		e, err := c.Renew(ctx, e1) // the live entry, whichever it is by now
+		if err != nil {
+			return err
+		}
+		if got := ids(e); got != "[a b]" {
+			return fmt.Errorf("renewed entry %s, want [a b]", got)
+		}
+		return nil
+	})
+}
+
+// TestReadEntryNotDropped: an entry read all the time is never dropped,
+// however many refresh ticks pass.
+func TestReadEntryNotDropped(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	b := &broken{Registry: mem}
+	c := cache.New(b, cache.WithRefreshInterval(5*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a"))
+	e, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, live := e.Load(); !live {
+					t.Error("an entry in use was dropped")
+					return
+				}
+				runtime.Gosched()
+			}
+		}()
+	}
+	g := b.gets.Load()
+	registrytest.Eventually(t, 10*time.Second, func() error {
+		if b.gets.Load() < g+30 {
+			return errors.New("waiting for 30 refreshes")
+		}
+		return nil
+	})
+	// Checked while the readers run: once they stop, the entry is idle.
+	if e2, err := c.Entry(ctx, "greeter"); err != nil || e2 != e {
+		t.Errorf("entry replaced (%v)", err)
+	}
+	close(stop)
+	wg.Wait()
+}
+
+// TestRenewWhileRegistryFails: renewing a dropped entry while the registry
+// fails serves its last nodes from a live entry, which follows the registry
+// once it is back.
+func TestRenewWhileRegistryFails(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	b := &broken{Registry: mem}
+	c := cache.New(b, cache.WithRefreshInterval(10*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a"))
+	e1, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDropped(t, e1)
+	b.down()
+	if _, err := c.Entry(ctx, "greeter"); !errors.Is(err, errDown) {
+		t.Fatalf("lookup while the registry fails: %v, want its error", err)
+	}
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := c.Renew(canceled, e1); err == nil {
+		t.Fatal("Renew with a canceled context and a failing registry succeeded")
+	}
+	e2, err := c.Renew(ctx, e1)
+	if err != nil {
+		t.Fatalf("Renew while the registry fails: %v, want the last nodes", err)
+	}
+	if _, live := e2.Load(); !live || ids(e2) != "[a]" {
+		t.Fatalf("renewed entry: live %v, nodes %s; want live, [a]", live, ids(e2))
+	}
+	if e, err := c.Entry(ctx, "greeter"); err != nil || e != e2 {
+		t.Fatalf("lookup after Renew: %v, want the renewed entry", err)
+	}
+	b.fail.Store(false)
+	mem.Register(ctx, svc("a", "b"))
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		e, err := c.Renew(ctx, e1)
+		if err != nil {
+			return err
+		}
+		if got := ids(e); got != "[a b]" {
+			return fmt.Errorf("entry %s, want [a b]", got)
+		}
+		return nil
+	})
+	c.Close()
+	if _, err := c.Renew(ctx, e1); !errors.Is(err, cache.ErrClosed) {
+		t.Fatalf("Renew after Close: %v, want ErrClosed", err)
+	}
 }
 
 func TestFirstFetchErrorNotCached(t *testing.T) {
