@@ -6,6 +6,12 @@
 // registry round trip or an allocation. When the registry fails, the last
 // known nodes keep serving.
 //
+// A service whose nodes all deregistered is not found (ErrNotFound) as soon
+// as the cache hears that its last node left. News of no nodes that may
+// come from a registry that restarted empty is held for the cache's empty
+// hold instead (see registry/cache; set it with WithCacheOptions and
+// cache.WithEmptyHold).
+//
 // The cache drops a service nobody selected for two refresh intervals and
 // stops its watch. The next Select of it finds its cache entry dropped (one
 // atomic load) and looks the service up again, blocking like a first

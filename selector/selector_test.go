@@ -450,3 +450,30 @@ func TestRarelyCalledServiceFollowsRegistry(t *testing.T) {
 		return nil
 	})
 }
+
+// TestScaleToZeroIsNotFoundAtOnce: every node of a service deregisters, one
+// by one, on a healthy watch; callers get ErrNotFound within a second, even
+// with the default empty hold.
+func TestScaleToZeroIsNotFoundAtOnce(t *testing.T) {
+	r, s := setup(t, 2)
+	ctx := context.Background()
+	if _, err := s.Select(ctx, "greeter"); err != nil {
+		t.Fatal(err)
+	}
+	// A node that joins shows that the watch is live.
+	if err := r.Register(ctx, service("greeter", "1.0.0", 2, 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitNodes(t, s, "n000", "n001", "n002")
+	for i := range 3 {
+		if err := r.Deregister(ctx, service("greeter", "1.0.0", i, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registrytest.Eventually(t, time.Second, func() error {
+		if _, err := s.Select(ctx, "greeter"); !errors.Is(err, selector.ErrNotFound) {
+			return fmt.Errorf("Select = %v, want ErrNotFound", err)
+		}
+		return nil
+	})
+}
