@@ -29,6 +29,7 @@ import (
 	"github.com/beacon-go/beacon/client"
 	"github.com/beacon-go/beacon/cmd"
 	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/cache"
 	"github.com/beacon-go/beacon/selector"
 	"github.com/beacon-go/beacon/server"
 )
@@ -89,8 +90,9 @@ func RegistryName(name string, addrs ...string) Option {
 	return func(o *options) { o.registryName, o.registryAddrs = name, addrs }
 }
 
-// Selector sets the selector object used by the client (the --selector flag
-// is then ignored). The service does not close a selector given this way.
+// Selector sets the selector object used by the client (the --selector and
+// --registry_empty_hold flags are then ignored). The service does not close
+// a selector given this way.
 func Selector(s selector.Selector) Option { return func(o *options) { o.sel = s } }
 
 // RegisterTTL sets the registration TTL (flag --register_ttl), at most
@@ -223,7 +225,13 @@ func NewService(opts ...Option) (*Service, error) {
 			s.closeOwned()
 			return nil, err
 		}
-		s.sel = selector.New(s.reg, selector.WithStrategy(strategy), selector.WithLogger(o.log))
+		// The cache's empty hold follows the register TTL unless set (see cmd).
+		hold := ttl
+		if cfg.Set[cmd.FlagRegistryEmptyHold] {
+			hold = cfg.RegistryEmptyHold
+		}
+		s.sel = selector.New(s.reg, selector.WithStrategy(strategy), selector.WithLogger(o.log),
+			selector.WithCacheOptions(cache.WithEmptyHold(hold)))
 		s.ownsSel = true
 	}
 	s.cli = client.New(s.sel, append([]client.Option{client.Retries(cfg.ClientRetries),

@@ -3,6 +3,7 @@ package beacon_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -14,6 +15,8 @@ import (
 	"github.com/beacon-go/beacon/examples/greeter"
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/memory"
+	"github.com/beacon-go/beacon/registry/registrytest"
+	"github.com/beacon-go/beacon/selector"
 	"github.com/beacon-go/beacon/server"
 )
 
@@ -155,6 +158,59 @@ func TestStartServesEveryWayOfAddingEndpoints(t *testing.T) {
 			rsp := new(greeter.HelloRsp)
 			if err := svc.Client().Call(context.Background(), "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "Ann"}, rsp); err != nil || rsp.Msg != "Hello Ann" {
 				t.Fatalf("call: %v %+v", err, rsp)
+			}
+		})
+	}
+}
+
+// TestRegistryEmptyHold: the selector of a service holds the last nodes of
+// a service that may come from a registry restarted empty (here one change
+// removes every node) for the register TTL, or for --registry_empty_hold.
+func TestRegistryEmptyHold(t *testing.T) {
+	const ttl = 2 * time.Second
+	tests := []struct {
+		name string
+		args []string
+		held bool
+	}{
+		{"the register TTL by default", nil, true},
+		{"the flag", []string{"--registry_empty_hold", "0"}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := memory.New()
+			defer reg.Close()
+			ctx := context.Background()
+			greeter := &registry.Service{Name: "greeter", Version: "1", Nodes: []*registry.Node{
+				{ID: "a", Address: "127.0.0.1:1"}, {ID: "b", Address: "127.0.0.1:2"}}}
+			if err := reg.Register(ctx, greeter); err != nil {
+				t.Fatal(err)
+			}
+			svc, err := beacon.NewService(beacon.Registry(reg), beacon.Logger(quiet), beacon.Args(tc.args...),
+				beacon.RegisterTTL(ttl), beacon.RegisterInterval(ttl/4))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer svc.Stop(ctx)
+			sel := svc.Client().Selector()
+			if _, err := sel.Select(ctx, "greeter"); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if err := reg.Deregister(ctx, greeter); err != nil {
+				t.Fatal(err)
+			}
+			registrytest.Eventually(t, 5*time.Second, func() error {
+				if _, err := sel.Select(ctx, "greeter"); !errors.Is(err, selector.ErrNotFound) {
+					return fmt.Errorf("Select = %v, want ErrNotFound", err)
+				}
+				return nil
+			})
+			switch took := time.Since(start); {
+			case tc.held && took < ttl:
+				t.Fatalf("not found after %v, want the hold of the register TTL (%v)", took, ttl)
+			case !tc.held && took >= time.Second:
+				t.Fatalf("not found after %v, want no hold", took)
 			}
 		})
 	}

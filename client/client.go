@@ -4,14 +4,33 @@
 // selector over a registry), sends the request over a pooled, multiplexed
 // TCP connection (see internal/wire) and waits for the response. The
 // attempt's deadline (the smaller of ctx's and the request timeout) travels
-// to the server, whose handler context carries it.
+// to the server, whose handler context carries it; when the caller gives up
+// (ctx canceled, deadline passed) the client tells the server, which cancels
+// the handler's context.
 //
-// On a transport error (refused, reset, no response before the attempt's
-// timeout, or a node that is shutting down) the client marks the node in the
-// selector, waits a context-aware backoff with jitter and retries on a
-// different node, up to the retry count. An error returned by the handler is
-// never retried. The error Call returns is a *status.Error whose Causes keep
-// every attempt's error; read it with errors.As.
+// Every wait ends with ctx or the attempt's deadline: selection, the dial
+// (shared by the callers of a node and bounded by the dial timeout; a node
+// whose connects hang is avoided while others are ready), the wait for a
+// free stream, the write (a peer that stops reading holds no caller), the
+// response, and the backoff between attempts.
+//
+// Retries: an attempt is retried on a different node, after a jittered,
+// context-aware backoff, only when the request provably did not run: the
+// dial failed, nothing of the request left whole, or the node refused it
+// without running it (draining, over its concurrency bounds). A failure
+// after which the request may have run (a timeout, a connection broken after
+// sending) and a handler's own status 503 are retried only when the call is
+// idempotent: WithIdempotent, or an endpoint the node publishes as
+// idempotent (server.Idempotent). Every other handler error is returned as
+// it is. The error Call returns is a *status.Error whose Causes keep every
+// attempt's error (a *TransportError says which case happened); read it
+// with errors.As, and errors.Is(err, ErrNotRun) for "provably not run".
+//
+// Limits: a request larger than the node advertises is refused before it is
+// sent (status 413); a response larger than MaxMessageSize fails its call
+// alone. Each connection carries at most as many requests as the node
+// advertises; past that the client opens another connection (up to
+// MaxConnsPerNode) rather than queue or be refused.
 package client
 
 import (

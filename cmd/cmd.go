@@ -11,6 +11,12 @@
 // one out of range, or a number of seconds too large for a time.Duration, is
 // an error naming the flag and the bound.
 //
+// --registry_empty_hold sets how long the selector's cache keeps serving
+// the last nodes of a service when news that it has none may come from a
+// registry that restarted empty (see registry/cache, cache.WithEmptyHold).
+// Unless set, it is the register TTL: a restarted registry has every live
+// server again within one register interval. 0 disables the hold.
+//
 // An application adds its own flags beside these (Parse's extra argument);
 // they are parsed in the same pass and are not clobbered.
 package cmd
@@ -55,6 +61,7 @@ const (
 	FlagClientRetries        = "client_retries"
 	FlagClientRequestTimeout = "client_request_timeout"
 	FlagSelector             = "selector"
+	FlagRegistryEmptyHold    = "registry_empty_hold"
 )
 
 // DefaultRegistry is the registry used when none is named.
@@ -87,6 +94,9 @@ type Config struct {
 	ClientRetries        int
 	ClientRequestTimeout time.Duration
 	Selector             string
+	// RegistryEmptyHold is the selector cache's empty hold; unless set
+	// explicitly it is RegisterTTL.
+	RegistryEmptyHold time.Duration
 	// Set tells which settings were given explicitly (flag or env), by flag
 	// name; the others hold defaults.
 	Set map[string]bool
@@ -116,6 +126,9 @@ func Flags() []cli.Flag {
 			Usage: "timeout of one call attempt (duration, or seconds; at most " + MaxClientRequestTimeout.String() + ")"},
 		&cli.StringFlag{Name: FlagSelector, EnvVars: envs(FlagSelector), Value: DefaultSelector,
 			Usage: "node selection strategy: " + strings.Join(SelectorNames(), ", ")},
+		&cli.GenericFlag{Name: FlagRegistryEmptyHold, EnvVars: envs(FlagRegistryEmptyHold), Value: newDuration(server.DefaultRegisterTTL, server.MaxRegisterTTL),
+			DefaultText: "the register TTL",
+			Usage:       "how long the last nodes of a service keep serving when the registry may have restarted empty; 0: not at all (duration, or seconds)"},
 	}
 }
 
@@ -131,6 +144,7 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 		ClientRetries:        c.Int(FlagClientRetries),
 		ClientRequestTimeout: c.Generic(FlagClientRequestTimeout).(*durationValue).d,
 		Selector:             c.String(FlagSelector),
+		RegistryEmptyHold:    c.Generic(FlagRegistryEmptyHold).(*durationValue).d,
 		Set:                  map[string]bool{},
 	}
 	for _, a := range strings.Split(c.String(FlagRegistryAddress), ",") {
@@ -141,6 +155,10 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 	for _, n := range []string{FlagRegistry, FlagRegistryAddress, FlagRegisterTTL, FlagRegisterInterval,
 		FlagServerAddress, FlagClientRetries, FlagClientRequestTimeout, FlagSelector} {
 		cfg.Set[n] = c.IsSet(n)
+	}
+	cfg.Set[FlagRegistryEmptyHold] = c.IsSet(FlagRegistryEmptyHold)
+	if !cfg.Set[FlagRegistryEmptyHold] {
+		cfg.RegistryEmptyHold = cfg.RegisterTTL
 	}
 	if _, ok := registries()[cfg.Registry]; !ok {
 		return cfg, fmt.Errorf("%w %q: valid registries are %s", ErrUnknownRegistry, cfg.Registry, strings.Join(RegistryNames(), ", "))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/beacon-go/beacon/client"
 	"github.com/beacon-go/beacon/cmd"
+	"github.com/beacon-go/beacon/registry/cache"
 	"github.com/beacon-go/beacon/server"
 )
 
@@ -24,15 +25,19 @@ func TestDefaultsComeFromTheirPackages(t *testing.T) {
 	if cfg.Registry != cmd.DefaultRegistry || cfg.RegisterTTL != server.DefaultRegisterTTL ||
 		cfg.RegisterInterval != server.DefaultRegisterInterval || cfg.ClientRetries != client.DefaultRetries ||
 		cfg.ClientRequestTimeout != client.DefaultRequestTimeout || cfg.Selector != cmd.DefaultSelector ||
-		cfg.ServerAddress != server.DefaultAddress {
+		cfg.ServerAddress != server.DefaultAddress || cfg.RegistryEmptyHold != server.DefaultRegisterTTL {
 		t.Fatalf("defaults %+v", cfg)
+	}
+	if cache.DefaultEmptyHold != server.DefaultRegisterTTL {
+		t.Errorf("cache.DefaultEmptyHold %v, want the default register TTL %v", cache.DefaultEmptyHold, server.DefaultRegisterTTL)
 	}
 	var out bytes.Buffer
 	_, help, err = cmd.Parse(cmd.App{Name: "t", Output: &out}, []string{"t", "--help"}, nil, nil)
 	if err != nil || !help {
 		t.Fatalf("--help: help=%v err=%v", help, err)
 	}
-	for _, want := range []string{"(default: 15s)", "(default: 5s)", "(default: 2)", "BEACON_REGISTRY", "MICRO_REGISTRY"} {
+	for _, want := range []string{"(default: 15s)", "(default: 5s)", "(default: 2)", "BEACON_REGISTRY", "MICRO_REGISTRY",
+		"--registry_empty_hold", "BEACON_REGISTRY_EMPTY_HOLD", "MICRO_REGISTRY_EMPTY_HOLD"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("help lacks %q:\n%s", want, out.String())
 		}
@@ -62,6 +67,21 @@ func TestSources(t *testing.T) {
 				return c.RegisterTTL == time.Minute && c.RegisterInterval == 20*time.Second && c.ClientRequestTimeout == 250*time.Millisecond
 			}},
 		{"unset is not set", nil, nil, func(c cmd.Config) bool { return !c.Set[cmd.FlagRegistry] && !c.Set[cmd.FlagRegisterTTL] }},
+		{"empty hold", nil, []string{"--registry_empty_hold", "30"}, func(c cmd.Config) bool {
+			return c.RegistryEmptyHold == 30*time.Second && c.Set[cmd.FlagRegistryEmptyHold]
+		}},
+		{"empty hold beacon env", map[string]string{"BEACON_REGISTRY_EMPTY_HOLD": "2s500ms"}, nil, func(c cmd.Config) bool {
+			return c.RegistryEmptyHold == 2500*time.Millisecond && c.Set[cmd.FlagRegistryEmptyHold]
+		}},
+		{"empty hold micro env, 0 disables", map[string]string{"MICRO_REGISTRY_EMPTY_HOLD": "0"}, nil, func(c cmd.Config) bool {
+			return c.RegistryEmptyHold == 0 && c.Set[cmd.FlagRegistryEmptyHold]
+		}},
+		{"empty hold defaults to the register TTL", nil, []string{"--register_ttl", "1m"}, func(c cmd.Config) bool {
+			return c.RegistryEmptyHold == time.Minute && !c.Set[cmd.FlagRegistryEmptyHold]
+		}},
+		{"empty hold beats the register TTL", nil, []string{"--register_ttl", "1m", "--registry_empty_hold", "5s"}, func(c cmd.Config) bool {
+			return c.RegistryEmptyHold == 5*time.Second && c.RegisterTTL == time.Minute
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,6 +108,8 @@ func TestBadValues(t *testing.T) {
 		{[]string{"--registry", "zookeeper"}, cmd.ErrUnknownRegistry, "consul, etcd, mdns, memory"},
 		{[]string{"--selector", "leastconn"}, cmd.ErrUnknownSelector, "random, roundrobin"},
 		{[]string{"--register_ttl", "soon"}, nil, "neither a duration"},
+		{[]string{"--registry_empty_hold", "soon"}, nil, "neither a duration"},
+		{[]string{"--registry_empty_hold", "-1s"}, nil, "negative duration"},
 	}
 	for _, tc := range tests {
 		_, _, err := cmd.Parse(cmd.App{Name: "t"}, append([]string{"t"}, tc.args...), nil, nil)

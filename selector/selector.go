@@ -6,6 +6,20 @@
 // registry round trip or an allocation. When the registry fails, the last
 // known nodes keep serving.
 //
+// A service whose nodes all deregistered is not found (ErrNotFound) as soon
+// as the cache hears that its last node left. News of no nodes that may
+// come from a registry that restarted empty is held for the cache's empty
+// hold instead (see registry/cache; set it with WithCacheOptions and
+// cache.WithEmptyHold).
+//
+// The cache drops a service nobody selected for two refresh intervals and
+// stops its watch. The next Select of it finds its cache entry dropped (one
+// atomic load) and looks the service up again, blocking like a first
+// lookup (bounded by ctx); if the registry fails then, the last known nodes
+// keep serving (see cache.Renew). The service's ejections and round-robin
+// position survive this. So a service called rarely always reflects the
+// registry, and one not called costs no watch.
+//
 // A strategy (RoundRobin or Random) picks among the nodes. Round-robin state
 // lives per service in the selector, so it rotates across calls (go-micro's
 // per-call round robin never did). Mark records the outcome of a call: a
@@ -154,9 +168,10 @@ type health struct {
 	until    time.Time
 }
 
-// state is the selector's per-service state.
+// state is the selector's per-service state. It outlives the cache entries
+// of its service: entry is replaced when the cache drops it.
 type state struct {
-	entry   *cache.Entry
+	entry   atomic.Pointer[cache.Entry]
 	counter atomic.Uint64
 	ejected atomic.Int32 // nodes in health with a cool-off set
 	tracked atomic.Int32 // len(health), readable without the lock
@@ -207,7 +222,14 @@ func (s *Cached) Select(ctx context.Context, service string, opts ...SelectOptio
 			return nil, err
 		}
 	}
-	snap := st.entry.Snapshot()
+	e := st.entry.Load()
+	snap, live := e.Load()
+	if !live {
+		var err error
+		if snap, err = s.renew(ctx, st, e); err != nil {
+			return nil, err
+		}
+	}
 	if len(snap.Nodes) == 0 {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, service)
 	}
@@ -223,7 +245,7 @@ func (s *Cached) Select(ctx context.Context, service string, opts ...SelectOptio
 		strategy = s.o.strategy
 	}
 	if len(so.Filters) == 0 {
-		return func() (*registry.Node, error) { return s.pick(st, strategy, st.entry.Snapshot().Nodes) }, nil
+		return func() (*registry.Node, error) { return s.pick(st, strategy, st.entry.Load().Snapshot().Nodes) }, nil
 	}
 	nodes := filterNodes(snap, so.Filters)
 	if len(nodes) == 0 {
@@ -249,10 +271,11 @@ func (s *Cached) add(ctx context.Context, service string) (*state, error) {
 	if st, ok := old[service]; ok {
 		return st, nil
 	}
-	st := &state{entry: e, health: map[string]*health{}}
+	st := &state{health: map[string]*health{}}
+	st.entry.Store(e)
 	st.counter.Store(rand.Uint64N(1 << 16)) // clients do not all start on the same node
 	strategy := s.o.strategy
-	st.next = func() (*registry.Node, error) { return s.pick(st, strategy, st.entry.Snapshot().Nodes) }
+	st.next = func() (*registry.Node, error) { return s.pick(st, strategy, st.entry.Load().Snapshot().Nodes) }
 	m := make(map[string]*state, len(old)+1)
 	for k, v := range old {
 		m[k] = v
@@ -260,6 +283,23 @@ func (s *Cached) add(ctx context.Context, service string) (*state, error) {
 	m[service] = st
 	s.states.Store(&m)
 	return st, nil
+}
+
+// renew replaces old, the dropped cache entry of st, with a live one and
+// returns its snapshot.
+func (s *Cached) renew(ctx context.Context, st *state, old *cache.Entry) (*cache.Snapshot, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	e, err := s.cache.Renew(ctx, old)
+	if err != nil {
+		if errors.Is(err, cache.ErrClosed) {
+			return nil, ErrClosed
+		}
+		return nil, err
+	}
+	st.entry.CompareAndSwap(old, e) // a concurrent renew may have won
+	return st.entry.Load().Snapshot(), nil
 }
 
 func (s *Cached) pick(st *state, strategy Strategy, nodes []cache.Node) (*registry.Node, error) {
@@ -321,7 +361,7 @@ func (s *Cached) Mark(service string, node *registry.Node, err error) {
 		st.tracked.Store(int32(len(st.health)))
 	}
 	h.failures++
-	if len(st.health) > 2*len(st.entry.Snapshot().Nodes)+16 {
+	if len(st.health) > 2*len(st.entry.Load().Snapshot().Nodes)+16 {
 		st.pruneLocked()
 	}
 	d := s.o.ejectBase << min(h.failures-1, 30)
@@ -338,7 +378,7 @@ func (s *Cached) Mark(service string, node *registry.Node, err error) {
 // pruneLocked forgets nodes that are no longer in the snapshot.
 func (st *state) pruneLocked() {
 	live := map[string]bool{}
-	for _, n := range st.entry.Snapshot().Nodes {
+	for _, n := range st.entry.Load().Snapshot().Nodes {
 		live[n.ID] = true
 	}
 	for id, h := range st.health {
@@ -393,7 +433,7 @@ func (s *Cached) Endpoint(service string, node *registry.Node, endpoint string) 
 	if !ok || node == nil {
 		return nil
 	}
-	for _, n := range st.entry.Snapshot().Nodes {
+	for _, n := range st.entry.Load().Snapshot().Nodes {
 		if n.Node != node && n.ID != node.ID {
 			continue
 		}

@@ -400,3 +400,80 @@ func BenchmarkSelect(b *testing.B) {
 		}
 	}
 }
+
+// TestRarelyCalledServiceFollowsRegistry: the cache drops an entry nobody
+// read for two refresh intervals; the next Select of the service must look
+// it up again instead of serving the dropped entry's nodes forever, and the
+// service's ejections survive the renewal.
+func TestRarelyCalledServiceFollowsRegistry(t *testing.T) {
+	now := time.Unix(1000, 0) // frozen: an ejection lasts for the whole test
+	r, s := setup(t, 2, selector.WithClock(func() time.Time { return now }),
+		selector.WithCacheOptions(cache.WithRefreshInterval(20*time.Millisecond)))
+	ctx := context.Background()
+	if _, err := s.Select(ctx, "greeter"); err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.Cache().Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Mark("greeter", &registry.Node{ID: "n000"}, errors.New("connection refused"))
+	// Nobody calls the service: the cache drops its entry.
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if e, err := s.Cache().Entry(ctx, "greeter"); err != nil || e == first {
+			return fmt.Errorf("entry still cached (%v)", err)
+		}
+		return nil
+	})
+	if err := r.Register(ctx, service("greeter", "1.0.0", 2, 1)); err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		next, err := s.Select(ctx, "greeter")
+		if err != nil {
+			return err
+		}
+		seen := map[string]bool{}
+		for range 6 {
+			n, err := next()
+			if err != nil {
+				return err
+			}
+			seen[n.ID] = true
+		}
+		if !seen["n002"] {
+			return fmt.Errorf("picked %v, want the new node n002", seen)
+		}
+		if seen["n000"] {
+			return fmt.Errorf("picked the ejected node n000: ejections were lost (%v)", seen)
+		}
+		return nil
+	})
+}
+
+// TestScaleToZeroIsNotFoundAtOnce: every node of a service deregisters, one
+// by one, on a healthy watch; callers get ErrNotFound within a second, even
+// with the default empty hold.
+func TestScaleToZeroIsNotFoundAtOnce(t *testing.T) {
+	r, s := setup(t, 2)
+	ctx := context.Background()
+	if _, err := s.Select(ctx, "greeter"); err != nil {
+		t.Fatal(err)
+	}
+	// A node that joins shows that the watch is live.
+	if err := r.Register(ctx, service("greeter", "1.0.0", 2, 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitNodes(t, s, "n000", "n001", "n002")
+	for i := range 3 {
+		if err := r.Deregister(ctx, service("greeter", "1.0.0", i, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registrytest.Eventually(t, time.Second, func() error {
+		if _, err := s.Select(ctx, "greeter"); !errors.Is(err, selector.ErrNotFound) {
+			return fmt.Errorf("Select = %v, want ErrNotFound", err)
+		}
+		return nil
+	})
+}

@@ -9,6 +9,21 @@
 // the node, then tells connected clients to go away (requests that still
 // arrive are refused with a retryable 503, never half-run), waits for
 // in-flight requests up to the shutdown timeout, and closes.
+//
+// A handler's context ends with the caller's deadline, the caller's cancel,
+// the client's connection closing (cause ErrConnClosed) or the server's
+// stop (cause ErrStopped); read the cause with context.Cause.
+//
+// What one peer can cost is bounded, with defaults in one place (the
+// Default* limits below, each an option): connections (MaxConnections),
+// requests in flight per connection until their response is written
+// (MaxStreamsPerConn, advertised to clients), handlers running at once
+// (MaxConcurrentRequests, a slot freed when the handler returns), message
+// size (MaxMessageSize, advertised; an oversized request is answered alone
+// with 413), read buffers that grow only as bytes arrive, an idle timeout,
+// a timeout for a started request's bytes (FrameTimeout), and a write
+// timeout for a client that stops reading. The server's own refusals are
+// marked "not run" on the wire, distinct from a handler's answer.
 package server
 
 import (

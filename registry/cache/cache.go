@@ -10,11 +10,42 @@
 //
 // When the registry fails (errors, timeouts, unreachable) the last snapshot
 // keeps serving: a snapshot changes only on positive news, that is an event
-// from the registry or a successful answer (an empty one included). News
-// that every node left at once is believed only after WithEmptyHold: a
-// registry that restarted empty says so until live servers re-register. Entries
-// not looked up for two refresh intervals are dropped and their watch
-// stopped, but never while the registry is failing. Close stops every watch.
+// from the registry or a successful answer (an empty one included).
+//
+// # Scale to zero and the empty hold
+//
+// News that a service has no nodes left is believed at once when they left
+// one by one, each reported by its own Delete event on a healthy watch: a
+// service scaled to zero is "not found" as soon as its last node
+// deregisters. The same news is believed only after WithEmptyHold when it
+// may come from a registry that restarted empty (a fresh consul agent, an
+// etcd that lost its data), which says "no nodes" until the live servers
+// register again, within one register interval:
+//
+//   - a full fetch finds no nodes: the resync after a watch is opened or
+//     re-opened, or a periodic refresh (the watch did not report the nodes
+//     leaving);
+//   - one change of the registry deletes several nodes and leaves none.
+//     Backends stamp the events of one change with one Timestamp: a consul
+//     query answer, an etcd re-list after a compaction, an mdns expiry
+//     sweep (a backend that leaves Timestamp zero makes all its deletions
+//     look like one change);
+//   - the registry failed (a fetch or a watch of the entry failed) less than
+//     WithEmptyHold ago.
+//
+// Servers that register again during the hold end it. A single node deleted
+// by a consul agent that restarted empty looks like a clean deregistration
+// and is believed at once; several nodes that leave within one consul
+// answer are held, like a restart.
+//
+// # Idle entries
+//
+// Entries not read for two refresh intervals are dropped and their watch
+// stopped, but never while the registry is failing. A dropped entry keeps
+// its last snapshot and says that it was dropped (Entry.Load,
+// Entry.Dropped): a holder of entries, such as the selector, looks the name
+// up again (Cache.Renew) rather than serve nodes that no longer follow the
+// registry. Close stops every watch.
 package cache
 
 import (
@@ -51,11 +82,13 @@ func WithRefreshInterval(d time.Duration) Option { return func(c *Cache) { c.ref
 func WithFetchTimeout(d time.Duration) Option { return func(c *Cache) { c.fetchTimeout = d } }
 
 // WithEmptyHold sets how long the last nodes of a service keep serving
-// when news says that all of them left at once (default DefaultEmptyHold,
-// the default register TTL; 0 disables it). A registry that restarted empty
-// says so until the live servers register again; a service that really
-// went away costs its callers transport errors, instead of "not found",
-// for that long.
+// when news that none is left may come from a registry that restarted empty
+// (see the package doc; default DefaultEmptyHold, the default register TTL;
+// 0 disables it). Use the register TTL of the servers: a registry that
+// restarted empty has them all again within one register interval, below
+// the TTL. A service that really went away that way costs its callers
+// transport errors, instead of "not found", for that long; one whose nodes
+// deregistered one by one does not wait.
 func WithEmptyHold(d time.Duration) Option { return func(c *Cache) { c.emptyHold = d } }
 
 // WithLogger sets the logger (default slog.Default()).
@@ -81,13 +114,28 @@ type Snapshot struct {
 }
 
 // Entry is the cache slot of one service name.
+//
+// The cache drops an entry that nobody read for two refresh intervals: it
+// stops updating it and forgets it, and a later lookup of the name makes a
+// new entry. A dropped entry keeps its last snapshot; Load and Dropped tell
+// its holder, who looks the name up again (Cache.Entry or Cache.Renew).
+// Reading an entry and dropping it exclude each other: an entry read since
+// the last refresh tick is not dropped at that tick, and an entry that was
+// dropped says so to every later read.
 type Entry struct {
-	name string
-	snap atomic.Pointer[Snapshot]
-	used atomic.Bool
-	stop context.CancelFunc
-	done chan struct{}
+	name  string
+	snap  atomic.Pointer[Snapshot]
+	state atomic.Int32 // entryIdle, entryUsed or entryDropped
+	stop  context.CancelFunc
+	done  chan struct{}
 }
+
+// Entry states.
+const (
+	entryIdle    int32 = iota // not read since the last refresh tick
+	entryUsed                 // read since the last refresh tick
+	entryDropped              // dropped by the cache; final
+)
 
 // Name returns the service name.
 func (e *Entry) Name() string { return e.name }
@@ -95,11 +143,26 @@ func (e *Entry) Name() string { return e.name }
 // Snapshot returns the current snapshot; it never blocks and never returns
 // nil. Calling it counts as a use of the entry.
 func (e *Entry) Snapshot() *Snapshot {
-	if !e.used.Load() {
-		e.used.Store(true)
-	}
-	return e.snap.Load()
+	s, _ := e.Load()
+	return s
 }
+
+// Load returns the current snapshot, like Snapshot, and whether the entry
+// is live: false once the cache has dropped it, so that the snapshot no
+// longer follows the registry. A live read counts as a use, which keeps the
+// entry from being dropped at the next refresh tick. It never blocks or
+// allocates; on a used entry it costs two atomic loads.
+func (e *Entry) Load() (s *Snapshot, live bool) {
+	st := e.state.Load()
+	if st == entryIdle && !e.state.CompareAndSwap(entryIdle, entryUsed) {
+		st = e.state.Load() // another read or the drop came first
+	}
+	return e.snap.Load(), st != entryDropped
+}
+
+// Dropped reports whether the cache has dropped the entry (see Entry). It
+// does not count as a use.
+func (e *Entry) Dropped() bool { return e.state.Load() == entryDropped }
 
 // Cache is a registry cache. It is safe for concurrent use.
 type Cache struct {
@@ -137,16 +200,36 @@ func New(r registry.Registry, opts ...Option) *Cache {
 // Registry returns the registry behind the cache.
 func (c *Cache) Registry() registry.Registry { return c.reg }
 
-// Entry returns the cache entry for a service, fetching it on the first
-// lookup. It blocks only on a miss, until the fetch ends or ctx is done. A
-// service the registry does not know gets an entry with an empty snapshot
-// (and a watch, so it fills when the service appears). A failed first fetch
-// returns the error and caches nothing.
+// Entry returns the live cache entry for a service, fetching it on the
+// first lookup (and on the first lookup after the entry was dropped). It
+// blocks only on a miss, until the fetch ends or ctx is done. A service the
+// registry does not know gets an entry with an empty snapshot (and a watch,
+// so it fills when the service appears). A failed first fetch returns the
+// error and caches nothing.
 func (c *Cache) Entry(ctx context.Context, name string) (*Entry, error) {
-	if e, ok := (*c.entries.Load())[name]; ok {
+	if e, ok := (*c.entries.Load())[name]; ok && !e.Dropped() {
 		return e, nil
 	}
 	return c.miss(ctx, name)
+}
+
+// Renew returns the live entry of a dropped entry's service, like Entry: a
+// registry fetch bounded by ctx when the name is not cached again yet. When
+// that fetch fails because the registry fails, the new entry starts from
+// old's last snapshot instead of failing, and follows the registry as soon
+// as it answers (like an entry cached before the registry failed). Errors
+// are ctx's, ErrClosed and those of an invalid name.
+func (c *Cache) Renew(ctx context.Context, old *Entry) (*Entry, error) {
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	e, err := c.Entry(ctx, old.name)
+	if err == nil || errors.Is(err, ErrClosed) || ctx.Err() != nil || errors.Is(err, registry.ErrInvalid) {
+		return e, err
+	}
+	c.log.Warn("cache: fetch failed; serving the last known nodes of a dropped entry", "service", old.name,
+		"registry", c.reg.String(), "err", err)
+	return c.add(old.name, registry.Flatten(old.snap.Load().Services), time.Now())
 }
 
 func (c *Cache) miss(ctx context.Context, name string) (*Entry, error) {
@@ -157,7 +240,7 @@ func (c *Cache) miss(ctx context.Context, name string) (*Entry, error) {
 		return nil, err
 	}
 	ch := c.group.DoChan(name, func() (any, error) {
-		if e, ok := (*c.entries.Load())[name]; ok {
+		if e, ok := (*c.entries.Load())[name]; ok && !e.Dropped() {
 			return e, nil
 		}
 		fctx, cancel := context.WithTimeout(c.ctx, c.fetchTimeout)
@@ -166,7 +249,7 @@ func (c *Cache) miss(ctx context.Context, name string) (*Entry, error) {
 		if err != nil && !errors.Is(err, registry.ErrNotFound) {
 			return nil, fmt.Errorf("cache: fetch %s: %w", name, err)
 		}
-		return c.add(name, registry.Flatten(svcs))
+		return c.add(name, registry.Flatten(svcs), time.Time{})
 	})
 	select {
 	case res := <-ch:
@@ -179,7 +262,10 @@ func (c *Cache) miss(ctx context.Context, name string) (*Entry, error) {
 	}
 }
 
-func (c *Cache) add(name string, set registry.NodeSet) (*Entry, error) {
+// add caches a new entry for name with the nodes of set and starts its
+// watch; failedAt is when the registry last failed for it (zero: never).
+// An entry already cached for name is returned instead.
+func (c *Cache) add(name string, set registry.NodeSet, failedAt time.Time) (*Entry, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed.Load() {
@@ -192,25 +278,31 @@ func (c *Cache) add(name string, set registry.NodeSet) (*Entry, error) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	e := &Entry{name: name, stop: cancel, done: make(chan struct{})}
 	e.snap.Store(build(set))
-	e.used.Store(true)
+	e.state.Store(entryUsed)
 	m := maps.Clone(old)
 	m[name] = e
 	c.entries.Store(&m)
 	c.wg.Add(1)
-	go c.run(ctx, e, set)
+	go c.run(ctx, e, set, failedAt)
 	return e, nil
 }
 
-func (c *Cache) remove(e *Entry) {
+// drop forgets e unless it was read since the last refresh tick. It reports
+// whether e was dropped.
+func (c *Cache) drop(e *Entry) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !e.state.CompareAndSwap(entryIdle, entryDropped) {
+		return false
+	}
 	old := *c.entries.Load()
 	if old[e.name] != e {
-		return
+		return true
 	}
 	m := maps.Clone(old)
 	delete(m, e.name)
 	c.entries.Store(&m)
+	return true
 }
 
 // GetService returns the cached services of name (read-only: shared with
@@ -242,8 +334,9 @@ func (c *Cache) Close() error {
 	return nil
 }
 
-// run keeps one entry up to date until ctx ends.
-func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
+// run keeps one entry up to date until ctx ends. set holds the entry's
+// nodes; failedAt is when the registry last failed for it (zero: never).
+func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedAt time.Time) {
 	defer c.wg.Done()
 	defer close(e.done)
 	log := c.log.With("service", e.name, "registry", c.reg.String())
@@ -252,11 +345,18 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 	defer refresh.Stop()
 	idle := 0
 	lastFetchOK := true
-	// publish swaps in a snapshot of set. When news would take a service
-	// from some nodes to none at once, the last nodes are held for
-	// emptyHold first: a registry that restarted empty (a fresh consul
-	// agent, an etcd that lost its data) answers "no nodes" until the live
-	// servers register again, within one register interval.
+	failed := func() { failedAt = time.Now() }
+
+	// publish swaps in a snapshot of set. News that takes the service from
+	// some nodes to none is held for emptyHold first when it may come from
+	// a registry that restarted empty (a fresh consul agent, an etcd that
+	// lost its data): such a registry answers "no nodes" until the live
+	// servers register again, within one register interval. why says what
+	// makes the news suspect ("": nothing); a registry failure seen within
+	// emptyHold makes any such news suspect. Nodes that left one by one,
+	// each reported by its own event on a healthy watch, are believed at
+	// once: a service scaled to zero is "not found" as soon as its last node
+	// deregisters.
 	var hold *time.Timer
 	var holdC <-chan time.Time
 	defer func() {
@@ -264,22 +364,61 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 			hold.Stop()
 		}
 	}()
-	publish := func() {
-		next := build(set)
-		if len(next.Nodes) == 0 && len(e.snap.Load().Nodes) > 0 && c.emptyHold > 0 {
-			if holdC == nil {
-				log.Info("cache: every node left at once; holding the last ones", "for", c.emptyHold)
-				hold = time.NewTimer(c.emptyHold)
-				holdC = hold.C
+	publish := func(why string) {
+		if len(set) == 0 && len(e.snap.Load().Nodes) > 0 && c.emptyHold > 0 {
+			if why == "" && !failedAt.IsZero() && time.Since(failedAt) < c.emptyHold {
+				why = "the registry failed recently"
 			}
-			return
+			if why != "" {
+				if holdC == nil {
+					log.Info("cache: the registry reports no nodes; holding the last ones in case it restarted empty",
+						"why", why, "for", c.emptyHold)
+					hold = time.NewTimer(c.emptyHold)
+					holdC = hold.C
+				}
+				return
+			}
+			log.Debug("cache: every node left")
 		}
 		if holdC != nil {
 			hold.Stop()
 			holdC = nil
 		}
-		e.snap.Store(next)
+		e.snap.Store(build(set))
 	}
+
+	// The events of one registry change carry one Timestamp (backends
+	// stamp each re-list or answer they turn into events at once). gone
+	// counts the nodes deleted by the change being applied; massGone tells
+	// whether the change that left set empty deleted several nodes at once.
+	var batch time.Time
+	gone := 0
+	massGone := false
+	apply := func(ev *registry.Event) bool {
+		if ev == nil {
+			return false
+		}
+		if !ev.Timestamp.Equal(batch) {
+			batch, gone = ev.Timestamp, 0
+		}
+		n := len(set)
+		changed := set.Apply(ev)
+		if ev.Type == registry.Delete {
+			gone += n - len(set)
+			if n > 0 && len(set) == 0 {
+				massGone = gone > 1
+			}
+		}
+		return changed
+	}
+	publishEvents := func() {
+		why := ""
+		if len(set) == 0 && massGone {
+			why = "one change of the registry removed every node"
+		}
+		publish(why)
+	}
+	const fetchedNone = "a full fetch found no nodes"
 
 	for ctx.Err() == nil {
 		w, err := c.reg.Watch(ctx, registry.WatchService(e.name))
@@ -287,6 +426,7 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 			if ctx.Err() != nil {
 				return
 			}
+			failed()
 			log.Warn("cache: watch failed; serving the last snapshot", "err", err, "retry_in", bo.Peek())
 			if !backoff.Sleep(ctx, bo.Next()) {
 				return
@@ -316,7 +456,9 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 		// while we were not watching: resynchronise from a full fetch.
 		if fresh, ok := c.fetch(ctx, e.name, log); ok {
 			set = fresh
-			publish()
+			publish(fetchedNone)
+		} else {
+			failed()
 		}
 		healthy := true
 		for healthy {
@@ -327,7 +469,7 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 					break
 				}
 				bo.Reset()
-				changed := set.Apply(ev)
+				changed := apply(ev)
 				// Drain what is already queued before rebuilding once.
 				for more := true; more; {
 					select {
@@ -336,37 +478,36 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 							more, healthy = false, false
 							break
 						}
-						changed = set.Apply(ev) || changed
+						changed = apply(ev) || changed
 					default:
 						more = false
 					}
 				}
 				if changed {
-					publish()
+					publishEvents()
 				}
 			case <-holdC:
 				holdC = nil
 				if len(set) == 0 {
+					log.Info("cache: no nodes after the hold; the service is gone")
 					e.snap.Store(build(set))
 				}
 			case <-refresh.C:
-				if !e.used.Swap(false) {
-					idle++
-					if idle >= 2 && lastFetchOK {
-						log.Debug("cache: dropping idle entry")
-						c.remove(e)
-						w.Stop()
-						for range events {
-						}
-						return
-					}
-				} else {
+				if e.state.CompareAndSwap(entryUsed, entryIdle) {
 					idle = 0
+				} else if idle++; idle >= 2 && lastFetchOK && c.drop(e) {
+					log.Debug("cache: dropping idle entry")
+					w.Stop()
+					for range events {
+					}
+					return
 				}
 				fresh, ok := c.fetch(ctx, e.name, log)
 				if ok {
 					set = fresh
-					publish()
+					publish(fetchedNone)
+				} else {
+					failed()
 				}
 				lastFetchOK = ok
 			case <-ctx.Done():
@@ -382,6 +523,7 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet) {
 		select {
 		case err := <-werr:
 			if ctx.Err() == nil {
+				failed()
 				log.Warn("cache: watch ended; serving the last snapshot and re-watching", "err", err, "retry_in", bo.Peek())
 			}
 		default:

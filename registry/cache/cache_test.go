@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,10 +27,14 @@ type broken struct {
 	registry.Registry
 	fail  atomic.Bool
 	quiet atomic.Bool // watches deliver nothing (only refreshes bring news)
+	flaky atomic.Bool // GetService fails; watches carry on
 	gets  atomic.Int32
 	calls atomic.Int32 // GetService and Watch calls
 	mu    sync.Mutex
 	ws    []registry.Watcher
+
+	failed   atomic.Int32 // GetService calls that returned an error
+	answered atomic.Int32 // GetService calls that returned
 }
 
 // down makes the registry fail and breaks the watches already open.
@@ -46,7 +52,9 @@ var errDown = errors.New("down")
 func (b *broken) GetService(ctx context.Context, n string, o ...registry.GetOption) ([]*registry.Service, error) {
 	b.gets.Add(1)
 	b.calls.Add(1)
-	if b.fail.Load() {
+	defer b.answered.Add(1)
+	if b.fail.Load() || b.flaky.Load() {
+		b.failed.Add(1)
 		return nil, errDown
 	}
 	return b.Registry.GetService(ctx, n, o...)
@@ -171,6 +179,157 @@ func TestIdleEntryDropped(t *testing.T) {
 	})
 }
 
+// waitDropped polls until the cache has dropped e for idleness.
+func waitDropped(t *testing.T, e *cache.Entry) {
+	t.Helper()
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if !e.Dropped() {
+			return errors.New("entry not dropped yet")
+		}
+		return nil
+	})
+}
+
+// TestDroppedEntrySaysSo: a dropped entry keeps its last snapshot and says
+// that it was dropped to every later read; looking the name up again gives
+// a live entry that follows the registry.
+func TestDroppedEntrySaysSo(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	c := cache.New(mem, cache.WithRefreshInterval(10*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a"))
+	e1, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, live := e1.Load(); !live || len(s.Nodes) != 1 {
+		t.Fatalf("new entry: live %v, %d nodes", live, len(s.Nodes))
+	}
+	waitDropped(t, e1)
+	if s, live := e1.Load(); live || len(s.Nodes) != 1 || !e1.Dropped() {
+		t.Fatalf("dropped entry: live %v, %d nodes, dropped %v; want not live, its last node", live, len(s.Nodes), e1.Dropped())
+	}
+	e2, err := c.Entry(ctx, "greeter")
+	if err != nil || e2 == e1 || e2.Dropped() {
+		t.Fatalf("lookup after the drop: %p (dropped %p), %v", e2, e1, err)
+	}
+	mem.Register(ctx, svc("a", "b"))
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		e, err := c.Renew(ctx, e1) // the live entry, whichever it is by now
+		if err != nil {
+			return err
+		}
+		if got := ids(e); got != "[a b]" {
+			return fmt.Errorf("renewed entry %s, want [a b]", got)
+		}
+		return nil
+	})
+}
+
+// TestReadEntryNotDropped: an entry read all the time is never dropped,
+// however many refresh ticks pass.
+func TestReadEntryNotDropped(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	b := &broken{Registry: mem}
+	c := cache.New(b, cache.WithRefreshInterval(5*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a"))
+	e, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, live := e.Load(); !live {
+					t.Error("an entry in use was dropped")
+					return
+				}
+				runtime.Gosched()
+			}
+		}()
+	}
+	g := b.gets.Load()
+	registrytest.Eventually(t, 10*time.Second, func() error {
+		if b.gets.Load() < g+30 {
+			return errors.New("waiting for 30 refreshes")
+		}
+		return nil
+	})
+	// Checked while the readers run: once they stop, the entry is idle.
+	if e2, err := c.Entry(ctx, "greeter"); err != nil || e2 != e {
+		t.Errorf("entry replaced (%v)", err)
+	}
+	close(stop)
+	wg.Wait()
+}
+
+// TestRenewWhileRegistryFails: renewing a dropped entry while the registry
+// fails serves its last nodes from a live entry, which follows the registry
+// once it is back.
+func TestRenewWhileRegistryFails(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	b := &broken{Registry: mem}
+	c := cache.New(b, cache.WithRefreshInterval(10*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a"))
+	e1, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDropped(t, e1)
+	b.down()
+	if _, err := c.Entry(ctx, "greeter"); !errors.Is(err, errDown) {
+		t.Fatalf("lookup while the registry fails: %v, want its error", err)
+	}
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := c.Renew(canceled, e1); err == nil {
+		t.Fatal("Renew with a canceled context and a failing registry succeeded")
+	}
+	e2, err := c.Renew(ctx, e1)
+	if err != nil {
+		t.Fatalf("Renew while the registry fails: %v, want the last nodes", err)
+	}
+	if _, live := e2.Load(); !live || ids(e2) != "[a]" {
+		t.Fatalf("renewed entry: live %v, nodes %s; want live, [a]", live, ids(e2))
+	}
+	if e, err := c.Entry(ctx, "greeter"); err != nil || e != e2 {
+		t.Fatalf("lookup after Renew: %v, want the renewed entry", err)
+	}
+	b.fail.Store(false)
+	mem.Register(ctx, svc("a", "b"))
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		e, err := c.Renew(ctx, e1)
+		if err != nil {
+			return err
+		}
+		if got := ids(e); got != "[a b]" {
+			return fmt.Errorf("entry %s, want [a b]", got)
+		}
+		return nil
+	})
+	c.Close()
+	if _, err := c.Renew(ctx, e1); !errors.Is(err, cache.ErrClosed) {
+		t.Fatalf("Renew after Close: %v, want ErrClosed", err)
+	}
+}
+
 func TestFirstFetchErrorNotCached(t *testing.T) {
 	mem := memory.New()
 	defer mem.Close()
@@ -196,10 +355,111 @@ func TestFirstFetchErrorNotCached(t *testing.T) {
 	}
 }
 
+// TestEmptyHold: news that a service has no nodes left is believed at once
+// when they left one by one on a healthy watch, and only after the hold
+// when it may come from a registry that restarted empty.
 func TestEmptyHold(t *testing.T) {
+	const hold = 300 * time.Millisecond
+	// deregister takes one call per argument, of comma-separated node IDs.
+	deregister := func(calls ...string) func(*testing.T, *broken) {
+		return func(t *testing.T, b *broken) {
+			for _, ids := range calls {
+				if err := b.Registry.Deregister(context.Background(), svc(strings.Split(ids, ",")...)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	tests := []struct {
+		name    string
+		hold    time.Duration // 0: the default
+		refresh time.Duration // 0: the default
+		quiet   bool          // the watch reports nothing
+		before  func(*testing.T, *broken)
+		empty   func(*testing.T, *broken) // makes a and b leave
+		held    bool
+	}{
+		{name: "deleted one by one on a healthy watch", empty: deregister("a", "b")},
+		// One change of the registry removes every node: a consul agent
+		// restarted empty answers so, an etcd re-list after a compaction too.
+		{name: "one change removes every node", hold: hold, empty: deregister("a,b"), held: true},
+		{name: "registry restarted empty", hold: hold, empty: func(t *testing.T, b *broken) {
+			b.down() // the watch ends, fetches fail
+			deregister("a", "b")(t, b)
+			b.fail.Store(false) // back, empty: the re-watch's resync finds none
+		}, held: true},
+		{name: "a refresh finds none", hold: hold, refresh: 50 * time.Millisecond, quiet: true,
+			empty: deregister("a", "b"), held: true},
+		{name: "deleted one by one after a failed fetch", hold: hold, refresh: 50 * time.Millisecond,
+			before: func(t *testing.T, b *broken) {
+				b.flaky.Store(true)
+				f := b.failed.Load()
+				registrytest.Eventually(t, 5*time.Second, func() error {
+					if b.failed.Load() < f+1 {
+						return errors.New("waiting for a failed refresh")
+					}
+					return nil
+				})
+				b.flaky.Store(false)
+			}, empty: deregister("a", "b"), held: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := memory.New()
+			defer mem.Close()
+			b := &broken{Registry: mem}
+			b.quiet.Store(tc.quiet)
+			var opts []cache.Option
+			if tc.hold > 0 {
+				opts = append(opts, cache.WithEmptyHold(tc.hold))
+			}
+			if tc.refresh > 0 {
+				opts = append(opts, cache.WithRefreshInterval(tc.refresh))
+			}
+			c := cache.New(b, opts...)
+			defer c.Close()
+			ctx := context.Background()
+			if err := mem.Register(ctx, svc("a")); err != nil {
+				t.Fatal(err)
+			}
+			e, err := c.Entry(ctx, "greeter")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A node that joins shows that the cache follows the registry.
+			if err := mem.Register(ctx, svc("b")); err != nil {
+				t.Fatal(err)
+			}
+			wantIDs(t, e, "[a b]")
+			if tc.before != nil {
+				tc.before(t, b)
+			}
+			start := time.Now()
+			tc.empty(t, b)
+			wait := time.Second
+			if tc.held {
+				wait = 5 * time.Second
+			}
+			registrytest.Eventually(t, wait, func() error {
+				if got := ids(e); got != "[]" {
+					return fmt.Errorf("snapshot %s, want []", got)
+				}
+				return nil
+			})
+			if took := time.Since(start); tc.held && took < tc.hold {
+				t.Fatalf("no nodes believed after %v, want the hold (%v)", took, tc.hold)
+			}
+		})
+	}
+}
+
+// TestEmptyHoldBridgesARestart: a registry that restarted empty says so
+// until the live servers register again; callers never see no nodes.
+func TestEmptyHoldBridgesARestart(t *testing.T) {
 	mem := memory.New()
 	defer mem.Close()
-	c := cache.New(mem, cache.WithEmptyHold(300*time.Millisecond))
+	b := &broken{Registry: mem}
+	c := cache.New(b, cache.WithEmptyHold(time.Minute))
 	defer c.Close()
 	ctx := context.Background()
 	mem.Register(ctx, svc("a", "b"))
@@ -207,19 +467,33 @@ func TestEmptyHold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The registry restarts empty: every node "leaves" at once.
-	start := time.Now()
+	wantIDs(t, e, "[a b]")
+	b.down()
 	mem.Deregister(ctx, svc("a", "b"))
-	// The servers register again within the hold: callers never saw none.
+	// Back, empty: the re-watch's resync (the first fetch since the
+	// failure: the refresh interval is long) finds no nodes...
+	a := b.answered.Load()
+	b.fail.Store(false)
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if got := ids(e); got == "[]" {
+			t.Fatal("empty snapshot published during the hold")
+		}
+		if b.answered.Load() < a+1 {
+			return errors.New("waiting for the re-watch and its resync")
+		}
+		return nil
+	})
+	// ... until the servers register again.
 	mem.Register(ctx, svc("a"))
-	wantIDs(t, e, "[a]")
-	if held := ids(e); held == "[]" {
-		t.Fatal("empty snapshot published during the hold")
-	}
-	// A service that really goes away is empty once the hold has passed.
-	mem.Deregister(ctx, svc("a"))
-	if got := ids(e); got != "[a]" && time.Since(start) < 300*time.Millisecond {
-		t.Fatalf("snapshot %s during the hold, want the last nodes", got)
-	}
-	wantIDs(t, e, "[]")
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		switch got := ids(e); got {
+		case "[a]":
+			return nil
+		case "[]":
+			t.Fatal("empty snapshot published during the hold")
+		default:
+			return fmt.Errorf("snapshot %s, want [a]", got)
+		}
+		return nil
+	})
 }
