@@ -360,6 +360,12 @@ func (s *Cached) Mark(service string, node *registry.Node, err error) {
 		st.health[node.ID] = h
 		st.tracked.Store(int32(len(st.health)))
 	}
+	now := s.o.now()
+	if !h.until.IsZero() && now.Before(h.until) {
+		// Already ejected: the failures of calls that were in flight when
+		// the node failed are the same incident, and count once.
+		return
+	}
 	h.failures++
 	if len(st.health) > 2*len(st.entry.Load().Snapshot().Nodes)+16 {
 		st.pruneLocked()
@@ -371,7 +377,7 @@ func (s *Cached) Mark(service string, node *registry.Node, err error) {
 	if h.until.IsZero() {
 		st.ejected.Add(1)
 	}
-	h.until = s.o.now().Add(d)
+	h.until = now.Add(d)
 	s.o.log.Debug("selector: node ejected", "service", service, "node", node.ID, "for", d, "failures", h.failures, "err", err)
 }
 

@@ -343,6 +343,16 @@ func TestEjection(t *testing.T) {
 	if got := pick(9); len(got) != 3 {
 		t.Fatalf("after Reset picked %v, want all 3", got)
 	}
+	// Eight calls in flight when a node hangs fail together: one incident,
+	// one base cool-off (it used to be 2^7 s, and the node stayed out for
+	// the maximum long after it recovered).
+	for range 8 {
+		s.Mark("greeter", dead, errors.New("timeout"))
+	}
+	advance(1100 * time.Millisecond)
+	if got := pick(30); got["n001"] == 0 {
+		t.Fatalf("failures of one incident counted many times: %v", got)
+	}
 }
 
 func TestClose(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -304,4 +305,97 @@ func TestEtcdClusterLeaderKill(t *testing.T) {
 	c.progress(t, 50)
 	c.check(t, "after the election")
 	t.Logf("leader %s killed: %d calls, none failed; no registration lost; a new server was seen", leader.Name(), c.ok.Load())
+}
+
+// TestHungNodeUnderLoad: three greeter processes on etcd, eight callers with
+// a 1 s deadline and a 250 ms attempt timeout; one server is frozen with
+// SIGSTOP (its connects and requests hang) for less than the TTL, then
+// thawed. No call outlives its deadline by more than 50 ms, calls that met
+// the frozen node move to the others (Greeter.Hello is published as
+// idempotent), and the thawed node serves again.
+func TestHungNodeUnderLoad(t *testing.T) {
+	bin, err := build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := etcdBackend(t)
+	g1 := greeterProc(t, bin, b, "g1")
+	greeterProc(t, bin, b, "g2")
+	greeterProc(t, bin, b, "g3")
+	reg := b.registry(t)
+	sel := selector.New(reg, selector.WithLogger(quiet))
+	defer sel.Close()
+	cli := client.New(sel, client.Logger(quiet), client.RequestTimeout(250*time.Millisecond))
+	defer cli.Close()
+	waitSelectorNodes(t, sel, 3, 15*time.Second)
+
+	const deadline = time.Second
+	var ok, failed, calls atomic.Int64
+	var worst atomic.Int64
+	nodes := sync.Map{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var lastErr atomic.Value
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				start := time.Now()
+				rsp := new(greeter.HelloRsp)
+				err := cli.Call(ctx, "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "h"}, rsp)
+				took := time.Since(start)
+				cancel()
+				calls.Add(1)
+				for {
+					w := worst.Load()
+					if int64(took) <= w || worst.CompareAndSwap(w, int64(took)) {
+						break
+					}
+				}
+				if err != nil {
+					failed.Add(1)
+					lastErr.Store(err)
+					continue
+				}
+				ok.Add(1)
+				nodes.Store(rsp.Node, time.Now())
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	time.Sleep(500 * time.Millisecond) // warm: every node has connections
+	if err := g1.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	time.Sleep(faultTTL / 2)
+	if err := g1.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	thawed := time.Now()
+	registrytest.Eventually(t, 15*time.Second, func() error {
+		if v, ok := nodes.Load("g1"); !ok || v.(time.Time).Before(thawed) {
+			return fmt.Errorf("the thawed node has not answered yet")
+		}
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+	stop = make(chan struct{})
+	t.Logf("frozen %v: %d calls, %d failed, slowest %v (deadline %v); last error: %v",
+		thawed.Sub(frozen).Round(time.Millisecond), calls.Load(), failed.Load(),
+		time.Duration(worst.Load()).Round(time.Millisecond), deadline, lastErr.Load())
+	if w := time.Duration(worst.Load()); w > deadline+50*time.Millisecond {
+		t.Errorf("a call took %v, past its deadline of %v", w, deadline)
+	}
+	if f, n := failed.Load(), calls.Load(); f*100 > n {
+		t.Errorf("%d of %d calls failed with a frozen node among three", f, n)
+	}
 }

@@ -36,7 +36,7 @@ type Reader struct {
 	frameLimit time.Duration // 0: no bound on a started frame
 	buf        []byte        // len(buf) is the storage; data is buf[start:end]
 	start, end int
-	dlSet      bool // a read deadline is set on the stream
+	dlAt       time.Time // the read deadline set on the stream (zero: none)
 }
 
 // ReaderOption configures a Reader.
@@ -164,17 +164,19 @@ func (r *Reader) fill(need int, deadline time.Time, started bool) error {
 		if r.end == len(r.buf) {
 			r.makeRoom(need)
 		}
-		if r.dl != nil && (!deadline.IsZero() || r.dlSet) {
-			if err := r.dl.SetReadDeadline(deadline); err != nil {
+		if r.dl != nil {
+			if err := r.arm(deadline); err != nil {
 				return err
 			}
-			r.dlSet = !deadline.IsZero()
 		}
 		k, err := r.r.Read(r.buf[r.end:])
 		r.end += k
 		if err != nil {
 			if r.end-r.start >= need {
 				return nil
+			}
+			if isTimeout(err) && !deadline.IsZero() && time.Now().Before(deadline) {
+				continue // an earlier deadline left by arm: ours has not passed
 			}
 			switch {
 			case started && isTimeout(err):
@@ -188,6 +190,23 @@ func (r *Reader) fill(need int, deadline time.Time, started bool) error {
 		}
 	}
 	return nil
+}
+
+// arm makes the stream's read deadline no later than deadline (zero: none).
+// Setting a deadline costs a timer update, so one that is set already and
+// still ahead is kept when it is earlier than needed: a read it ends early
+// is retried by fill.
+func (r *Reader) arm(deadline time.Time) error {
+	switch {
+	case deadline.IsZero():
+		if r.dlAt.IsZero() {
+			return nil
+		}
+	case !r.dlAt.IsZero() && !r.dlAt.After(deadline) && time.Until(r.dlAt) > 0:
+		return nil
+	}
+	r.dlAt = deadline
+	return r.dl.SetReadDeadline(deadline)
 }
 
 // makeRoom compacts the buffer and, when that is not enough, grows it by

@@ -45,8 +45,8 @@ type Writer struct {
 	// Owned by the token holder.
 	buf    []byte
 	queued int64 // stream offset past the last queued frame
-	err    error // sticky
-	dlSet  bool
+	err    error     // sticky
+	dlAt   time.Time // the write deadline set on the stream (zero: none)
 
 	sent   atomic.Int64 // bytes written to the stream
 	failed atomic.Pointer[error]
@@ -153,12 +153,16 @@ func (w *Writer) drained() {
 }
 
 // flush writes p whole within the bounds; the caller holds the token.
+//
+// Setting a deadline on the stream costs a timer update, so one already set
+// and still ahead is kept when it is earlier than needed; a write it ends
+// early carries on after the checks below.
 func (w *Writer) flush(p []byte, deadline time.Time, done <-chan struct{}) error {
 	var progress time.Time // when the write last moved (for the stall bound)
 	for len(p) > 0 {
 		if w.dl != nil {
 			d := deadline
-			if w.stall > 0 || done != nil {
+			if w.stall > 0 || done != nil || !w.dlAt.IsZero() {
 				now := time.Now()
 				if progress.IsZero() {
 					progress = now
@@ -169,12 +173,15 @@ func (w *Writer) flush(p []byte, deadline time.Time, done <-chan struct{}) error
 				if done != nil && (d.IsZero() || now.Add(cancelSlice).Before(d)) {
 					d = now.Add(cancelSlice)
 				}
+				if !d.IsZero() && !w.dlAt.IsZero() && !w.dlAt.After(d) && w.dlAt.After(now) {
+					d = w.dlAt // earlier than needed, still ahead: keep it
+				}
 			}
-			if !d.IsZero() || w.dlSet {
+			if !d.Equal(w.dlAt) {
 				if err := w.dl.SetWriteDeadline(d); err != nil {
 					return w.fail(err)
 				}
-				w.dlSet = !d.IsZero()
+				w.dlAt = d
 			}
 		}
 		n, err := w.w.Write(p)
@@ -187,7 +194,7 @@ func (w *Writer) flush(p []byte, deadline time.Time, done <-chan struct{}) error
 			return w.fail(err)
 		}
 		now := time.Now()
-		if n > 0 {
+		if n > 0 || progress.IsZero() {
 			progress = now
 		}
 		switch {

@@ -14,6 +14,7 @@ import (
 	"github.com/beacon-go/beacon"
 	"github.com/beacon-go/beacon/cmd"
 	"github.com/beacon-go/beacon/examples/greeter"
+	"github.com/beacon-go/beacon/server"
 )
 
 func main() {
@@ -39,7 +40,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "greeter:", err)
 		os.Exit(1)
 	}
-	if err := svc.Handle(g); err != nil {
+	// Hello has no side effects: callers may retry it on another node even
+	// after a failure after which it may have run (a timeout, a node killed).
+	if err := svc.Handle(g, server.Idempotent("Hello")); err != nil {
 		fmt.Fprintln(os.Stderr, "greeter:", err)
 		os.Exit(1)
 	}
