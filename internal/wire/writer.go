@@ -44,7 +44,7 @@ type Writer struct {
 
 	// Owned by the token holder.
 	buf    []byte
-	queued int64 // stream offset past the last queued frame
+	queued int64     // stream offset past the last queued frame
 	err    error     // sticky
 	dlAt   time.Time // the write deadline set on the stream (zero: none)
 
