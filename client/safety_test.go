@@ -552,7 +552,10 @@ func TestNeverReadingFloodDoesNotStarveOthers(t *testing.T) {
 	if ok < total*99/100 {
 		t.Errorf("%d of %d well-behaved calls succeeded during the flood", ok, total)
 	}
-	if peak > server.DefaultMaxStreamsPerConn+100 {
+	// At most one connection's worth of handlers run at once; they queue
+	// their answers and return, and only the connection's writer waits for
+	// the client (the flood used to hold 57k goroutines).
+	if peak > server.DefaultMaxStreamsPerConn+30 {
 		t.Errorf("%d extra goroutines during the flood, want at most about %d", peak, server.DefaultMaxStreamsPerConn)
 	}
 	t.Logf("%d/%d calls ok; peak %d extra goroutines", ok, total, peak)

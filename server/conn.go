@@ -16,9 +16,16 @@ import (
 	"github.com/beacon-go/beacon/status"
 )
 
+// outboxLimit is how many response bytes a connection queues for a client
+// that reads slower than they come; past it, handlers wait to queue theirs
+// (holding their streams) and the reader's refusals close the connection.
+const outboxLimit = 1 << 20
+
 // conn serves one client connection: one reader goroutine, one goroutine
-// per request, responses written through a shared wire.Writer (concurrent
-// responses share system calls; a stalled write closes the connection).
+// per request, responses queued in a wire.Outbox (handlers never wait for
+// the client unless it is a megabyte behind; concurrent responses share
+// system calls; a write that stalls for the write timeout closes the
+// connection).
 //
 // What one connection can cost is bounded: MaxStreamsPerConn requests from
 // arrival until their response is written (past it a request is refused
@@ -27,7 +34,7 @@ import (
 type conn struct {
 	s      *Server
 	nc     net.Conn
-	w      *wire.Writer
+	out    *wire.Outbox
 	ctx    context.Context // canceled (ErrConnClosed) when the connection closes
 	cancel context.CancelCauseFunc
 	closed atomic.Bool
@@ -41,7 +48,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	c := &conn{s: s, nc: nc, w: wire.NewWriter(nc, s.o.writeTimeout), streams: map[uint64]context.CancelFunc{}}
+	c := &conn{s: s, nc: nc, out: wire.NewOutbox(nc, s.o.writeTimeout, outboxLimit), streams: map[uint64]context.CancelFunc{}}
 	c.ctx, c.cancel = context.WithCancelCause(s.baseCtx)
 	return c
 }
@@ -71,7 +78,7 @@ func (c *conn) serve() {
 	defer c.close()
 	log := c.s.o.log
 	settings := wire.AppendSettings(nil, wire.Settings{MaxStreams: uint32(c.s.o.maxStreams), MaxFrame: uint32(c.s.o.maxMessage)})
-	if !c.write(settings) {
+	if !c.write(settings, false) {
 		return
 	}
 	r := wire.NewReader(c.nc, c.s.o.maxMessage, wire.IdleTimeout(c.s.o.idleTimeout), wire.FrameTimeout(c.s.o.frameTimeout))
@@ -204,7 +211,7 @@ func (c *conn) request(f *wire.Frame) {
 		*out = enc
 		frame := c.s.bufs.get()
 		*frame = wire.AppendResponse(*frame, id, status.OK, 0, cd.ContentType(), "", enc)
-		c.write(*frame)
+		c.write(*frame, true)
 		c.s.bufs.put(frame)
 	}()
 }
@@ -256,11 +263,15 @@ func toStatus(ctx context.Context, err error) *status.Error {
 	}
 }
 
-// refuse answers a request that was not run.
+// refuse answers a request that was not run. It runs on the reader and does
+// not wait for room in the outbox: a client that sends while not reading
+// its answers is closed.
 func (c *conn) refuse(id uint64, code int, detail string) {
 	c.writeError(id, status.New(code, detail), wire.FlagNotRun)
 }
 
+// writeError answers with an error; a handler's error (flags 0) waits for
+// room in the outbox, a refusal does not.
 func (c *conn) writeError(id uint64, e *status.Error, flags byte) {
 	code := e.Code
 	if code <= 0 || code > 0xffff {
@@ -268,24 +279,18 @@ func (c *conn) writeError(id uint64, e *status.Error, flags byte) {
 	}
 	frame := c.s.bufs.get()
 	*frame = wire.AppendResponse(*frame, id, uint16(code), flags, "", e.Detail, nil)
-	c.write(*frame)
+	c.write(*frame, flags == 0)
 	c.s.bufs.put(frame)
 }
 
-// write sends one frame; a failure (a client that stopped reading for the
-// write timeout, a reset) closes the connection.
-func (c *conn) write(frame []byte) bool { return c.writeBy(frame, time.Time{}) }
+// write queues one frame (wait: for room in the outbox); a failure (a
+// client that stopped reading for the write timeout, or is a megabyte
+// behind while still sending, a reset) closes the connection.
+func (c *conn) write(frame []byte, wait bool) bool { return c.writeBy(frame, wait, time.Time{}) }
 
-// writeBy is write with a deadline for the wait and the write (zero: only
-// the write timeout).
-func (c *conn) writeBy(frame []byte, deadline time.Time) bool {
-	var expired <-chan time.Time
-	if !deadline.IsZero() {
-		t := time.NewTimer(time.Until(deadline))
-		defer t.Stop()
-		expired = t.C
-	}
-	if _, err := c.w.Write(frame, deadline, nil, expired); err != nil {
+// writeBy is write with a deadline for the write, if this sender writes.
+func (c *conn) writeBy(frame []byte, wait bool, deadline time.Time) bool {
+	if err := c.out.Send(frame, wait, deadline); err != nil {
 		if !c.closed.Load() {
 			c.s.o.log.Debug("server: write failed; closing connection", "remote", c.nc.RemoteAddr(), "err", err)
 		}
@@ -295,11 +300,11 @@ func (c *conn) writeBy(frame []byte, deadline time.Time) bool {
 	return true
 }
 
-// goAway tells the client to send nothing more on this connection,
-// waiting at most a second to do so (a client that does not read is closed).
+// goAway tells the client to send nothing more on this connection, waiting
+// at most a second to do so (a client that does not read is closed).
 func (c *conn) goAway() {
 	if !c.goaway.Swap(true) {
-		c.writeBy(wire.AppendGoAway(nil), time.Now().Add(time.Second))
+		c.writeBy(wire.AppendGoAway(nil), false, time.Now().Add(time.Second))
 	}
 }
 
@@ -308,5 +313,6 @@ func (c *conn) close() {
 		return
 	}
 	c.nc.Close()
+	c.out.Fail(net.ErrClosed)
 	c.cancel(ErrConnClosed)
 }

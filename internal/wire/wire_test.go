@@ -235,3 +235,70 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+// Outbox: concurrent senders' frames all arrive whole; senders do not wait
+// for a peer that stops reading (only the one writing does, until the stall
+// timeout), a sender that will not wait gets ErrBacklog past the limit, and
+// once the write stalls every sender learns it.
+func TestOutbox(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	o := NewOutbox(a, 200*time.Millisecond, 64)
+	got := make(chan int, 1)
+	go func() {
+		r := NewReader(b, 0)
+		var f Frame
+		n := 0
+		for r.Next(&f) == nil {
+			n++
+			if n == 50 {
+				break
+			}
+		}
+		got <- n
+	}()
+	done := make(chan error, 50)
+	for i := range 50 {
+		go func() { done <- o.Send(AppendCancel(nil, uint64(i)), true, time.Time{}) }()
+	}
+	for range 50 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := <-got; n != 50 {
+		t.Fatalf("%d whole frames arrived, want 50", n)
+	}
+
+	// Nobody reads b any more.
+	start := time.Now()
+	writerDone := make(chan error, 1)
+	go func() { writerDone <- o.Send(AppendCancel(nil, 1), true, time.Time{}) }() // becomes the writer and blocks
+	giveUp := time.Now().Add(time.Second)
+	for o.Queued() != 0 || time.Now().Before(start.Add(20*time.Millisecond)) {
+		if time.Now().After(giveUp) {
+			t.Fatal("writer did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for range 4 { // queued behind the writer, returning at once
+		if err := o.Send(AppendCancel(nil, 2), false, time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := o.Send(AppendCancel(nil, 3), false, time.Time{}); !errors.Is(err, ErrBacklog) {
+		t.Fatalf("past the limit: %v, want ErrBacklog", err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Fatalf("senders waited %v for a peer that does not read", d)
+	}
+	waiter := make(chan error, 1)
+	go func() { waiter <- o.Send(AppendCancel(nil, 4), true, time.Time{}) }()
+	if err := <-writerDone; !errors.Is(err, ErrWriteTimeout) {
+		t.Fatalf("stalled writer: %v", err)
+	}
+	if err := <-waiter; !errors.Is(err, ErrWriteTimeout) {
+		t.Fatalf("waiting sender: %v", err)
+	}
+}

@@ -37,16 +37,13 @@ const cancelSlice = 10 * time.Millisecond
 type Writer struct {
 	sem     chan struct{} // holds a token while a writer owns the stream
 	waiting atomic.Int32
-	w       io.Writer
-	dl      writeDeadliner
-	stall   time.Duration
 	pending atomic.Bool // buf holds frames nobody has flushed
 
 	// Owned by the token holder.
+	out    stream
 	buf    []byte
-	queued int64     // stream offset past the last queued frame
-	err    error     // sticky
-	dlAt   time.Time // the write deadline set on the stream (zero: none)
+	queued int64 // stream offset past the last queued frame
+	err    error // sticky
 
 	sent   atomic.Int64 // bytes written to the stream
 	failed atomic.Pointer[error]
@@ -55,12 +52,7 @@ type Writer struct {
 // NewWriter returns a Writer on w. stall (0: none) bounds how long a write
 // may make no progress; it needs a stream with SetWriteDeadline.
 func NewWriter(w io.Writer, stall time.Duration) *Writer {
-	ww := &Writer{sem: make(chan struct{}, 1), w: w, stall: stall}
-	ww.dl, _ = w.(writeDeadliner)
-	if ww.dl == nil {
-		ww.stall = 0
-	}
-	return ww
+	return &Writer{sem: make(chan struct{}, 1), out: newStream(w, stall)}
 }
 
 // Sent returns how many bytes have been written to the stream. A frame whose
@@ -153,45 +145,76 @@ func (w *Writer) drained() {
 }
 
 // flush writes p whole within the bounds; the caller holds the token.
+func (w *Writer) flush(p []byte, deadline time.Time, done <-chan struct{}) error {
+	n, err := w.out.write(p, deadline, done)
+	w.sent.Add(int64(n))
+	if err != nil {
+		return w.fail(err)
+	}
+	return nil
+}
+
+// stream writes to an io.Writer within bounds: a deadline, a done channel
+// and a stall timeout. It is not safe for concurrent use.
+type stream struct {
+	w     io.Writer
+	dl    writeDeadliner // nil: the stream has no deadlines (and no bounds)
+	stall time.Duration
+	dlAt  time.Time // the write deadline set on the stream (zero: none)
+}
+
+func newStream(w io.Writer, stall time.Duration) stream {
+	s := stream{w: w, stall: stall}
+	s.dl, _ = w.(writeDeadliner)
+	if s.dl == nil {
+		s.stall = 0
+	}
+	return s
+}
+
+// write writes p whole, unless the deadline passes (ErrWriteTimeout), done
+// closes (ErrWriteCanceled) or no byte moves for the stall timeout
+// (ErrWriteTimeout). It returns the bytes written.
 //
 // Setting a deadline on the stream costs a timer update, so one already set
 // and still ahead is kept when it is earlier than needed; a write it ends
 // early carries on after the checks below.
-func (w *Writer) flush(p []byte, deadline time.Time, done <-chan struct{}) error {
+func (s *stream) write(p []byte, deadline time.Time, done <-chan struct{}) (int, error) {
 	var progress time.Time // when the write last moved (for the stall bound)
+	total := 0
 	for len(p) > 0 {
-		if w.dl != nil {
+		if s.dl != nil {
 			d := deadline
-			if w.stall > 0 || done != nil || !w.dlAt.IsZero() {
+			if s.stall > 0 || done != nil || !s.dlAt.IsZero() {
 				now := time.Now()
 				if progress.IsZero() {
 					progress = now
 				}
-				if w.stall > 0 && (d.IsZero() || progress.Add(w.stall).Before(d)) {
-					d = progress.Add(w.stall)
+				if s.stall > 0 && (d.IsZero() || progress.Add(s.stall).Before(d)) {
+					d = progress.Add(s.stall)
 				}
 				if done != nil && (d.IsZero() || now.Add(cancelSlice).Before(d)) {
 					d = now.Add(cancelSlice)
 				}
-				if !d.IsZero() && !w.dlAt.IsZero() && !w.dlAt.After(d) && w.dlAt.After(now) {
-					d = w.dlAt // earlier than needed, still ahead: keep it
+				if !d.IsZero() && !s.dlAt.IsZero() && !s.dlAt.After(d) && s.dlAt.After(now) {
+					d = s.dlAt // earlier than needed, still ahead: keep it
 				}
 			}
-			if !d.Equal(w.dlAt) {
-				if err := w.dl.SetWriteDeadline(d); err != nil {
-					return w.fail(err)
+			if !d.Equal(s.dlAt) {
+				if err := s.dl.SetWriteDeadline(d); err != nil {
+					return total, err
 				}
-				w.dlAt = d
+				s.dlAt = d
 			}
 		}
-		n, err := w.w.Write(p)
-		w.sent.Add(int64(n))
+		n, err := s.w.Write(p)
+		total += n
 		p = p[n:]
 		if err == nil {
 			continue
 		}
 		if !isTimeout(err) {
-			return w.fail(err)
+			return total, err
 		}
 		now := time.Now()
 		if n > 0 || progress.IsZero() {
@@ -199,14 +222,14 @@ func (w *Writer) flush(p []byte, deadline time.Time, done <-chan struct{}) error
 		}
 		switch {
 		case !deadline.IsZero() && !now.Before(deadline):
-			return w.fail(ErrWriteTimeout)
+			return total, ErrWriteTimeout
 		case isClosed(done):
-			return w.fail(ErrWriteCanceled)
-		case w.stall > 0 && !now.Before(progress.Add(w.stall)):
-			return w.fail(ErrWriteTimeout)
+			return total, ErrWriteCanceled
+		case s.stall > 0 && !now.Before(progress.Add(s.stall)):
+			return total, ErrWriteTimeout
 		}
 	}
-	return nil
+	return total, nil
 }
 
 func (w *Writer) fail(err error) error {
