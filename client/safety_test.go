@@ -601,12 +601,31 @@ func TestServerBoundsIdleAndPartialConnections(t *testing.T) {
 		}
 	}
 
-	// The cap: 300 connections are served; the next is refused at once.
+	// At the cap, the connection idle the longest makes room for a new
+	// one: an idle flood does not lock out a new client.
 	s2 := e.start(t, 9, server.MaxConnections(3))
+	var idle []*wire.Reader
 	for range 3 {
-		rawConn(t, s2.Addr().String())
+		c, r := rawConn(t, s2.Addr().String())
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		idle = append(idle, r)
 	}
-	x, err := net.Dial("tcp", s2.Addr().String())
+	if err := e.cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{}, new(HelloRsp), client.WithAddress(s2.Addr().String())); err != nil {
+		t.Fatalf("a new client at the cap: %v", err)
+	}
+	if err := idle[0].Next(&f); err != nil || f.Kind != wire.KindGoAway {
+		t.Fatalf("the idlest connection: %+v, %v; want GoAway", f, err)
+	}
+
+	// When every connection is busy, the new one is refused at once.
+	b, addr := startBlocker(t, server.MaxConnections(2))
+	for range 2 {
+		cli := client.New(nil, client.ConnsPerNode(1), client.Retries(0))
+		defer cli.Close()
+		go cli.Call(context.Background(), "blocker", "Blocker.Wait", &HelloReq{}, new(HelloRsp), client.WithAddress(addr), client.WithRequestTimeout(2*time.Second))
+		<-b.started
+	}
+	x, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -615,7 +634,7 @@ func TestServerBoundsIdleAndPartialConnections(t *testing.T) {
 	x.SetReadDeadline(time.Now().Add(5 * time.Second))
 	rr := wire.NewReader(x, 0)
 	if err := rr.Next(&f); err != nil || f.Kind != wire.KindGoAway {
-		t.Fatalf("connection over the cap: %+v, %v; want GoAway", f, err)
+		t.Fatalf("connection over a cap of busy connections: %+v, %v; want GoAway", f, err)
 	}
 }
 

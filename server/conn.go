@@ -38,7 +38,8 @@ type conn struct {
 	ctx    context.Context // canceled (ErrConnClosed) when the connection closes
 	cancel context.CancelCauseFunc
 	closed atomic.Bool
-	goaway atomic.Bool // told to go away: new requests are refused
+	goaway atomic.Bool  // told to go away: new requests are refused
+	active atomic.Int64 // when the last request arrived (Unix ns; accept time at first)
 
 	mu      sync.Mutex
 	streams map[uint64]context.CancelFunc // requests in flight
@@ -50,6 +51,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c := &conn{s: s, nc: nc, out: wire.NewOutbox(nc, s.o.writeTimeout, outboxLimit), streams: map[uint64]context.CancelFunc{}}
 	c.ctx, c.cancel = context.WithCancelCause(s.baseCtx)
+	c.active.Store(time.Now().UnixNano())
 	return c
 }
 
@@ -118,6 +120,7 @@ func (c *conn) serve() {
 		}
 		switch f.Kind {
 		case wire.KindRequest:
+			c.active.Store(time.Now().UnixNano())
 			c.request(&f)
 		case wire.KindCancel:
 			c.cancelStream(f.ID)

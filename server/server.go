@@ -64,8 +64,10 @@ const (
 // that sends requests and never reads the answers holds at most
 // DefaultMaxStreamsPerConn requests until DefaultWriteTimeout closes it.
 const (
-	// DefaultMaxConnections caps open client connections; one more is told
-	// to go away and closed at once.
+	// DefaultMaxConnections caps open client connections. At the cap, the
+	// connection with nothing in flight that has been idle the longest is
+	// told to go away and closed to make room; when every connection is
+	// busy, the new one is told to go away and closed at once.
 	DefaultMaxConnections = 10000
 	// DefaultMaxStreamsPerConn bounds the requests in flight on one
 	// connection (advertised: clients open another connection rather than
@@ -592,9 +594,24 @@ func (s *Server) accept(ln net.Listener) {
 			continue
 		}
 		if len(s.conns) >= s.o.maxConns {
+			// Make room: the connection idle the longest goes, so that an
+			// idle flood does not lock out new clients.
+			victim := s.idlest()
+			if victim == nil {
+				s.mu.Unlock()
+				s.refuseConn(nc)
+				continue
+			}
+			delete(s.conns, victim)
 			s.mu.Unlock()
-			s.refuseConn(nc)
-			continue
+			victim.goAway() // queued at once; a write waits at most a second
+			victim.close()
+			s.mu.Lock()
+			if s.state == stateStopped {
+				s.mu.Unlock()
+				nc.Close()
+				continue
+			}
 		}
 		c := newConn(s, nc)
 		s.conns[c] = struct{}{}
@@ -602,6 +619,22 @@ func (s *Server) accept(ln net.Listener) {
 		s.mu.Unlock()
 		go c.serve()
 	}
+}
+
+// idlest returns the connection with nothing in flight that has been idle
+// the longest, or nil; s.mu is held.
+func (s *Server) idlest() *conn {
+	var best *conn
+	var bestAt int64
+	for c := range s.conns {
+		if c.closed.Load() || c.inFlight() > 0 {
+			continue
+		}
+		if at := c.active.Load(); best == nil || at < bestAt {
+			best, bestAt = c, at
+		}
+	}
+	return best
 }
 
 // refuseConn tells a connection over the cap to go away (before any
