@@ -72,6 +72,14 @@ const (
 	DefaultWriteStall = 10 * time.Second
 )
 
+// Bounds: a retry count or per-attempt timeout beyond them (or negative) is
+// taken as the bound (or 0), in options and per call alike; flags refuse
+// them with an error (package cmd).
+const (
+	MaxRetries        = 100
+	MaxRequestTimeout = time.Hour
+)
+
 // ErrClosed: the client was closed.
 var ErrClosed = errors.New("client: closed")
 
@@ -258,6 +266,8 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 	for _, f := range opts {
 		f(&o)
 	}
+	o.Retries = min(max(o.Retries, 0), MaxRetries)
+	o.RequestTimeout = min(max(o.RequestTimeout, 0), MaxRequestTimeout)
 	if err := checkEndpoint(endpoint); err != nil {
 		return err
 	}

@@ -679,3 +679,18 @@ func TestPublishedIdempotentEndpointIsRetried(t *testing.T) {
 		t.Fatalf("unknown name: %v", err)
 	}
 }
+
+// Defect 9: out-of-range call options are clamped, never a call that makes
+// no attempt.
+func TestCallOptionBounds(t *testing.T) {
+	e := newEnv(t, 1)
+	for _, opts := range [][]client.CallOption{
+		{client.WithRetries(-5)},
+		{client.WithRequestTimeout(-time.Second)},
+		{client.WithRequestTimeout(1 << 62)},
+	} {
+		if _, err := call(e, &HelloReq{Name: "x"}, opts...); err != nil {
+			t.Errorf("%d options: %v", len(opts), err)
+		}
+	}
+}

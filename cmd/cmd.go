@@ -70,11 +70,11 @@ const DefaultRegistry = "mdns"
 // DefaultSelector is the selector strategy used when none is named.
 const DefaultSelector = "roundrobin"
 
-// Bounds of the client's flags (the register TTL and interval are bounded by
-// server.MaxRegisterTTL).
+// Bounds of the client's flags, read from the client package (the register
+// TTL and interval are bounded by server.MaxRegisterTTL).
 const (
-	MaxClientRetries        = 100
-	MaxClientRequestTimeout = time.Hour
+	MaxClientRetries        = client.MaxRetries
+	MaxClientRequestTimeout = client.MaxRequestTimeout
 )
 
 // Errors.
