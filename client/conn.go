@@ -491,6 +491,7 @@ func (p *pool) startDial() {
 		}
 		op.err = err
 		close(op.done)
+		p.freed() // callers waiting for a slot may take the new connection
 		if err != nil && empty {
 			p.c.dropIfEmpty(p) // a node that is gone leaves no pool behind
 		}

@@ -79,7 +79,7 @@ func (c *conn) serve() {
 	defer c.s.removeConn(c)
 	defer c.close()
 	log := c.s.o.log
-	settings := wire.AppendSettings(nil, wire.Settings{MaxStreams: uint32(c.s.o.maxStreams), MaxFrame: uint32(c.s.o.maxMessage)})
+	settings := wire.AppendSettings(nil, wire.Settings{MaxStreams: uint32(c.s.streams), MaxFrame: uint32(c.s.o.maxMessage)})
 	if !c.write(settings, false) {
 		return
 	}
@@ -162,9 +162,9 @@ func (c *conn) request(f *wire.Frame) {
 		c.refuse(id, status.BadRequest, "call ID already in flight on this connection")
 		return
 	}
-	if len(c.streams) >= c.s.o.maxStreams {
+	if len(c.streams) >= c.s.streams {
 		c.mu.Unlock()
-		c.refuse(id, status.Unavailable, fmt.Sprintf("over the connection's limit of %d requests in flight; not run", c.s.o.maxStreams))
+		c.refuse(id, status.Unavailable, fmt.Sprintf("over the connection's limit of %d requests in flight; not run", c.s.streams))
 		return
 	}
 	if c.s.slots != nil {

@@ -187,7 +187,10 @@ func MaxConcurrentRequests(n int) Option { return func(o *options) { o.maxConcur
 func MaxConnections(n int) Option { return func(o *options) { o.maxConns = n } }
 
 // MaxStreamsPerConn bounds the requests in flight on one connection, from
-// arrival until the response is written (default DefaultMaxStreamsPerConn).
+// arrival until the response is queued (default DefaultMaxStreamsPerConn).
+// With MaxConcurrentRequests set, a connection gets at most half of those
+// slots, so that one connection cannot take them all; the limit a server
+// advertises is the smaller of the two.
 func MaxStreamsPerConn(n int) Option { return func(o *options) { o.maxStreams = n } }
 
 // IdleTimeout sets when an idle connection is told to go away (default
@@ -225,6 +228,7 @@ type Server struct {
 	slots    chan struct{} // nil: no bound on concurrent requests
 	refusing atomic.Bool   // set when GoAway goes out: new requests get 503
 	refused  atomic.Int64  // connections refused over the cap
+	streams  int           // requests in flight allowed per connection
 
 	mu       sync.Mutex
 	state    runState
@@ -285,8 +289,10 @@ func New(opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{o: o, handlers: map[string]*handler{}, conns: map[*conn]struct{}{}}
+	s.streams = o.maxStreams
 	if o.maxConcurrent > 0 {
 		s.slots = make(chan struct{}, o.maxConcurrent)
+		s.streams = min(s.streams, max(1, o.maxConcurrent/2))
 	}
 	s.baseCtx, s.cancelBase = context.WithCancelCause(context.Background())
 	return s, nil
