@@ -70,6 +70,9 @@ const (
 	// DefaultWriteStall bounds a write that makes no progress when no call
 	// deadline does (a cancel frame, a background flush).
 	DefaultWriteStall = 10 * time.Second
+	// DefaultProbeTimeout bounds the ping that a node's trial after an
+	// ejection must answer before a request is sent to it.
+	DefaultProbeTimeout = 500 * time.Millisecond
 )
 
 // Bounds: a retry count or per-attempt timeout beyond them (or negative) is
@@ -315,33 +318,40 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 				break
 			}
 		}
-		var node *registry.Node
+		var pk selector.Pick
 		var addr string
 		if next == nil {
 			addr = o.Addresses[attempt%len(o.Addresses)]
 		} else {
-			node, err = c.pickUntried(next, tried[:min(attempt, len(tried))])
+			pk, err = c.pickUntried(ctx, next, tried[:min(attempt, len(tried))])
 			if err != nil {
 				causes = append(causes, err)
 				break
 			}
-			addr = node.Address
+			addr = pk.Node.Address
 			if attempt < len(tried) {
 				tried[attempt] = addr
 			}
 		}
+		start := time.Now()
 		err = c.attempt(ctx, addr, endpoint, cd, body, rsp, o.RequestTimeout)
-		if err == nil {
-			if node != nil {
-				c.sel.Mark(service, node, nil)
-			}
-			return nil
-		}
 		var te *TransportError
 		isTE := errors.As(err, &te)
-		if isTE && node != nil {
-			c.sel.Mark(service, node, err)
+		if pk.Node != nil {
+			var failure error
+			if isTE {
+				failure = err
+			}
+			if pk.Done != nil {
+				pk.Done(selector.Outcome{Latency: time.Since(start), Err: failure})
+			} else {
+				c.sel.Mark(service, pk.Node, failure)
+			}
 		}
+		if err == nil {
+			return nil
+		}
+		node := pk.Node
 		if ctxOver(ctx) {
 			causes = append(causes, fmt.Errorf("attempt %d: %w", attempt+1, err))
 			break
@@ -434,31 +444,88 @@ func checkEndpoint(endpoint string) error {
 // pickUntried asks next for a node whose address was not tried yet and whose
 // connection is not still being set up (a node whose connects hang must not
 // hold callers while others are ready); after a few misses (fewer nodes than
-// attempts) it accepts a tried or connecting one.
-func (c *Client) pickUntried(next selector.Next, tried []string) (*registry.Node, error) {
-	var first, fresh *registry.Node
+// attempts) it accepts a tried or connecting one. A probe pick (an ejected
+// node's trial) is used only if the node answers a ping first, so a node
+// still hung costs no call. Picks not used are handed back.
+func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []string) (selector.Pick, error) {
+	var first, fresh selector.Pick
+	skip := func(p selector.Pick) {
+		if p.Done != nil {
+			p.Done(selector.Outcome{Skipped: true})
+		}
+	}
+	defer func() { // hand back the fallbacks not returned
+		if first.Node != nil {
+			skip(first)
+		}
+		if fresh.Node != nil {
+			skip(fresh)
+		}
+	}()
 	for range 2*len(tried) + 3 {
-		n, err := next()
+		p, err := next()
 		if err != nil {
-			return nil, err
+			return selector.Pick{}, err
 		}
-		if first == nil {
-			first = n
-		}
-		if slices.Contains(tried, n.Address) {
+		if p.Probe {
+			if c.alive(ctx, p.Node.Address) {
+				return p, nil
+			}
+			if p.Done != nil {
+				p.Done(selector.Outcome{ProbeFailed: true})
+			}
 			continue
 		}
-		if fresh == nil {
-			fresh = n
+		if slices.Contains(tried, p.Node.Address) {
+			if first.Node == nil {
+				first = p
+			} else {
+				skip(p)
+			}
+			continue
 		}
-		if p, ok := (*c.pools.Load())[n.Address]; !ok || !p.connecting() {
-			return n, nil
+		if pl, ok := (*c.pools.Load())[p.Node.Address]; ok && pl.connecting() {
+			if fresh.Node == nil {
+				fresh = p
+			} else {
+				skip(p)
+			}
+			continue
 		}
+		return p, nil
 	}
-	if fresh != nil {
-		return fresh, nil
+	if fresh.Node != nil {
+		p := fresh
+		fresh = selector.Pick{}
+		return p, nil
 	}
-	return first, nil
+	if first.Node != nil {
+		p := first
+		first = selector.Pick{}
+		return p, nil
+	}
+	return selector.Pick{}, selector.ErrNoneAvailable
+}
+
+// alive pings addr, within DefaultProbeTimeout and ctx.
+func (c *Client) alive(ctx context.Context, addr string) bool {
+	p := c.pool(addr)
+	if p == nil {
+		return false
+	}
+	deadline := time.Now().Add(DefaultProbeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	cl := c.free.getCall()
+	defer c.free.putCall(cl)
+	cl.timer.Reset(time.Until(deadline))
+	defer cl.timer.Stop()
+	cn, err := p.get(ctx, cl.timer.C)
+	if err != nil {
+		return false
+	}
+	return cn.ping(ctx, cl, deadline, cl.timer.C) == nil
 }
 
 // attempt makes one request to addr, bounded by ctx and the per-attempt

@@ -195,8 +195,17 @@ func (c *conn) release() {
 // attempt's deadline (expired fires then). On success the response is in
 // cl. Every error says whether the request provably did not run.
 func (c *conn) roundTrip(ctx context.Context, cl *call, deadline time.Time, expired <-chan time.Time, endpoint, ctype string, body []byte) error {
+	return c.exchange(ctx, cl, deadline, expired, false, endpoint, ctype, body)
+}
+
+// ping checks that the node answers, like roundTrip with a Ping frame.
+func (c *conn) ping(ctx context.Context, cl *call, deadline time.Time, expired <-chan time.Time) error {
+	return c.exchange(ctx, cl, deadline, expired, true, "", "", nil)
+}
+
+func (c *conn) exchange(ctx context.Context, cl *call, deadline time.Time, expired <-chan time.Time, ping bool, endpoint, ctype string, body []byte) error {
 	defer c.release()
-	if n := wire.RequestSize(endpoint, ctype, len(body)) - 4; int64(n) > c.maxFrame.Load() {
+	if n := wire.RequestSize(endpoint, ctype, len(body)) - 4; !ping && int64(n) > c.maxFrame.Load() {
 		return &status.Error{Code: status.TooLarge, Detail: fmt.Sprintf("request of %d bytes is larger than the limit of %d bytes of the node at %s; not sent", n, c.maxFrame.Load(), c.p.addr)}
 	}
 	c.mu.Lock()
@@ -219,7 +228,11 @@ func (c *conn) roundTrip(ctx context.Context, cl *call, deadline time.Time, expi
 	frame := c.p.c.free.getBuf()
 	var err error
 	var end int64
-	*frame, err = wire.AppendRequest(*frame, id, endpoint, ctype, timeout, body)
+	if ping {
+		*frame = wire.AppendPing(*frame, id)
+	} else {
+		*frame, err = wire.AppendRequest(*frame, id, endpoint, ctype, timeout, body)
+	}
 	if err == nil {
 		end, err = c.w.Write(*frame, deadline, ctx.Done(), expired)
 	}
@@ -242,10 +255,10 @@ func (c *conn) roundTrip(ctx context.Context, cl *call, deadline time.Time, expi
 		}
 		return nil
 	case <-ctx.Done():
-		c.abandon(id, cl)
+		c.abandon(id, cl, !ping)
 		return ctx.Err()
 	case <-expired:
-		c.abandon(id, cl)
+		c.abandon(id, cl, !ping)
 		return &TransportError{Addr: c.p.addr, Op: "timeout", Err: fmt.Errorf("%w (%v): %w", errNoResponse, timeout.Round(time.Millisecond), context.DeadlineExceeded)}
 	}
 }
@@ -266,8 +279,8 @@ func (c *conn) forget(id uint64, cl *call) bool {
 
 // abandon forgets a call that was sent and tells the server to cancel its
 // handler, in the background (the caller returns at once).
-func (c *conn) abandon(id uint64, cl *call) {
-	if !c.forget(id, cl) {
+func (c *conn) abandon(id uint64, cl *call, cancel bool) {
+	if !c.forget(id, cl) || !cancel {
 		return // answered meanwhile, or the connection failed
 	}
 	c.p.c.wg.Add(1)

@@ -20,12 +20,22 @@
 // position survive this. So a service called rarely always reflects the
 // registry, and one not called costs no watch.
 //
-// A strategy (RoundRobin or Random) picks among the nodes. Round-robin state
-// lives per service in the selector, so it rotates across calls (go-micro's
-// per-call round robin never did). Mark records the outcome of a call: a
-// node that fails (a transport error) is ejected for a cool-off period that
-// doubles on each further failure, up to a maximum; a success clears it.
-// When every node is ejected, Next still returns nodes rather than none.
+// A strategy (RoundRobin, Random or LeastLoaded) picks among the nodes that
+// are not ejected, in proportion to their weights (node metadata
+// MetaWeight). Round-robin state lives per service in the selector, so it
+// rotates across calls (go-micro's per-call round robin never did).
+// LeastLoaded is power of two choices over in-flight requests and a latency
+// EWMA, fed by each pick's Done callback (like grpc-go's PickResult.Done).
+//
+// Ejection: a transport failure ejects the node for a cool-off (DefaultEjectBase).
+// Failures of calls that were in flight together are one incident and count
+// once; after the cool-off the node gets one trial request (a probe), not a
+// flood: its success brings the node back, its failure is a repeated
+// incident and doubles the cool-off (up to DefaultEjectMax). A node that
+// registers again with new data starts afresh. The nodes left share the
+// ejected node's calls evenly. When every node is ejected, Next still
+// returns nodes rather than none. Picking never blocks and, without select
+// options, never allocates.
 package selector
 
 import (
@@ -57,9 +67,10 @@ var (
 	ErrClosed = errors.New("selector: closed")
 )
 
-// Next returns a node for one attempt of a call. Each call may return a
+// Next returns the node of one attempt of a call; the caller reports the
+// attempt's outcome through the Pick's Done. Each call may return a
 // different node. It never blocks and is safe for concurrent use.
-type Next func() (*registry.Node, error)
+type Next func() (Pick, error)
 
 // Selector chooses nodes for calls. Implementations are safe for concurrent
 // use.
@@ -69,8 +80,9 @@ type Selector interface {
 	// ErrNotFound for a service without nodes and ErrNoneAvailable when
 	// filters leave none.
 	Select(ctx context.Context, service string, opts ...SelectOption) (Next, error)
-	// Mark records the outcome of a call to node: nil for success, the
-	// transport error for a failure.
+	// Mark records the outcome of a call to node that was not reported
+	// through a Pick's Done: nil for success, the transport error for a
+	// failure.
 	Mark(service string, node *registry.Node, err error)
 	// Reset forgets the failures recorded for the service's nodes.
 	Reset(service string)
@@ -78,35 +90,6 @@ type Selector interface {
 	Close() error
 	// String names the selector and its strategy.
 	String() string
-}
-
-// Strategy picks one of n candidates. counter is per-service state owned by
-// the selector that survives changes of the node list. Pick must not block
-// or allocate and must be safe for concurrent use.
-type Strategy interface {
-	Pick(counter *atomic.Uint64, n int) int
-	String() string
-}
-
-type roundRobin struct{}
-
-func (roundRobin) Pick(c *atomic.Uint64, n int) int { return int((c.Add(1) - 1) % uint64(n)) }
-func (roundRobin) String() string                   { return "roundrobin" }
-
-type random struct{}
-
-func (random) Pick(_ *atomic.Uint64, n int) int { return rand.IntN(n) }
-func (random) String() string                   { return "random" }
-
-// RoundRobin cycles through the nodes of a service across calls.
-func RoundRobin() Strategy { return roundRobin{} }
-
-// Random picks a node uniformly at random.
-func Random() Strategy { return random{} }
-
-// Strategies is the table of strategy names used by flags.
-func Strategies() map[string]func() Strategy {
-	return map[string]func() Strategy{"roundrobin": RoundRobin, "random": Random}
 }
 
 // Option configures a selector.
@@ -163,21 +146,15 @@ func WithFilter(f ...Filter) SelectOption {
 // WithSelectStrategy overrides the strategy for one Select.
 func WithSelectStrategy(s Strategy) SelectOption { return func(o *SelectOptions) { o.Strategy = s } }
 
-type health struct {
-	failures int
-	until    time.Time
-}
-
 // state is the selector's per-service state. It outlives the cache entries
 // of its service: entry is replaced when the cache drops it.
 type state struct {
 	entry   atomic.Pointer[cache.Entry]
+	view    atomic.Pointer[view]
 	counter atomic.Uint64
-	ejected atomic.Int32 // nodes in health with a cool-off set
-	tracked atomic.Int32 // len(health), readable without the lock
 	mu      sync.Mutex
-	health  map[string]*health
-	next    Next // prebuilt for the default strategy, so Select does not allocate
+	stats   map[string]*NodeStats // by node ID
+	next    Next                  // prebuilt for the default strategy, so Select does not allocate
 }
 
 // Cached is the default selector, backed by a registry cache.
@@ -233,6 +210,7 @@ func (s *Cached) Select(ctx context.Context, service string, opts ...SelectOptio
 	if len(snap.Nodes) == 0 {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, service)
 	}
+	s.viewOf(st, snap) // one pointer comparison unless the nodes changed
 	if len(opts) == 0 {
 		return st.next, nil
 	}
@@ -245,13 +223,35 @@ func (s *Cached) Select(ctx context.Context, service string, opts ...SelectOptio
 		strategy = s.o.strategy
 	}
 	if len(so.Filters) == 0 {
-		return func() (*registry.Node, error) { return s.pick(st, strategy, st.entry.Load().Snapshot().Nodes) }, nil
+		return func() (Pick, error) { return s.pick(st, strategy, nil) }, nil
 	}
-	nodes := filterNodes(snap, so.Filters)
-	if len(nodes) == 0 {
+	v := s.filtered(st, s.viewOf(st, snap), so.Filters)
+	if len(v.nodes) == 0 {
 		return nil, fmt.Errorf("%w: %s: no node passes the filters", ErrNoneAvailable, service)
 	}
-	return func() (*registry.Node, error) { return s.pick(st, strategy, nodes) }, nil
+	return func() (Pick, error) { return s.pick(st, strategy, v) }, nil
+}
+
+// filtered returns a view of the nodes of v that pass the filters, with
+// their availability as of now.
+func (s *Cached) filtered(st *state, v *view, filters []Filter) *view {
+	f := &view{snap: v.snap}
+outer:
+	for i, n := range v.nodes {
+		for _, keep := range filters {
+			if !keep(n.Service, n.Node) {
+				continue outer
+			}
+		}
+		f.nodes = append(f.nodes, n)
+		f.stats = append(f.stats, v.stats[i])
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	cur := &view{}
+	*cur = *f
+	s.availLocked(cur)
+	return cur
 }
 
 func (s *Cached) add(ctx context.Context, service string) (*state, error) {
@@ -271,11 +271,11 @@ func (s *Cached) add(ctx context.Context, service string) (*state, error) {
 	if st, ok := old[service]; ok {
 		return st, nil
 	}
-	st := &state{health: map[string]*health{}}
+	st := &state{stats: map[string]*NodeStats{}}
 	st.entry.Store(e)
 	st.counter.Store(rand.Uint64N(1 << 16)) // clients do not all start on the same node
 	strategy := s.o.strategy
-	st.next = func() (*registry.Node, error) { return s.pick(st, strategy, st.entry.Load().Snapshot().Nodes) }
+	st.next = func() (Pick, error) { return s.pick(st, strategy, nil) }
 	m := make(map[string]*state, len(old)+1)
 	for k, v := range old {
 		m[k] = v
@@ -302,33 +302,27 @@ func (s *Cached) renew(ctx context.Context, st *state, old *cache.Entry) (*cache
 	return st.entry.Load().Snapshot(), nil
 }
 
-func (s *Cached) pick(st *state, strategy Strategy, nodes []cache.Node) (*registry.Node, error) {
-	n := len(nodes)
-	if n == 0 {
-		return nil, ErrNoneAvailable
+// pick chooses a node from v (nil: the service's current view), handing
+// out a probe first when a cool-off has ended.
+func (s *Cached) pick(st *state, strategy Strategy, v *view) (Pick, error) {
+	if v == nil {
+		v = s.viewOf(st, st.entry.Load().Snapshot())
 	}
-	i := strategy.Pick(&st.counter, n)
-	if st.ejected.Load() == 0 {
-		return nodes[i].Node, nil
+	if len(v.nodes) == 0 {
+		return Pick{}, ErrNoneAvailable
 	}
-	now := s.o.now()
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	for k := range n {
-		cand := nodes[(i+k)%n].Node
-		h, ok := st.health[cand.ID]
-		if !ok || h.until.IsZero() {
-			return cand, nil
-		}
-		if !now.Before(h.until) {
-			// Cool-off over: the node gets a trial call. Its failure count
-			// stays, so another failure ejects it for longer.
-			h.until = time.Time{}
-			st.ejected.Add(-1)
-			return cand, nil
+	if w := st.view.Load().wake; w != 0 {
+		if now := s.o.now(); now.UnixNano() >= w {
+			if p, ok := s.probe(st, now); ok {
+				return p, nil
+			}
 		}
 	}
-	return nodes[i].Node, nil // every node is ejected: better a try than nothing
+	c := v.candidates(&st.counter)
+	i := c.at(strategy.Pick(c))
+	ns := v.stats[i]
+	ns.inflight.Add(1)
+	return Pick{Node: v.nodes[i].Node, Done: ns.done}, nil
 }
 
 // Mark implements Selector.
@@ -337,65 +331,12 @@ func (s *Cached) Mark(service string, node *registry.Node, err error) {
 	if !ok || node == nil {
 		return
 	}
-	if err == nil {
-		if st.tracked.Load() == 0 {
-			return
-		}
-		st.mu.Lock()
-		if h, ok := st.health[node.ID]; ok {
-			if !h.until.IsZero() {
-				st.ejected.Add(-1)
-			}
-			delete(st.health, node.ID)
-			st.tracked.Store(int32(len(st.health)))
-		}
-		st.mu.Unlock()
-		return
-	}
 	st.mu.Lock()
-	defer st.mu.Unlock()
-	h, ok := st.health[node.ID]
-	if !ok {
-		h = &health{}
-		st.health[node.ID] = h
-		st.tracked.Store(int32(len(st.health)))
+	ns := st.stats[node.ID]
+	st.mu.Unlock()
+	if ns != nil {
+		s.report(st, ns, Outcome{Err: err}, false)
 	}
-	now := s.o.now()
-	if !h.until.IsZero() && now.Before(h.until) {
-		// Already ejected: the failures of calls that were in flight when
-		// the node failed are the same incident, and count once.
-		return
-	}
-	h.failures++
-	if len(st.health) > 2*len(st.entry.Load().Snapshot().Nodes)+16 {
-		st.pruneLocked()
-	}
-	d := s.o.ejectBase << min(h.failures-1, 30)
-	if d <= 0 || d > s.o.ejectMax {
-		d = s.o.ejectMax
-	}
-	if h.until.IsZero() {
-		st.ejected.Add(1)
-	}
-	h.until = now.Add(d)
-	s.o.log.Debug("selector: node ejected", "service", service, "node", node.ID, "for", d, "failures", h.failures, "err", err)
-}
-
-// pruneLocked forgets nodes that are no longer in the snapshot.
-func (st *state) pruneLocked() {
-	live := map[string]bool{}
-	for _, n := range st.entry.Load().Snapshot().Nodes {
-		live[n.ID] = true
-	}
-	for id, h := range st.health {
-		if !live[id] {
-			if !h.until.IsZero() {
-				st.ejected.Add(-1)
-			}
-			delete(st.health, id)
-		}
-	}
-	st.tracked.Store(int32(len(st.health)))
 }
 
 // Reset implements Selector.
@@ -405,9 +346,10 @@ func (s *Cached) Reset(service string) {
 		return
 	}
 	st.mu.Lock()
-	clear(st.health)
-	st.ejected.Store(0)
-	st.tracked.Store(0)
+	for _, ns := range st.stats {
+		ns.heal(time.Time{})
+	}
+	s.republishLocked(st)
 	st.mu.Unlock()
 }
 

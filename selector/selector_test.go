@@ -80,7 +80,8 @@ func TestRoundRobinRotatesAcrossCalls(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n, err := next()
+		pk, err := next()
+		n := pk.Node
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +105,8 @@ func TestRandomReachesAll(t *testing.T) {
 	seen := map[string]bool{}
 	for i := 0; i < 1000 && len(seen) < 3; i++ {
 		next, _ := s.Select(context.Background(), "greeter")
-		n, _ := next()
+		pk, _ := next()
+		n := pk.Node
 		seen[n.ID] = true
 	}
 	if len(seen) != 3 {
@@ -122,7 +124,8 @@ func TestFilters(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		n, _ := next()
+		pk, _ := next()
+		n := pk.Node
 		if n.ID != "n002" && n.ID != "n003" {
 			return fmt.Errorf("version filter let %s through", n.ID)
 		}
@@ -154,7 +157,8 @@ func TestFilters(t *testing.T) {
 			}
 			got := map[string]bool{}
 			for range 20 {
-				n, err := next()
+				pk, err := next()
+				n := pk.Node
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -303,7 +307,8 @@ func TestEjection(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			n, err := next()
+			pk, err := next()
+			n := pk.Node
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -366,25 +371,78 @@ func TestClose(t *testing.T) {
 	}
 }
 
-func TestSelectZeroAllocs(t *testing.T) {
-	for _, n := range []int{3, 100} {
-		_, s := setup(t, n)
-		ctx := context.Background()
-		if _, err := s.Select(ctx, "greeter"); err != nil {
-			t.Fatal(err)
+// settle waits until the cache's snapshot of greeter stopped changing (the
+// watch's first events and resync have been applied).
+func settle(t *testing.T, s *selector.Cached) {
+	t.Helper()
+	e, err := s.Cache().Entry(context.Background(), "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, since := e.Snapshot(), time.Now()
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if cur := e.Snapshot(); cur != last {
+			last, since = cur, time.Now()
 		}
-		allocs := testing.AllocsPerRun(1000, func() {
-			next, _ := s.Select(ctx, "greeter")
-			_, _ = next()
-		})
-		if allocs != 0 {
-			t.Errorf("Select+Next with %d nodes: %v allocs, want 0", n, allocs)
+		if time.Since(since) < 100*time.Millisecond {
+			return errors.New("snapshot still changing")
+		}
+		return nil
+	})
+}
+
+func strategies() []selector.Strategy {
+	return []selector.Strategy{selector.RoundRobin(), selector.Random(), selector.LeastLoaded()}
+}
+
+// Select, Next and Done allocate nothing, for every strategy, with an
+// ejected node and weights too.
+func TestSelectZeroAllocs(t *testing.T) {
+	for _, strat := range strategies() {
+		for _, n := range []int{3, 100} {
+			r, s := setup(t, n, selector.WithStrategy(strat))
+			ctx := context.Background()
+			if _, err := s.Select(ctx, "greeter"); err != nil {
+				t.Fatal(err)
+			}
+			run := func(what string) {
+				settle(t, s) // a snapshot that changes is rebuilt (and allocates) once
+				allocs := testing.AllocsPerRun(1000, func() {
+					next, _ := s.Select(ctx, "greeter")
+					p, _ := next()
+					p.Done(selector.Outcome{Latency: time.Millisecond})
+				})
+				if allocs != 0 {
+					t.Errorf("%s: Select+Next+Done with %d nodes%s: %v allocs, want 0", strat, n, what, allocs)
+				}
+			}
+			run("")
+			s.Mark("greeter", &registry.Node{ID: "n001"}, errors.New("refused"))
+			run(", one ejected")
+			svc := service("greeter", "1.0.0", 0, n)
+			svc.Nodes[0].Metadata[selector.MetaWeight] = "3"
+			if err := r.Register(ctx, svc); err != nil {
+				t.Fatal(err)
+			}
+			registrytest.Eventually(t, 5*time.Second, func() error {
+				for range 50 {
+					next, _ := s.Select(ctx, "greeter")
+					if p, _ := next(); p.Node.Metadata[selector.MetaWeight] == "3" {
+						p.Done(selector.Outcome{Skipped: true})
+						return nil
+					} else {
+						p.Done(selector.Outcome{Skipped: true})
+					}
+				}
+				return errors.New("weighted node not seen yet")
+			})
+			run(", weighted")
 		}
 	}
 }
 
 func BenchmarkSelect(b *testing.B) {
-	for _, strat := range []selector.Strategy{selector.RoundRobin(), selector.Random()} {
+	for _, strat := range strategies() {
 		for _, n := range []int{3, 10, 100} {
 			_, s := setup(b, n, selector.WithStrategy(strat))
 			ctx := context.Background()
@@ -395,7 +453,8 @@ func BenchmarkSelect(b *testing.B) {
 				b.ReportAllocs()
 				for b.Loop() {
 					next, _ := s.Select(ctx, "greeter")
-					_, _ = next()
+					p, _ := next()
+					p.Done(selector.Outcome{Latency: time.Millisecond})
 				}
 			})
 			b.Run(fmt.Sprintf("%s/nodes=%d/parallel", strat, n), func(b *testing.B) {
@@ -403,7 +462,8 @@ func BenchmarkSelect(b *testing.B) {
 				b.RunParallel(func(pb *testing.PB) {
 					for pb.Next() {
 						next, _ := s.Select(ctx, "greeter")
-						_, _ = next()
+						p, _ := next()
+						p.Done(selector.Outcome{Latency: time.Millisecond})
 					}
 				})
 			})
@@ -445,7 +505,8 @@ func TestRarelyCalledServiceFollowsRegistry(t *testing.T) {
 		}
 		seen := map[string]bool{}
 		for range 6 {
-			n, err := next()
+			pk, err := next()
+			n := pk.Node
 			if err != nil {
 				return err
 			}

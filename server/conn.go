@@ -124,6 +124,8 @@ func (c *conn) serve() {
 			c.request(&f)
 		case wire.KindCancel:
 			c.cancelStream(f.ID)
+		case wire.KindPing:
+			c.write(wire.AppendResponse(nil, f.ID, status.OK, wire.FlagNotRun, "", "", nil), false)
 		default:
 			log.Warn("server: unexpected frame from a client; closing connection", "remote", c.nc.RemoteAddr(), "kind", f.Kind)
 			return

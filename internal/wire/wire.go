@@ -19,7 +19,8 @@
 //	u32 max streams | u32 max frame (later fields may follow; readers ignore them)
 //
 // Cancel (no header) asks the server to cancel the handler of a call the
-// client gave up on. GoAway (no header, ID 0) tells the peer that the server
+// client gave up on. Ping (no header) asks for an empty OK response of the
+// same ID with FlagNotRun at once: a liveness check that runs nothing. GoAway (no header, ID 0) tells the peer that the server
 // is going away (shutting down, or closing an idle connection): the client
 // sends no new request on the connection; a request that still arrives is
 // answered with status 503 and FlagNotRun, so it is safe to retry.
@@ -47,6 +48,7 @@ const (
 	KindGoAway   byte = 3
 	KindSettings byte = 4
 	KindCancel   byte = 5
+	KindPing     byte = 6
 )
 
 // Response flags.
@@ -172,6 +174,15 @@ func AppendCancel(dst []byte, id uint64) []byte {
 	return binary.BigEndian.AppendUint64(dst, id)
 }
 
+// AppendPing appends a Ping frame (a liveness check) with id to dst; the
+// server answers it at once with an empty OK response of the same ID and
+// FlagNotRun, without running anything.
+func AppendPing(dst []byte, id uint64) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, frameHeader)
+	dst = append(dst, KindPing)
+	return binary.BigEndian.AppendUint64(dst, id)
+}
+
 // AppendGoAway appends a GoAway frame to dst.
 func AppendGoAway(dst []byte) []byte {
 	dst = binary.BigEndian.AppendUint32(dst, frameHeader)
@@ -245,7 +256,7 @@ func parse(b []byte, f *Frame) error {
 			return bad("short settings")
 		}
 		f.Settings = Settings{MaxStreams: binary.BigEndian.Uint32(p), MaxFrame: binary.BigEndian.Uint32(p[4:])}
-	case KindGoAway, KindCancel:
+	case KindGoAway, KindCancel, KindPing:
 	default:
 		return bad(fmt.Sprintf("unknown kind %d", f.Kind))
 	}
