@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+
+	"github.com/beacon-go/beacon/client"
+	"github.com/beacon-go/beacon/selector"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -26,17 +29,23 @@ func hello(req *HelloReq, rsp *HelloRsp) { rsp.Msg, rsp.Node = "Hello "+req.Name
 // b.SetParallelism(32) on 2 CPUs gives 64 goroutines.
 func BenchmarkCall(b *testing.B) {
 	for _, conc := range []int{1, 64} {
-		b.Run(fmt.Sprintf("beacon/c=%d", conc), func(b *testing.B) {
-			e := newEnv(b, 1)
-			ctx := context.Background()
-			if err := e.cli.Call(ctx, "greeter", "Greeter.Hello", benchReq, new(HelloRsp)); err != nil {
-				b.Fatal(err)
-			}
-			run(b, conc, func() error {
-				var rsp HelloRsp
-				return e.cli.Call(ctx, "greeter", "Greeter.Hello", benchReq, &rsp)
+		for _, strat := range []selector.Strategy{selector.LeastLoaded(), selector.RoundRobin()} {
+			b.Run(fmt.Sprintf("beacon-%s/c=%d", strat, conc), func(b *testing.B) {
+				e := newEnv(b, 3)
+				sel := selector.New(e.reg, selector.WithStrategy(strat), selector.WithLogger(quiet))
+				defer sel.Close()
+				cli := client.New(sel)
+				defer cli.Close()
+				ctx := context.Background()
+				if err := cli.Call(ctx, "greeter", "Greeter.Hello", benchReq, new(HelloRsp)); err != nil {
+					b.Fatal(err)
+				}
+				run(b, conc, func() error {
+					var rsp HelloRsp
+					return cli.Call(ctx, "greeter", "Greeter.Hello", benchReq, &rsp)
+				})
 			})
-		})
+		}
 		b.Run(fmt.Sprintf("nethttp/c=%d", conc), func(b *testing.B) {
 			url, stop := httpServer(b)
 			defer stop()

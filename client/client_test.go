@@ -129,7 +129,7 @@ func TestCallByNameRoundRobin(t *testing.T) {
 	e := newEnv(t, 3)
 	seen := map[string]int{}
 	for range 30 {
-		rsp, err := call(e, &HelloReq{Name: "Ann"})
+		rsp, err := call(e, &HelloReq{Name: "Ann"}, client.WithSelectOptions(selector.WithSelectStrategy(selector.RoundRobin())))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -68,7 +68,7 @@ const (
 const DefaultRegistry = "mdns"
 
 // DefaultSelector is the selector strategy used when none is named.
-const DefaultSelector = "roundrobin"
+const DefaultSelector = "leastloaded"
 
 // Bounds of the client's flags, read from the client package (the register
 // TTL and interval are bounded by server.MaxRegisterTTL).

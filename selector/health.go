@@ -52,7 +52,7 @@ type NodeStats struct {
 	inflight atomic.Int64
 	ewma     atomic.Int64 // latency EWMA in ns; 0 until an answer
 	stamp    atomic.Int64 // when ewma was last updated, Unix ns
-	weight   int          // set when the view is built
+	weight   atomic.Int32 // set when the view is built
 
 	// Guarded by the service state's mu.
 	node     *registry.Node
@@ -72,7 +72,7 @@ func (n *NodeStats) InFlight() int64 { return n.inflight.Load() }
 func (n *NodeStats) Latency() time.Duration { return time.Duration(n.ewma.Load()) }
 
 // Weight returns the node's weight (see MetaWeight).
-func (n *NodeStats) Weight() int { return n.weight }
+func (n *NodeStats) Weight() int { return int(n.weight.Load()) }
 
 // observe folds a latency sample into the EWMA.
 func (n *NodeStats) observe(lat time.Duration, now int64) {
@@ -134,7 +134,7 @@ func (s *Cached) viewOf(st *state, snap *cache.Snapshot) *view {
 			ns.heal(time.Time{})
 		}
 		ns.node = n.Node
-		ns.weight = weightOf(n.Node)
+		ns.weight.Store(int32(weightOf(n.Node)))
 		v.stats[i] = ns
 		live[n.ID] = true
 	}
@@ -191,7 +191,7 @@ func weights(v *view) []int64 {
 		if v.avail != nil {
 			i = int(v.avail[k])
 		}
-		if v.stats[i].weight != 1 {
+		if v.stats[i].Weight() != 1 {
 			same = false
 			break
 		}
@@ -206,7 +206,7 @@ func weights(v *view) []int64 {
 		if v.avail != nil {
 			i = int(v.avail[k])
 		}
-		total += int64(v.stats[i].weight)
+		total += int64(v.stats[i].Weight())
 		cum[k] = total
 	}
 	return cum
@@ -225,7 +225,8 @@ func sameNode(a, b *registry.Node) bool {
 }
 
 func (s *Cached) newStats(st *state) *NodeStats {
-	ns := &NodeStats{weight: 1}
+	ns := &NodeStats{}
+	ns.weight.Store(1)
 	ns.done = func(o Outcome) { s.report(st, ns, o, true) }
 	return ns
 }

@@ -105,7 +105,8 @@ type options struct {
 	now       func() time.Time
 }
 
-// WithStrategy sets the default strategy (default RoundRobin).
+// WithStrategy sets the default strategy (default LeastLoaded: see the
+// README for why, measured).
 func WithStrategy(s Strategy) Option { return func(o *options) { o.strategy = s } }
 
 // WithCache makes the selector use an existing cache (which it does not
@@ -171,7 +172,7 @@ var _ Selector = (*Cached)(nil)
 
 // New returns the default selector over r.
 func New(r registry.Registry, opts ...Option) *Cached {
-	o := options{strategy: RoundRobin(), ejectBase: DefaultEjectBase, ejectMax: DefaultEjectMax, log: slog.Default(), now: time.Now}
+	o := options{strategy: LeastLoaded(), ejectBase: DefaultEjectBase, ejectMax: DefaultEjectMax, log: slog.Default(), now: time.Now}
 	for _, f := range opts {
 		f(&o)
 	}

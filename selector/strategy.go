@@ -117,7 +117,7 @@ func (leastLoaded) Pick(c Candidates) int {
 	if la <= 0 || lb <= 0 {
 		la, lb = 1, 1
 	}
-	if float64(sb.inflight.Load()+1)*float64(lb)/float64(sb.weight) < float64(sa.inflight.Load()+1)*float64(la)/float64(sa.weight) {
+	if float64(sb.inflight.Load()+1)*float64(lb)/float64(sb.weight.Load()) < float64(sa.inflight.Load()+1)*float64(la)/float64(sa.weight.Load()) {
 		return b
 	}
 	return a

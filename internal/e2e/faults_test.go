@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
+	"os"
 	"log/slog"
 	"os/exec"
 	"path/filepath"
@@ -397,5 +400,143 @@ func TestHungNodeUnderLoad(t *testing.T) {
 	}
 	if f, n := failed.Load(), calls.Load(); f*100 > n {
 		t.Errorf("%d of %d calls failed with a frozen node among three", f, n)
+	}
+}
+
+// TestBalancingAroundAHungNode: three greeter processes on etcd under
+// closed-loop load (16 callers, default call options: a 5 s attempt
+// timeout), one frozen with SIGSTOP and thawed, for each strategy. It logs
+// the throughput of every second against the baseline, the calls slower
+// than one attempt timeout, how soon the thawed node serves again, and the
+// survivors' shares while it was out. It checks that LeastLoaded keeps
+// serving through the freeze and that the thawed node comes back. With
+// BEACON_MEASURE=1 the freeze lasts 20 s (the README's figures; run without
+// -race); otherwise 3 s.
+func TestBalancingAroundAHungNode(t *testing.T) {
+	freeze := 3 * time.Second
+	if os.Getenv("BEACON_MEASURE") == "1" {
+		freeze = 20 * time.Second
+	}
+	bin, err := build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := etcdBackend(t)
+	for _, strat := range []selector.Strategy{selector.LeastLoaded(), selector.RoundRobin()} {
+		t.Run(strat.String(), func(t *testing.T) {
+			g1 := greeterProc(t, bin, b, "h1")
+			greeterProc(t, bin, b, "h2")
+			greeterProc(t, bin, b, "h3")
+			reg := b.registry(t)
+			sel := selector.New(reg, selector.WithLogger(quiet), selector.WithStrategy(strat))
+			defer sel.Close()
+			cli := client.New(sel, client.Logger(quiet))
+			defer cli.Close()
+			waitSelectorNodes(t, sel, 3, 15*time.Second)
+
+			type rec struct {
+				end  time.Time
+				took time.Duration
+				node string
+				err  error
+			}
+			var mu sync.Mutex
+			var recs []rec
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for range 16 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						start := time.Now()
+						rsp := new(greeter.HelloRsp)
+						err := cli.Call(context.Background(), "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "b"}, rsp)
+						mu.Lock()
+						recs = append(recs, rec{time.Now(), time.Since(start), rsp.Node, err})
+						mu.Unlock()
+					}
+				}()
+			}
+			defer func() {
+				select {
+				case <-stop:
+				default:
+					close(stop)
+				}
+				wg.Wait()
+			}()
+			time.Sleep(2 * time.Second) // warm up
+			frozenAt := time.Now()
+			if err := g1.Process.Signal(syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(freeze)
+			if err := g1.Process.Signal(syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+			thawedAt := time.Now()
+			registrytest.Eventually(t, 15*time.Second, func() error {
+				mu.Lock()
+				defer mu.Unlock()
+				for i := len(recs) - 1; i >= 0 && recs[i].end.After(thawedAt); i-- {
+					if recs[i].node == "h1" && recs[i].err == nil {
+						return nil
+					}
+				}
+				return errors.New("the thawed node has not answered yet")
+			})
+			time.Sleep(2 * time.Second)
+			close(stop)
+			wg.Wait()
+
+			// Throughput per second, from 1 s before the freeze.
+			var baseline float64
+			var back time.Duration = -1
+			slow, failed := 0, 0
+			share := map[string]int{}
+			buckets := map[int]int{}
+			for _, r := range recs {
+				sec := int(math.Floor(r.end.Sub(frozenAt).Seconds()))
+				buckets[sec]++
+				if r.end.After(frozenAt.Add(-time.Second)) && r.end.Before(frozenAt) {
+					baseline++
+				}
+				if r.took > client.DefaultRequestTimeout {
+					slow++
+				}
+				if r.err != nil {
+					if failed == 0 {
+						t.Logf("%s: first failure after %v: %v", strat, r.took.Round(time.Millisecond), r.err)
+					}
+					failed++
+				}
+				if r.end.After(frozenAt.Add(client.DefaultRequestTimeout+time.Second)) && r.end.Before(thawedAt) && r.err == nil {
+					share[r.node]++
+				}
+				if back < 0 && r.node == "h1" && r.err == nil && r.end.After(thawedAt) {
+					back = r.end.Sub(thawedAt)
+				}
+			}
+			worst, worstSec := math.Inf(1), 0
+			var line strings.Builder
+			for sec := 0; sec <= int(thawedAt.Sub(frozenAt).Seconds())+1; sec++ {
+				fmt.Fprintf(&line, " %d", buckets[sec])
+				if f := float64(buckets[sec]); f < worst {
+					worst, worstSec = f, sec
+				}
+			}
+			t.Logf("%s: baseline %.0f calls/s; per second from the freeze:%s", strat, baseline, line.String())
+			t.Logf("%s: worst second %d: %.0f%% of baseline; %d calls slower than %v, %d failed; thawed node back after %v; survivors' shares while it was out: %v",
+				strat, worstSec, 100*worst/baseline, slow, client.DefaultRequestTimeout, failed, back.Round(time.Millisecond), share)
+			if strat.String() == "leastloaded" && worst == 0 {
+				t.Errorf("leastloaded: a second without a call during the freeze")
+			}
+		})
 	}
 }
