@@ -298,10 +298,10 @@ func (c *conn) read(r *wire.Reader) {
 	defer c.p.c.wg.Done()
 	defer close(c.done)
 	var f wire.Frame
+	var tooLarge *wire.TooLargeError
 	for {
 		err := r.Next(&f)
-		var tooLarge *wire.TooLargeError
-		if errors.As(err, &tooLarge) && tooLarge.Kind == wire.KindResponse {
+		if err != nil && errors.As(err, &tooLarge) && tooLarge.Kind == wire.KindResponse {
 			// The handler ran; its answer is dropped, the connection kept.
 			f = wire.Frame{Kind: wire.KindResponse, ID: tooLarge.ID, Status: status.TooLarge}
 			f.Detail = fmt.Appendf(nil, "response of %d bytes is larger than the client's limit of %d bytes (client.MaxMessageSize)", tooLarge.Size, tooLarge.Limit)

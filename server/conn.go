@@ -91,9 +91,9 @@ func (c *conn) serve() {
 		return
 	}
 	var f wire.Frame
+	var tooLarge *wire.TooLargeError
 	for {
 		err := r.Next(&f)
-		var tooLarge *wire.TooLargeError
 		switch {
 		case err == nil:
 		case errors.Is(err, wire.ErrIdle):
