@@ -351,7 +351,6 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 		if err == nil {
 			return nil
 		}
-		node := pk.Node
 		if ctxOver(ctx) {
 			causes = append(causes, fmt.Errorf("attempt %d: %w", attempt+1, err))
 			break
@@ -363,7 +362,7 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 		case isTE, status.Code(err) == status.Unavailable:
 			// It may have run (a timeout or a broken connection after the
 			// request left), or the handler itself answered 503.
-			retry = o.Idempotent || c.idempotent(service, node, endpoint)
+			retry = o.Idempotent || idempotent(pk.Service, endpoint)
 		}
 		if !retry {
 			return finalError(service, endpoint, attempt, causes, err)
@@ -417,14 +416,19 @@ func finalError(service, endpoint string, attempt int, causes []error, err error
 	return &status.Error{Code: status.InternalError, Detail: err.Error(), Causes: append(causes, err)}
 }
 
-// idempotent reports whether the node publishes the endpoint as idempotent.
-func (c *Client) idempotent(service string, node *registry.Node, endpoint string) bool {
-	lk, ok := c.sel.(selector.EndpointLookup)
-	if node == nil || !ok {
+// idempotent reports whether the service version a node belongs to
+// publishes the endpoint as idempotent (known when the attempt was picked:
+// the node may have left the registry since).
+func idempotent(svc *registry.Service, endpoint string) bool {
+	if svc == nil {
 		return false
 	}
-	ep := lk.Endpoint(service, node, endpoint)
-	return ep != nil && ep.Metadata[registry.MetaIdempotent] == "true"
+	for _, ep := range svc.Endpoints {
+		if ep != nil && ep.Name == endpoint {
+			return ep.Metadata[registry.MetaIdempotent] == "true"
+		}
+	}
+	return false
 }
 
 // maxContentType is the longest content type the wire carries.

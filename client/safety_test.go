@@ -23,6 +23,7 @@ import (
 	"github.com/beacon-go/beacon/internal/wire"
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/registrytest"
+	"github.com/beacon-go/beacon/selector"
 	"github.com/beacon-go/beacon/server"
 	"github.com/beacon-go/beacon/status"
 )
@@ -703,6 +704,34 @@ func TestPublishedIdempotentEndpointIsRetried(t *testing.T) {
 	}
 	if err := e.servers[0].Handle(&Greeter{}, server.Idempotent("Nope")); !errors.Is(err, server.ErrBadHandler) && !errors.Is(err, server.ErrRunning) {
 		t.Fatalf("unknown name: %v", err)
+	}
+
+	// A node that leaves the registry while its call hangs (a frozen node
+	// whose registration expired) still has its call retried: what the
+	// node published is known from when it was picked.
+	done := make(chan error, 1)
+	before0, before1 := e.greet[0].calls.Load(), e.greet[1].calls.Load()
+	go func() {
+		_, err := call(e, &HelloReq{Delay: time.Second}, client.WithRequestTimeout(300*time.Millisecond), client.WithRetries(1),
+			client.WithSelectOptions(selector.WithSelectStrategy(selector.RoundRobin())))
+		done <- err
+	}()
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if e.greet[0].calls.Load() == before0 && e.greet[1].calls.Load() == before1 {
+			return errors.New("no handler started")
+		}
+		return nil
+	})
+	first := 0
+	if e.greet[1].calls.Load() != before1 {
+		first = 1
+	}
+	if err := e.reg.Deregister(context.Background(), e.servers[first].Service()); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if a, b := e.greet[0].calls.Load()-before0, e.greet[1].calls.Load()-before1; a != 1 || b != 1 {
+		t.Fatalf("handler ran %d+%d times after its node left, want once per node", a, b)
 	}
 }
 

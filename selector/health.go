@@ -39,7 +39,10 @@ type Outcome struct {
 // and ejection, and never blocks.
 type Pick struct {
 	Node *registry.Node
-	Done func(Outcome)
+	// Service is the version of the service the node belongs to, as the
+	// registry published it (read-only): its endpoints and their metadata.
+	Service *registry.Service
+	Done    func(Outcome)
 	// Probe: the node was ejected and this attempt is its one trial after
 	// the cool-off. A caller that can check liveness cheaply first (a ping)
 	// should, and report ProbeFailed when that fails.
@@ -339,7 +342,7 @@ func (s *Cached) probe(st *state, now time.Time) (Pick, bool) {
 		ns.until = time.Time{}
 		s.publishLocked(st, v)
 		ns.inflight.Add(1)
-		return Pick{Node: v.nodes[i].Node, Done: ns.done, Probe: true}, true
+		return Pick{Node: v.nodes[i].Node, Service: v.nodes[i].Service, Done: ns.done, Probe: true}, true
 	}
 	// Nothing to probe (another caller took it): refresh the wake time.
 	s.publishLocked(st, v)

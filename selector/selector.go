@@ -323,7 +323,7 @@ func (s *Cached) pick(st *state, strategy Strategy, v *view) (Pick, error) {
 	i := c.at(strategy.Pick(c))
 	ns := v.stats[i]
 	ns.inflight.Add(1)
-	return Pick{Node: v.nodes[i].Node, Done: ns.done}, nil
+	return Pick{Node: v.nodes[i].Node, Service: v.nodes[i].Service, Done: ns.done}, nil
 }
 
 // Mark implements Selector.
@@ -361,37 +361,6 @@ func (s *Cached) Close() error {
 	}
 	if s.ownsCache {
 		return s.cache.Close()
-	}
-	return nil
-}
-
-// EndpointLookup is implemented by selectors that know what nodes publish
-// about their endpoints (the client reads it to learn whether an endpoint is
-// idempotent). It must not block.
-type EndpointLookup interface {
-	// Endpoint returns the endpoint as published by the service's version
-	// that node belongs to, or nil when unknown.
-	Endpoint(service string, node *registry.Node, endpoint string) *registry.Endpoint
-}
-
-var _ EndpointLookup = (*Cached)(nil)
-
-// Endpoint implements EndpointLookup from the cached snapshot.
-func (s *Cached) Endpoint(service string, node *registry.Node, endpoint string) *registry.Endpoint {
-	st, ok := (*s.states.Load())[service]
-	if !ok || node == nil {
-		return nil
-	}
-	for _, n := range st.entry.Load().Snapshot().Nodes {
-		if n.Node != node && n.ID != node.ID {
-			continue
-		}
-		for _, ep := range n.Service.Endpoints {
-			if ep != nil && ep.Name == endpoint {
-				return ep
-			}
-		}
-		return nil
 	}
 	return nil
 }
