@@ -138,6 +138,11 @@ type CallOptions struct {
 	// run are retried, unless the node publishes the endpoint as idempotent
 	// (registry.MetaIdempotent in the endpoint's metadata).
 	Idempotent bool
+	// Hedge, when positive, sends an idempotent call (see Idempotent) to a
+	// second node if the first has not answered within it; the first answer
+	// wins and the other attempt is canceled. Calls that are not idempotent
+	// are never hedged.
+	Hedge time.Duration
 }
 
 // CallOption configures one call.
@@ -205,6 +210,9 @@ func WithAddress(addrs ...string) CallOption {
 // WithIdempotent declares that this call may safely run more than once; see
 // CallOptions.Idempotent.
 func WithIdempotent() CallOption { return func(o *CallOptions) { o.Idempotent = true } }
+
+// WithHedge hedges this call after d; see CallOptions.Hedge.
+func WithHedge(d time.Duration) CallOption { return func(o *CallOptions) { o.Hedge = d } }
 
 // WithContentType sets the request's content type (e.g. codec.ProtoContentType).
 func WithContentType(ct string) CallOption { return func(o *CallOptions) { o.ContentType = ct } }
@@ -334,10 +342,15 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 			}
 		}
 		start := time.Now()
-		err = c.attempt(ctx, addr, endpoint, cd, body, rsp, o.RequestTimeout)
+		hedge := o.Hedge > 0 && pk.Node != nil && (o.Idempotent || idempotent(pk.Service, endpoint))
+		if hedge {
+			err = c.hedged(ctx, next, pk, tried[:min(attempt+1, len(tried))], service, endpoint, cd, body, rsp, &o)
+		} else {
+			err = c.attempt(ctx, addr, endpoint, cd, body, rsp, o.RequestTimeout)
+		}
 		var te *TransportError
 		isTE := errors.As(err, &te)
-		if pk.Node != nil {
+		if pk.Node != nil && !hedge {
 			var failure error
 			if isTE {
 				failure = err
@@ -563,21 +576,125 @@ func (c *Client) attempt(ctx context.Context, addr, endpoint string, cd codec.Co
 	}
 	switch {
 	case cl.status == status.OK:
-		rcd := cd
-		if cl.ctype != "" && cl.ctype != cd.ContentType() {
-			if rcd, err = c.o.codecs.Get(cl.ctype); err != nil {
-				return &status.Error{Code: status.InternalError, Detail: "response codec", Causes: []error{err}}
-			}
+		if raw, ok := rsp.(*rawResponse); ok { // a hedged attempt: decoded if it wins
+			raw.ctype, raw.body = cl.ctype, append(raw.body[:0], cl.body...)
+			return nil
 		}
-		if err := rcd.Unmarshal(cl.body, rsp); err != nil {
-			return &status.Error{Code: status.InternalError, Detail: "decode response", Causes: []error{err}}
-		}
-		return nil
+		return c.decode(cd, cl.ctype, cl.body, rsp)
 	case cl.status == status.Unavailable && cl.flags&wire.FlagNotRun != 0:
 		return &TransportError{Addr: addr, Op: "refused", NotRun: true, Err: fmt.Errorf("%w: %s", ErrRefused, cl.detail)}
 	default:
 		return &status.Error{Code: int(cl.status), Detail: cl.detail}
 	}
+}
+
+// decode decodes a response body of content type ctype ("": cd's) into rsp.
+func (c *Client) decode(cd codec.Codec, ctype string, body []byte, rsp any) error {
+	rcd := cd
+	if ctype != "" && ctype != cd.ContentType() {
+		var err error
+		if rcd, err = c.o.codecs.Get(ctype); err != nil {
+			return &status.Error{Code: status.InternalError, Detail: "response codec", Causes: []error{err}}
+		}
+	}
+	if err := rcd.Unmarshal(body, rsp); err != nil {
+		return &status.Error{Code: status.InternalError, Detail: "decode response", Causes: []error{err}}
+	}
+	return nil
+}
+
+// rawResponse holds a hedged attempt's answer until it is known to win.
+type rawResponse struct {
+	ctype string
+	body  []byte
+}
+
+// hedged makes the attempt on pk and, when no answer came within o.Hedge, a
+// second one on another node; the first answer wins and is decoded into
+// rsp, the other attempt is canceled (its handler too). It reports both
+// picks' outcomes and returns when both attempts have ended, with nil or
+// the first attempt's error.
+func (c *Client) hedged(ctx context.Context, next selector.Next, pk selector.Pick, tried []string, service, endpoint string, cd codec.Codec, body []byte, rsp any, o *CallOptions) error {
+	type result struct {
+		i   int
+		err error
+		raw rawResponse
+	}
+	results := make(chan result, 2)
+	var cancels [2]context.CancelFunc
+	picks := []selector.Pick{pk}
+	starts := []time.Time{time.Now()}
+	launch := func(i int, p selector.Pick) {
+		actx, cancel := context.WithCancel(ctx)
+		cancels[i] = cancel
+		go func() {
+			var raw rawResponse
+			err := c.attempt(actx, p.Node.Address, endpoint, cd, body, &raw, o.RequestTimeout)
+			results <- result{i, err, raw}
+		}()
+	}
+	launch(0, pk)
+	timer := time.NewTimer(o.Hedge)
+	defer timer.Stop()
+	running, won := 1, -1
+	var errs [2]error
+	var winner rawResponse
+	for running > 0 {
+		select {
+		case r := <-results:
+			running--
+			p := picks[r.i]
+			var te *TransportError
+			switch {
+			case won >= 0 && r.err != nil && errors.Is(r.err, context.Canceled):
+				if p.Done != nil {
+					p.Done(selector.Outcome{Skipped: true}) // the loser, canceled
+				}
+			case errors.As(r.err, &te):
+				if p.Done != nil {
+					p.Done(selector.Outcome{Latency: time.Since(starts[r.i]), Err: r.err})
+				} else {
+					c.sel.Mark(service, p.Node, r.err)
+				}
+			default:
+				if p.Done != nil {
+					p.Done(selector.Outcome{Latency: time.Since(starts[r.i])})
+				}
+			}
+			errs[r.i] = r.err
+			if r.err == nil && won < 0 {
+				won, winner = r.i, r.raw
+				for k, cancel := range cancels {
+					if k != r.i && cancel != nil {
+						cancel()
+					}
+				}
+			}
+		case <-timer.C:
+			if won >= 0 || len(picks) > 1 {
+				continue
+			}
+			p2, err := c.pickUntried(ctx, next, append(tried[:len(tried):len(tried)], pk.Node.Address))
+			if err != nil || p2.Node.Address == pk.Node.Address {
+				if err == nil && p2.Done != nil {
+					p2.Done(selector.Outcome{Skipped: true})
+				}
+				continue
+			}
+			picks, starts = append(picks, p2), append(starts, time.Now())
+			running++
+			launch(1, p2)
+		}
+	}
+	for _, cancel := range cancels {
+		if cancel != nil {
+			cancel()
+		}
+	}
+	if won >= 0 {
+		return c.decode(cd, winner.ctype, winner.body, rsp)
+	}
+	return errs[0]
 }
 
 func (c *Client) pool(addr string) *pool {

@@ -31,9 +31,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 var quiet = slog.New(slog.DiscardHandler)
 
 type HelloReq struct {
-	Name  string `json:"name"`
-	Delay time.Duration
-	Fail  int
+	Name   string `json:"name"`
+	Delay  time.Duration
+	SlowOn string // the delay applies on this node only ("": every node)
+	Fail   int
 }
 
 type HelloRsp struct {
@@ -52,7 +53,7 @@ func (g *Greeter) Hello(ctx context.Context, req *HelloReq, rsp *HelloRsp) error
 	if req.Fail != 0 {
 		return status.Newf(req.Fail, "asked to fail with %d", req.Fail)
 	}
-	if req.Delay > 0 {
+	if req.Delay > 0 && (req.SlowOn == "" || req.SlowOn == g.node) {
 		select {
 		case <-time.After(req.Delay):
 		case <-ctx.Done():

@@ -749,3 +749,37 @@ func TestCallOptionBounds(t *testing.T) {
 		}
 	}
 }
+
+// Hedging (issue 9): an idempotent call that a slow node has not answered
+// within the hedge delay goes to a second node too; the first answer wins
+// and the slow handler is canceled. A call that is not idempotent is never
+// hedged.
+func TestHedging(t *testing.T) {
+	e := newEnv(t, 2)
+	rr := client.WithSelectOptions(selector.WithSelectStrategy(selector.RoundRobin()))
+	for i := range 6 {
+		start := time.Now()
+		rsp, err := call(e, &HelloReq{Name: "h", Delay: 2 * time.Second, SlowOn: "node-0"}, rr, client.WithIdempotent(), client.WithHedge(30*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(start)
+		if rsp.Node != "node-1" || took > time.Second {
+			t.Fatalf("call %d answered by %s after %v, want the fast node at once", i, rsp.Node, took)
+		}
+	}
+	// Each call ran at most once per node; the slow runs were canceled.
+	if a, b := e.greet[0].calls.Load(), e.greet[1].calls.Load(); a > 6 || b != 6 {
+		t.Fatalf("handlers ran %d (slow) and %d (fast) times for 6 calls", a, b)
+	}
+	// Not idempotent: never hedged, whatever the delay.
+	before := e.greet[0].calls.Load() + e.greet[1].calls.Load()
+	for range 4 {
+		if _, err := call(e, &HelloReq{Name: "h", Delay: 100 * time.Millisecond, SlowOn: "node-0"}, rr, client.WithHedge(10*time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.greet[0].calls.Load() + e.greet[1].calls.Load() - before; n != 4 {
+		t.Fatalf("4 calls that are not idempotent ran %d times with a hedge set", n)
+	}
+}
