@@ -109,8 +109,8 @@ type view struct {
 	wake  int64   // Unix ns of the earliest cool-off end (0: none ejected)
 }
 
-func (v *view) candidates(counter *atomic.Uint64) Candidates {
-	return Candidates{nodes: v.nodes, stats: v.stats, idx: v.avail, cum: v.cum, counter: counter}
+func (v *view) candidates(counter *atomic.Uint64, clock func() time.Time) Candidates {
+	return Candidates{nodes: v.nodes, stats: v.stats, idx: v.avail, cum: v.cum, counter: counter, clock: clock}
 }
 
 // viewOf returns the current view of st for snap, building it when the
@@ -234,10 +234,13 @@ func (s *Cached) newStats(st *state) *NodeStats {
 	return ns
 }
 
-// heal clears the node's ejection; st.mu is held.
+// heal clears the node's ejection and, when it was ejected, its latency
+// (the failures' penalties say nothing of the node now); st.mu is held.
 func (ns *NodeStats) heal(now time.Time) {
-	if !ns.until.IsZero() || ns.probing {
+	if !ns.until.IsZero() || ns.probing || ns.failures > 0 {
 		ns.cleared = now
+		ns.ewma.Store(0)
+		ns.stamp.Store(0)
 	}
 	ns.failures, ns.until, ns.probing = 0, time.Time{}, false
 	ns.bad.Store(false)

@@ -319,7 +319,7 @@ func (s *Cached) pick(st *state, strategy Strategy, v *view) (Pick, error) {
 			}
 		}
 	}
-	c := v.candidates(&st.counter)
+	c := v.candidates(&st.counter, s.o.now)
 	i := c.at(strategy.Pick(c))
 	ns := v.stats[i]
 	ns.inflight.Add(1)

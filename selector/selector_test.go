@@ -72,7 +72,7 @@ func setup(t testing.TB, n int, opts ...selector.Option) (*memory.Registry, *sel
 }
 
 func TestRoundRobinRotatesAcrossCalls(t *testing.T) {
-	_, s := setup(t, 3)
+	_, s := setup(t, 3, selector.WithStrategy(selector.RoundRobin()))
 	counts := map[string]int{}
 	var order []string
 	for range 9 {
@@ -115,7 +115,7 @@ func TestRandomReachesAll(t *testing.T) {
 }
 
 func TestFilters(t *testing.T) {
-	r, s := setup(t, 2)
+	r, s := setup(t, 2, selector.WithStrategy(selector.RoundRobin()))
 	if err := r.Register(context.Background(), service("greeter", "2.0.0", 2, 2)); err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +299,7 @@ func TestEjection(t *testing.T) {
 	var mu sync.Mutex
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	_, s := setup(t, 3, selector.WithClock(clock), selector.WithEjection(time.Second, 8*time.Second))
+	_, s := setup(t, 3, selector.WithStrategy(selector.RoundRobin()), selector.WithClock(clock), selector.WithEjection(time.Second, 8*time.Second))
 	pick := func(k int) map[string]int {
 		got := map[string]int{}
 		for range k {

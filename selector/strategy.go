@@ -27,7 +27,11 @@ type Candidates struct {
 	idx     []int32 // candidate k is nodes[idx[k]]; nil: every node
 	cum     []int64 // cumulative weights of the candidates; nil: all weigh 1
 	counter *atomic.Uint64
+	clock   func() time.Time
 }
+
+// Now returns the selector's time (time.Now unless WithClock).
+func (c Candidates) Now() time.Time { return c.clock() }
 
 // Len returns the number of candidates.
 func (c Candidates) Len() int {
@@ -106,7 +110,7 @@ func (leastLoaded) Pick(c Candidates) int {
 		b++
 	}
 	sa, sb := c.Stats(a), c.Stats(b)
-	now := time.Now().UnixNano()
+	now := c.Now().UnixNano()
 	if sa.explore(now) {
 		return a
 	}
