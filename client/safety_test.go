@@ -143,7 +143,8 @@ func TestBrokenConnectionAfterSendIsNotRetried(t *testing.T) {
 	})
 	for range 4 {
 		before := e.greet[0].calls.Load() + e.greet[2].calls.Load()
-		_, err := call(e, &HelloReq{Delay: 200 * time.Millisecond}, client.WithRetries(2))
+		_, err := call(e, &HelloReq{Delay: 200 * time.Millisecond}, client.WithRetries(2),
+			client.WithSelectOptions(selector.WithSelectStrategy(selector.RoundRobin())))
 		ran := e.greet[0].calls.Load() + e.greet[2].calls.Load() - before
 		if err == nil {
 			if ran != 1 {

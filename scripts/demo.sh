@@ -93,8 +93,8 @@ echo
 echo "\$ beacon describe greeter"
 on 3 "$bin/beacon" describe greeter
 echo
-echo "\$ greeter-client --count 6             # calls \"greeter\" by name; round-robin"
-on 3 "$bin/greeter-client" --count 6 --every 100ms
+echo "\$ greeter-client --count 6 --selector roundrobin   # calls \"greeter\" by name (the default, leastloaded, favours the faster node)"
+on 3 "$bin/greeter-client" --count 6 --every 100ms --selector roundrobin
 echo
 echo "==> stopping h1's greeter cleanly (SIGTERM: deregister, goodbye, drain, stop)"
 kill -TERM "$h1"
