@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/beacon-go/beacon/status"
 )
@@ -23,7 +24,8 @@ type HelloRsp struct {
 
 // Greeter answers greetings and says which node answered.
 type Greeter struct {
-	Node string
+	Node  string
+	Delay time.Duration // each answer waits this long (0: none)
 }
 
 // ErrNoName is returned (as status 400) for a request without a name.
@@ -33,6 +35,15 @@ var ErrNoName = errors.New("name is required")
 func (g *Greeter) Hello(ctx context.Context, req *HelloReq, rsp *HelloRsp) error {
 	if req.Name == "" {
 		return status.New(status.BadRequest, ErrNoName.Error())
+	}
+	if g.Delay > 0 {
+		t := time.NewTimer(g.Delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
 	}
 	rsp.Msg = fmt.Sprintf("Hello %s", req.Name)
 	rsp.Node = g.Node

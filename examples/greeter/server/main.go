@@ -24,8 +24,10 @@ func main() {
 		beacon.Name("greeter"),
 		beacon.Version("1.0.0"),
 		beacon.Logger(log),
-		beacon.Flags(&cli.StringFlag{Name: "node", EnvVars: []string{"GREETER_NODE"}, Usage: "node name shown in answers"}),
+		beacon.Flags(&cli.StringFlag{Name: "node", EnvVars: []string{"GREETER_NODE"}, Usage: "node name shown in answers"},
+			&cli.DurationFlag{Name: "delay", Usage: "answer each call after this delay (to watch load balancing)"}),
 		beacon.Action(func(c *cmd.Context) error {
+			g.Delay = c.Duration("delay")
 			g.Node = c.String("node")
 			if g.Node == "" {
 				g.Node, _ = os.Hostname()
