@@ -94,7 +94,10 @@ func (random) String() string        { return "random" }
 type leastLoaded struct{}
 
 // Pick draws two candidates at random and keeps the one with the lower
-// (in-flight + 1) x latency EWMA / weight. When either has no latency yet,
+// (in-flight + 1) x latency / weight, where latency is the EWMA, or the time
+// since the node's last answer when that is longer and requests are in
+// flight (so a node that hangs is avoided at once, not when its requests
+// time out). When either has no latency yet,
 // in-flight / weight decides, so a new node is not flooded before its first
 // answer. A node with nothing in flight whose latency is older than
 // exploreAfter gets the call (one caller at a time), so that a node that was
@@ -117,7 +120,7 @@ func (leastLoaded) Pick(c Candidates) int {
 	if sb.explore(now) {
 		return b
 	}
-	la, lb := sa.ewma.Load(), sb.ewma.Load()
+	la, lb := sa.latency(now), sb.latency(now)
 	if la <= 0 || lb <= 0 {
 		la, lb = 1, 1
 	}
@@ -125,6 +128,23 @@ func (leastLoaded) Pick(c Candidates) int {
 		return b
 	}
 	return a
+}
+
+// latency is the node's latency EWMA, or, when it has requests in flight
+// and has not answered for longer than that, the time since its last answer:
+// a node that stopped answering looks slower with every moment, before any
+// request times out. 0: no answer yet.
+func (n *NodeStats) latency(now int64) int64 {
+	l := n.ewma.Load()
+	if l <= 0 {
+		return 0
+	}
+	if n.inflight.Load() > 0 {
+		if last := n.stamp.Load(); last > 0 && now-last > l {
+			return now - last
+		}
+	}
+	return l
 }
 
 // explore claims a call for a node that has nothing in flight and whose
