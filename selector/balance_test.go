@@ -238,3 +238,34 @@ func TestSkippedPicks(t *testing.T) {
 		t.Fatalf("skipped picks left load behind: %v", got)
 	}
 }
+
+// A filtered Select never hands out the trial of a node its filters drop.
+func TestFilteredSelectTakesNoForeignProbe(t *testing.T) {
+	clk := &clock{now: time.Unix(1000, 0)}
+	r, s := setup(t, 2, selector.WithClock(clk.Now))
+	if err := r.Register(context.Background(), service("greeter", "2.0.0", 2, 1)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for shares(t, s, 30)["n002"] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("version 2 node not seen")
+		}
+	}
+	s.Mark("greeter", &registry.Node{ID: "n002"}, errors.New("refused"))
+	clk.Add(2 * time.Second)
+	next, err := s.Select(context.Background(), "greeter", selector.WithFilter(selector.FilterVersion("1.0.0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		p, err := next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Node.ID == "n002" {
+			t.Fatalf("filtered pick returned the version 2 node (probe %v)", p.Probe)
+		}
+		p.Done(selector.Outcome{Latency: time.Millisecond})
+	}
+}

@@ -306,13 +306,14 @@ func (s *Cached) renew(ctx context.Context, st *state, old *cache.Entry) (*cache
 // pick chooses a node from v (nil: the service's current view), handing
 // out a probe first when a cool-off has ended.
 func (s *Cached) pick(st *state, strategy Strategy, v *view) (Pick, error) {
-	if v == nil {
+	all := v == nil // a filtered view takes no probe: the node may not pass
+	if all {
 		v = s.viewOf(st, st.entry.Load().Snapshot())
 	}
 	if len(v.nodes) == 0 {
 		return Pick{}, ErrNoneAvailable
 	}
-	if w := st.view.Load().wake; w != 0 {
+	if w := v.wake; all && w != 0 {
 		if now := s.o.now(); now.UnixNano() >= w {
 			if p, ok := s.probe(st, now); ok {
 				return p, nil
