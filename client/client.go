@@ -346,7 +346,7 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 		if hedge {
 			err = c.hedged(ctx, next, pk, tried[:min(attempt+1, len(tried))], service, endpoint, cd, body, rsp, &o)
 		} else {
-			err = c.attempt(ctx, addr, endpoint, cd, body, rsp, o.RequestTimeout)
+			err = c.attempt(ctx, start, addr, endpoint, cd, body, rsp, o.RequestTimeout)
 		}
 		var te *TransportError
 		isTE := errors.As(err, &te)
@@ -356,7 +356,8 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 				failure = err
 			}
 			if pk.Done != nil {
-				pk.Done(selector.Outcome{Latency: time.Since(start), Err: failure})
+				end := time.Now()
+				pk.Done(selector.Outcome{Latency: end.Sub(start), Err: failure, At: end})
 			} else {
 				c.sel.Mark(service, pk.Node, failure)
 			}
@@ -547,10 +548,10 @@ func (c *Client) alive(ctx context.Context, addr string) bool {
 
 // attempt makes one request to addr, bounded by ctx and the per-attempt
 // timeout.
-func (c *Client) attempt(ctx context.Context, addr, endpoint string, cd codec.Codec, body []byte, rsp any, timeout time.Duration) error {
+func (c *Client) attempt(ctx context.Context, start time.Time, addr, endpoint string, cd codec.Codec, body []byte, rsp any, timeout time.Duration) error {
 	var deadline time.Time
 	if timeout > 0 {
-		deadline = time.Now().Add(timeout)
+		deadline = start.Add(timeout)
 	}
 	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
 		deadline = d
@@ -629,7 +630,7 @@ func (c *Client) hedged(ctx context.Context, next selector.Next, pk selector.Pic
 		cancels[i] = cancel
 		go func() {
 			var raw rawResponse
-			err := c.attempt(actx, p.Node.Address, endpoint, cd, body, &raw, o.RequestTimeout)
+			err := c.attempt(actx, time.Now(), p.Node.Address, endpoint, cd, body, &raw, o.RequestTimeout)
 			results <- result{i, err, raw}
 		}()
 	}

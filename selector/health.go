@@ -32,6 +32,9 @@ type Outcome struct {
 	// liveness check, so no request was sent; it stays ejected, without a
 	// longer cool-off.
 	ProbeFailed bool
+	// At is when the attempt ended (zero: now). A caller that has the time
+	// already saves the selector reading the clock.
+	At time.Time
 }
 
 // Pick is the node chosen for one attempt. Done, when not nil, must be
@@ -86,7 +89,11 @@ func (n *NodeStats) observe(lat time.Duration, now int64) {
 		n.ewma.Store(sample)
 		return
 	}
-	w := math.Exp(-float64(max(now-last, 0)) / float64(LatencyDecay))
+	x := float64(max(now-last, 0)) / float64(LatencyDecay)
+	w := 1 - x + x*x/2 // exp(-x) for the usual x (answers far more often than LatencyDecay)
+	if x > 0.1 {
+		w = math.Exp(-x)
+	}
 	n.ewma.Store(int64(float64(prev)*w + float64(sample)*(1-w)))
 }
 
@@ -251,7 +258,10 @@ func (s *Cached) report(st *state, ns *NodeStats, o Outcome, picked bool) {
 	if picked {
 		ns.inflight.Add(-1)
 	}
-	now := s.o.now()
+	now := o.At
+	if now.IsZero() {
+		now = s.o.now()
+	}
 	if o.Skipped {
 		if ns.bad.Load() {
 			st.mu.Lock()
