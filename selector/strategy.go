@@ -130,18 +130,20 @@ func (leastLoaded) Pick(c Candidates) int {
 	return a
 }
 
-// latency is the node's latency EWMA, or, when it has requests in flight
-// and has not answered for longer than that, the time since its last answer:
-// a node that stopped answering looks slower with every moment, before any
-// request times out. 0: no answer yet.
+// latency is the node's latency EWMA, or, when it has k requests in flight
+// and has been silent for longer than EWMA / k (it answers about that
+// often), k times the silence: a node that stopped answering looks slower
+// with every moment, before any request times out. 0: no answer yet.
 func (n *NodeStats) latency(now int64) int64 {
 	l := n.ewma.Load()
 	if l <= 0 {
 		return 0
 	}
-	if n.inflight.Load() > 0 {
-		if last := n.stamp.Load(); last > 0 && now-last > l {
-			return now - last
+	if k := n.inflight.Load(); k > 0 {
+		// With k requests in flight a node answers about every l/k; a
+		// silence of s counts as a latency of k x s.
+		if last := n.stamp.Load(); last > 0 && (now-last)*k > l {
+			return (now - last) * k
 		}
 	}
 	return l
