@@ -22,6 +22,7 @@ import (
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/consul"
 	"github.com/beacon-go/beacon/registry/etcd"
+	"github.com/beacon-go/beacon/registry/mdns"
 	"github.com/beacon-go/beacon/registry/registrytest"
 	"github.com/beacon-go/beacon/selector"
 )
@@ -54,6 +55,25 @@ func etcdBackend(t *testing.T) backend {
 		name: "etcd", addrs: srv.Endpoints, kill: srv.Kill, restart: srv.Restart,
 		registry: func(t *testing.T) registry.Registry {
 			r, err := etcd.New(context.Background(), etcd.WithAddrs(srv.Endpoints()...), etcd.WithLogger(quiet))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { r.Close() })
+			return r
+		},
+	}
+}
+
+// mdnsBackend is multicast DNS inside the test's private network namespace
+// (TestMain runs every test there): greeter processes started by the test
+// share it, over the loopback interface.
+func mdnsBackend(t *testing.T) backend {
+	return backend{
+		name: "mdns", addrs: func() []string { return nil },
+		registry: func(t *testing.T) registry.Registry {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			r, err := mdns.New(ctx, mdns.WithLogger(quiet))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -418,7 +438,7 @@ func TestBalancing(t *testing.T) {
 	backends := []func(*testing.T) backend{etcdBackend}
 	if os.Getenv("BEACON_MEASURE") == "1" {
 		freeze = 20 * time.Second
-		backends = append(backends, consulBackend)
+		backends = append(backends, consulBackend, mdnsBackend)
 	}
 	bin, err := build()
 	if err != nil {
@@ -429,6 +449,11 @@ func TestBalancing(t *testing.T) {
 		for _, strat := range []selector.Strategy{selector.LeastLoaded(), selector.RoundRobin()} {
 			t.Run(b.name+"/hung/"+strat.String(), func(t *testing.T) { balanceHung(t, bin, b, strat, freeze) })
 			t.Run(b.name+"/slow/"+strat.String(), func(t *testing.T) { balanceSlow(t, bin, b, strat) })
+		}
+		if freeze > 5*time.Second { // hedged: no call waits for the frozen node
+			t.Run(b.name+"/hung/leastloaded+hedge", func(t *testing.T) {
+				balanceHung(t, bin, b, selector.LeastLoaded(), freeze, client.WithHedge(50*time.Millisecond))
+			})
 		}
 	}
 }
@@ -449,7 +474,7 @@ type rec struct {
 	err  error
 }
 
-func startLoad(cli *client.Client) *load {
+func startLoad(cli *client.Client, opts ...client.CallOption) *load {
 	l := &load{stop: make(chan struct{})}
 	for range 16 {
 		l.wg.Add(1)
@@ -463,7 +488,7 @@ func startLoad(cli *client.Client) *load {
 				}
 				start := time.Now()
 				rsp := new(greeter.HelloRsp)
-				err := cli.Call(context.Background(), "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "b"}, rsp)
+				err := cli.Call(context.Background(), "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "b"}, rsp, opts...)
 				l.mu.Lock()
 				l.recs = append(l.recs, rec{time.Now(), time.Since(start), rsp.Node, err})
 				l.mu.Unlock()
@@ -507,13 +532,13 @@ func noGreeters(t *testing.T, b backend) {
 	})
 }
 
-func balanceHung(t *testing.T, bin string, b backend, strat selector.Strategy, freeze time.Duration) {
+func balanceHung(t *testing.T, bin string, b backend, strat selector.Strategy, freeze time.Duration, opts ...client.CallOption) {
 	noGreeters(t, b)
 	g1 := greeterProc(t, bin, b, "h1")
 	greeterProc(t, bin, b, "h2")
 	greeterProc(t, bin, b, "h3")
 	_, cli := balanceClient(t, b, strat)
-	l := startLoad(cli)
+	l := startLoad(cli, opts...)
 	defer l.halt()
 	time.Sleep(2 * time.Second) // warm up
 	frozenAt := time.Now()
