@@ -46,6 +46,22 @@ func BenchmarkCall(b *testing.B) {
 				})
 			})
 		}
+		b.Run(fmt.Sprintf("beacon-http/c=%d", conc), func(b *testing.B) {
+			e := newEnv(b, 1)
+			url := "http://" + e.servers[0].Addr().String() + "/Greeter.Hello"
+			hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
+			defer hc.CloseIdleConnections()
+			run(b, conc, func() error {
+				body, _ := json.Marshal(benchReq)
+				resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
+				if err != nil {
+					return err
+				}
+				defer resp.Body.Close()
+				var rsp HelloRsp
+				return json.NewDecoder(resp.Body).Decode(&rsp)
+			})
+		})
 		b.Run(fmt.Sprintf("nethttp/c=%d", conc), func(b *testing.B) {
 			url, stop := httpServer(b)
 			defer stop()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -473,21 +474,49 @@ func TestHandleFuncAndProtobuf(t *testing.T) {
 func TestServerSurvivesGarbageConnections(t *testing.T) {
 	e := newEnv(t, 1)
 	addr := e.servers[0].Addr().String()
-	garbage := [][]byte{
-		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),                                        // the wrong protocol
-		{0xff, 0xff, 0xff, 0xff, 1, 2, 3},                                                  // no preface
-		append([]byte(wire.Preface), 0, 0, 0, 2, 1, 0),                                     // a frame too short to hold a header
-		append([]byte(wire.Preface), append([]byte{0, 0, 0, 9, 7}, make([]byte, 8)...)...), // an unknown kind
-		append([]byte(wire.Preface), wire.AppendSettings(nil, wire.Settings{})...),         // a frame only servers send
-	}
-	for _, g := range garbage {
+	// Without the preface: closed at once, nothing sent.
+	for _, g := range [][]byte{
+		{0xff, 0xff, 0xff, 0xff, 1, 2, 3}, // a frame header instead of the preface
+		[]byte("\x16\x03\x01\x02\x00"),    // a TLS hello
+	} {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		c.Write(g)
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		// The server speaks first (its settings), then must close.
+		n, err := c.Read(make([]byte, 64))
+		c.Close()
+		var ne net.Error
+		if n > 0 || err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+			t.Errorf("garbage %q: read %d bytes, %v; want the connection closed", g, n, err)
+		}
+	}
+	// HTTP is answered as HTTP (an unknown path: 404).
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	n, _ := io.ReadAtLeast(c, buf, 12)
+	c.Close()
+	if !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 404") {
+		t.Errorf("HTTP request answered %q", buf[:n])
+	}
+	// After the preface: the server's settings, then closed on a bad frame.
+	for _, g := range [][]byte{
+		append([]byte(wire.Preface), 0, 0, 0, 2, 1, 0),                                     // a frame too short to hold a header
+		append([]byte(wire.Preface), append([]byte{0, 0, 0, 9, 7}, make([]byte, 8)...)...), // an unknown kind
+		append([]byte(wire.Preface), wire.AppendSettings(nil, wire.Settings{})...),         // a frame only servers send
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(g)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		r := wire.NewReader(c, 0)
 		var f wire.Frame
 		if err := r.Next(&f); err != nil || f.Kind != wire.KindSettings {

@@ -113,12 +113,10 @@ func TestBrokenConnectionAfterSendIsNotRetried(t *testing.T) {
 				defer c.(*net.TCPConn).SetLinger(0)
 				defer c.Close()
 				buf := make([]byte, 64<<10)
-				n, _ := io.ReadAtLeast(c, buf, len(wire.Preface)+1) // preface (and maybe the request)
+				n, _ := io.ReadFull(c, buf[:len(wire.Preface)]) // the preface
 				s.Write(buf[:n])
-				if n == len(wire.Preface) {
-					n, _ = c.Read(buf)
-					s.Write(buf[:n])
-				}
+				n, _ = c.Read(buf) // the request (once the server's settings came back)
+				s.Write(buf[:n])
 				time.Sleep(50 * time.Millisecond) // the handler starts
 			}()
 		}
@@ -635,14 +633,24 @@ func TestServerBoundsIdleAndPartialConnections(t *testing.T) {
 	var idle []*wire.Reader
 	for range 3 {
 		c, r := rawConn(t, s2.Addr().String())
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		c.SetReadDeadline(time.Now().Add(time.Second)) // the ones that stay time out: not gone
 		idle = append(idle, r)
 	}
 	if err := e.cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{}, new(HelloRsp), client.WithAddress(s2.Addr().String())); err != nil {
 		t.Fatalf("a new client at the cap: %v", err)
 	}
-	if err := idle[0].Next(&f); err != nil || f.Kind != wire.KindGoAway {
-		t.Fatalf("the idlest connection: %+v, %v; want GoAway", f, err)
+	// One of the idle connections made room: told to go away, or closed.
+	gone := 0
+	for _, r := range idle {
+		var g wire.Frame
+		err := r.Next(&g)
+		var ne net.Error
+		if (err == nil && g.Kind == wire.KindGoAway) || (err != nil && !(errors.As(err, &ne) && ne.Timeout())) {
+			gone++
+		}
+	}
+	if gone == 0 {
+		t.Fatal("no idle connection made room for the new client")
 	}
 
 	// When every connection is busy, the new one is refused at once.

@@ -79,15 +79,19 @@ func (c *conn) serve() {
 	defer c.s.removeConn(c)
 	defer c.close()
 	log := c.s.o.log
-	settings := wire.AppendSettings(nil, wire.Settings{MaxStreams: uint32(c.s.streams), MaxFrame: uint32(c.s.o.maxMessage)})
-	if !c.write(settings, false) {
-		return
-	}
 	r := wire.NewReader(c.nc, c.s.o.maxMessage, wire.IdleTimeout(c.s.o.idleTimeout), wire.FrameTimeout(c.s.o.frameTimeout))
 	if err := r.ReadPreface(); err != nil {
+		if errors.Is(err, wire.ErrBadPreface) && c.s.web != nil && looksHTTP(r.Unread()) {
+			c.s.web.serve(c, r.Unread())
+			return
+		}
 		if !c.closed.Load() {
 			log.Debug("server: connection without a valid preface closed", "remote", c.nc.RemoteAddr(), "err", err)
 		}
+		return
+	}
+	settings := wire.AppendSettings(nil, wire.Settings{MaxStreams: uint32(c.s.streams), MaxFrame: uint32(c.s.o.maxMessage)})
+	if !c.write(settings, false) {
 		return
 	}
 	var f wire.Frame
@@ -197,7 +201,7 @@ func (c *conn) request(f *wire.Frame) {
 	go func() {
 		defer c.s.inflight.Done()
 		defer c.endStream(id, cancel)
-		rsp, err := c.run(ctx, h, cd, *body)
+		rsp, err := c.s.run(ctx, h, cd, *body)
 		c.s.bufs.put(body)
 		if c.s.slots != nil {
 			<-c.s.slots // the handler is done: free its slot before writing
@@ -241,10 +245,10 @@ func (c *conn) cancelStream(id uint64) {
 }
 
 // run calls the handler, turning a panic into an error.
-func (c *conn) run(ctx context.Context, h *handler, cd codec.Codec, body []byte) (rsp any, err error) {
+func (s *Server) run(ctx context.Context, h *handler, cd codec.Codec, body []byte) (rsp any, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			c.s.o.log.Error("server: handler panicked", "endpoint", h.name, "panic", p, "stack", string(debug.Stack()))
+			s.o.log.Error("server: handler panicked", "endpoint", h.name, "panic", p, "stack", string(debug.Stack()))
 			err = status.Newf(status.InternalError, "handler %s panicked", h.name)
 		}
 	}()

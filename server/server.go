@@ -122,6 +122,7 @@ type options struct {
 	idleTimeout          time.Duration
 	frameTimeout         time.Duration
 	writeTimeout         time.Duration
+	noHTTP               bool
 	codecs               *codec.Set
 	log                  *slog.Logger
 }
@@ -228,6 +229,7 @@ type Server struct {
 	slots    chan struct{} // nil: no bound on concurrent requests
 	refusing atomic.Bool   // set when GoAway goes out: new requests get 503
 	refused  atomic.Int64  // connections refused over the cap
+	web      *web          // HTTP on the same port; nil when off or not started
 	streams  int           // requests in flight allowed per connection
 
 	mu       sync.Mutex
@@ -426,6 +428,9 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	s.ln, s.svc, s.state = ln, svc, stateRunning
+	if !s.o.noHTTP {
+		s.web = newWeb(s)
+	}
 	s.acceptDone = make(chan struct{})
 	go s.accept(ln)
 
@@ -435,6 +440,9 @@ func (s *Server) Start(ctx context.Context) error {
 			s.state = stateStopped
 			ln.Close()
 			<-s.acceptDone
+			if s.web != nil {
+				s.web.stop(ctx)
+			}
 			return err
 		}
 		if err != nil {
@@ -563,6 +571,11 @@ func (s *Server) Stop(ctx context.Context) error {
 	}
 	t.Stop()
 	s.cancelBase(ErrStopped)
+	if s.web != nil {
+		wctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		s.web.stop(wctx) // HTTP requests in flight were waited for above
+		cancel()
+	}
 	// Closing the connections also unblocks handlers stuck writing to a
 	// client that does not read.
 	for _, c := range conns {

@@ -68,8 +68,13 @@ func NewReader(r io.Reader, maxFrame int, opts ...ReaderOption) *Reader {
 // Buffered returns the reader's buffer size in bytes (tests, accounting).
 func (r *Reader) Buffered() int { return len(r.buf) }
 
+// Unread returns the bytes read from the stream and not consumed (after
+// ErrBadPreface: what the peer sent instead, to hand it to another
+// protocol). It is valid until the next call on r.
+func (r *Reader) Unread() []byte { return r.buf[r.start:r.end] }
+
 // ReadPreface reads and checks the connection preface, within the frame
-// timeout.
+// timeout. On ErrBadPreface the bytes stay unread (see Unread).
 func (r *Reader) ReadPreface() error {
 	if err := r.fill(len(Preface), r.deadline(r.frameLimit), true); err != nil {
 		return err

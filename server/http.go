@@ -1,0 +1,270 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/beacon-go/beacon/codec"
+	"github.com/beacon-go/beacon/status"
+)
+
+// HTTP on Beacon's port: a connection that opens with an HTTP/1.1 request
+// line instead of Beacon's preface is served by net/http on the same port:
+//
+//	POST /<Endpoint>   e.g. POST /Greeter.Hello with a JSON body (JSON also
+//	                   when sent as a form or text/plain, as curl -d does;
+//	                   application/protobuf for protobuf); the answer is
+//	                   the response body, or a JSON error
+//	                   {"code": 404, "detail": "..."} with the code as the
+//	                   HTTP status; X-Beacon-Not-Run: true marks the server's
+//	                   own refusals (nothing ran)
+//	GET /health        200 {"status":"ok"}, 503 {"status":"draining"} once
+//	                   the server is stopping (for consul HTTP checks and
+//	                   Kubernetes probes)
+//
+// A Beacon-Timeout header (a Go duration, "250ms") bounds the handler like a
+// wire call's deadline; the client closing the connection cancels it. The
+// same limits apply: MaxMessageSize, MaxConcurrentRequests, MaxConnections,
+// FrameTimeout for the request header, IdleTimeout between requests. The
+// detection reads the first four bytes of a connection: it costs nothing per
+// call afterwards.
+
+// HTTP turns serving HTTP/1.1 on the server's port on or off (default on).
+func HTTP(enabled bool) Option { return func(o *options) { o.noHTTP = !enabled } }
+
+// looksHTTP reports whether a connection's first bytes start an HTTP/1.x
+// request line.
+func looksHTTP(b []byte) bool {
+	if len(b) < 4 {
+		return false
+	}
+	switch string(b[:4]) {
+	case "GET ", "POST", "PUT ", "HEAD", "DELE", "OPTI", "PATC":
+		return true
+	}
+	return false
+}
+
+// web serves the HTTP connections handed over by the wire's accept loop.
+type web struct {
+	s     *Server
+	srv   *http.Server
+	conns chan net.Conn
+	done  chan struct{} // closed when the listener is closed
+	once  sync.Once
+	ended chan struct{} // closed when Serve returned
+}
+
+func newWeb(s *Server) *web {
+	w := &web{s: s, conns: make(chan net.Conn), done: make(chan struct{}), ended: make(chan struct{})}
+	w.srv = &http.Server{
+		Handler:           w,
+		ReadHeaderTimeout: s.o.frameTimeout,
+		IdleTimeout:       s.o.idleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.o.log.Handler(), slog.LevelDebug),
+	}
+	go func() {
+		defer close(w.ended)
+		_ = w.srv.Serve(w)
+	}()
+	return w
+}
+
+// serve hands c (whose first bytes r read already) to the HTTP server and
+// waits until that connection is closed, so that it counts against
+// MaxConnections and Stop waits for it.
+func (w *web) serve(c *conn, read []byte) {
+	hc := &handedConn{Conn: c.nc, pre: append([]byte(nil), read...), closed: make(chan struct{})}
+	select {
+	case w.conns <- hc:
+	case <-w.done:
+		return
+	}
+	select {
+	case <-hc.closed:
+	case <-w.done:
+	}
+}
+
+// Accept, Close and Addr make web the net.Listener of its HTTP server.
+func (w *web) Accept() (net.Conn, error) {
+	select {
+	case c := <-w.conns:
+		return c, nil
+	case <-w.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (w *web) Close() error {
+	w.once.Do(func() { close(w.done) })
+	return nil
+}
+
+func (w *web) Addr() net.Addr { return webAddr{} }
+
+type webAddr struct{}
+
+func (webAddr) Network() string { return "beacon" }
+func (webAddr) String() string  { return "beacon-port" }
+
+// stop ends HTTP serving: idle connections close at once, requests in
+// flight get until ctx ends.
+func (w *web) stop(ctx context.Context) {
+	_ = w.srv.Shutdown(ctx)
+	_ = w.srv.Close()
+	w.Close()
+	<-w.ended
+}
+
+// handedConn replays the bytes read while detecting the protocol, then
+// reads the connection; Close tells the wire's accept loop it ended.
+type handedConn struct {
+	net.Conn
+	pre    []byte
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (h *handedConn) Read(p []byte) (int, error) {
+	if len(h.pre) > 0 {
+		n := copy(p, h.pre)
+		h.pre = h.pre[n:]
+		return n, nil
+	}
+	return h.Conn.Read(p)
+}
+
+func (h *handedConn) Close() error {
+	err := h.Conn.Close()
+	h.once.Do(func() { close(h.closed) })
+	return err
+}
+
+// httpStatus maps a Beacon code to an HTTP status.
+func httpStatus(code int) int {
+	if code >= 100 && code <= 599 {
+		return code
+	}
+	return http.StatusInternalServerError
+}
+
+func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	s := w.s
+	if r.URL.Path == "/health" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		rw.Header().Set("Content-Type", "application/json")
+		if s.refusing.Load() {
+			rw.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(rw, `{"status":"draining"}`)
+			return
+		}
+		io.WriteString(rw, `{"status":"ok"}`)
+		return
+	}
+	endpoint := strings.TrimPrefix(r.URL.Path, "/")
+	h, ok := s.handlers[endpoint]
+	if !ok {
+		writeHTTPError(rw, status.Newf(status.NotFound, "unknown endpoint %q", endpoint), true)
+		return
+	}
+	if r.Method != http.MethodPost {
+		rw.Header().Set("Allow", http.MethodPost)
+		writeHTTPError(rw, status.Newf(http.StatusMethodNotAllowed, "call %s with POST", endpoint), true)
+		return
+	}
+	if s.refusing.Load() {
+		writeHTTPError(rw, status.New(status.Unavailable, "server is going away; not run"), true)
+		return
+	}
+	ct := r.Header.Get("Content-Type")
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = strings.TrimSpace(ct)
+	if ct == "application/x-www-form-urlencoded" || ct == "text/plain" {
+		ct = "" // curl -d and friends: the body is taken as JSON
+	}
+	cd, err := s.o.codecs.Get(ct)
+	if err != nil {
+		writeHTTPError(rw, status.New(http.StatusUnsupportedMediaType, err.Error()), true)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, int64(s.o.maxMessage)))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			writeHTTPError(rw, status.Newf(status.TooLarge, "request larger than the server's limit of %d bytes", s.o.maxMessage), true)
+			return
+		}
+		writeHTTPError(rw, status.Newf(status.BadRequest, "read request: %v", err), true)
+		return
+	}
+	ctx := r.Context()
+	if v := r.Header.Get("Beacon-Timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			writeHTTPError(rw, status.Newf(status.BadRequest, "Beacon-Timeout %q is not a positive duration", v), true)
+			return
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	if s.slots != nil {
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			writeHTTPError(rw, status.New(status.Unavailable, "server overloaded; not run"), true)
+			return
+		}
+	}
+	s.inflight.Add(1)
+	rsp, err := s.run(ctx, h, cd, body)
+	if s.slots != nil {
+		<-s.slots
+	}
+	s.inflight.Done()
+	if err != nil {
+		writeHTTPError(rw, toStatus(ctx, err), false)
+		return
+	}
+	out, err := cd.Marshal(nil, rsp)
+	if err != nil {
+		writeHTTPError(rw, status.Newf(status.InternalError, "encode response: %v", err), false)
+		return
+	}
+	rw.Header().Set("Content-Type", contentType(cd))
+	rw.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	rw.Write(out)
+}
+
+func contentType(cd codec.Codec) string { return cd.ContentType() }
+
+// writeHTTPError answers with the code as the HTTP status and a JSON body;
+// notRun marks the server's own refusals.
+func writeHTTPError(rw http.ResponseWriter, e *status.Error, notRun bool) {
+	rw.Header().Set("Content-Type", "application/json")
+	if notRun {
+		rw.Header().Set("X-Beacon-Not-Run", "true")
+	}
+	rw.WriteHeader(httpStatus(e.Code))
+	b, err := json.Marshal(struct {
+		Code   int    `json:"code"`
+		Detail string `json:"detail"`
+	}{e.Code, e.Detail})
+	if err != nil {
+		b = fmt.Appendf(nil, `{"code":%d}`, e.Code)
+	}
+	rw.Write(b)
+}
