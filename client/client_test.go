@@ -464,10 +464,28 @@ func TestHandleFuncAndProtobuf(t *testing.T) {
 	if err := cli.Call(context.Background(), "echo", "Echo.Upper", wrapperspb.String("abc"), rsp); err != nil || rsp.Value != "ABC" {
 		t.Fatalf("protobuf call: %v %v", rsp, err)
 	}
-	// The same endpoint also takes JSON.
-	var jrsp map[string]any
-	if err := cli.Call(context.Background(), "echo", "Echo.Upper", map[string]string{"value": "x"}, &jrsp); err != nil {
-		t.Fatalf("json call: %v", err)
+	// The same endpoint also takes JSON, in protobuf's JSON mapping
+	// (protojson: a StringValue is a bare string).
+	var jrsp string
+	if err := cli.Call(context.Background(), "echo", "Echo.Upper", "x", &jrsp); err != nil || jrsp != "X" {
+		t.Fatalf("json call: %q %v", jrsp, err)
+	}
+}
+
+// Unknown JSON fields in a request are refused, naming the field (a typo
+// used to become an empty field); a response may carry fields the client
+// does not know.
+func TestUnknownJSONFields(t *testing.T) {
+	e := newEnv(t, 1)
+	err := e.cli.Call(context.Background(), "greeter", "Greeter.Hello", map[string]string{"nmae": "Ann"}, new(HelloRsp))
+	if status.Code(err) != status.BadRequest || !strings.Contains(err.Error(), `"nmae"`) {
+		t.Fatalf("typo in a field: %v", err)
+	}
+	var partial struct {
+		Msg string `json:"msg"`
+	}
+	if err := e.cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{Name: "Bo"}, &partial); err != nil || partial.Msg != "Hello Bo" {
+		t.Fatalf("a response with more fields than the client knows: %+v %v", partial, err)
 	}
 }
 

@@ -4,10 +4,13 @@
 package codec
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -34,12 +37,32 @@ type Codec interface {
 	Unmarshal(data []byte, v any) error
 }
 
-// JSON is the encoding/json codec. An empty body decodes as no change to v.
-type JSON struct{}
+// JSON is the JSON codec: encoding/json, and protojson for proto.Message
+// values (timestamps as RFC 3339, enums by name, fields by their JSON
+// names). An empty body decodes as no change to v.
+//
+// Unmarshal accepts fields it does not know (a response from a newer
+// server); UnmarshalStrict, which servers use for requests, refuses them
+// with an error that names the field (a typo must not become an empty
+// field).
+type JSON struct {
+	// decoders, when set (NewSet sets it), recycles strict decoders.
+	decoders *sync.Pool
+}
 
 func (JSON) ContentType() string { return JSONContentType }
 
+// strictDecoder is a json.Decoder that refuses unknown fields, over a
+// bytes.Reader that is reset for each body.
+type strictDecoder struct {
+	rd  bytes.Reader
+	dec *json.Decoder
+}
+
 func (JSON) Marshal(dst []byte, v any) ([]byte, error) {
+	if m, ok := v.(proto.Message); ok {
+		return protojson.MarshalOptions{}.MarshalAppend(dst, m)
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		return dst, err
@@ -51,7 +74,53 @@ func (JSON) Unmarshal(data []byte, v any) error {
 	if len(data) == 0 {
 		return nil
 	}
+	if m, ok := v.(proto.Message); ok {
+		return protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(data, m)
+	}
 	return json.Unmarshal(data, v)
+}
+
+// UnmarshalStrict is Unmarshal refusing unknown fields, naming them.
+func (j JSON) UnmarshalStrict(data []byte, v any) error {
+	if len(data) == 0 {
+		return nil
+	}
+	if m, ok := v.(proto.Message); ok {
+		return protojson.Unmarshal(data, m)
+	}
+	var sd *strictDecoder
+	if j.decoders != nil {
+		sd, _ = j.decoders.Get().(*strictDecoder)
+	}
+	if sd == nil {
+		sd = &strictDecoder{}
+		sd.dec = json.NewDecoder(&sd.rd)
+		sd.dec.DisallowUnknownFields()
+	}
+	sd.rd.Reset(data)
+	err := sd.dec.Decode(v)
+	if err == nil && sd.dec.More() {
+		err = errors.New("json: data after the value")
+	}
+	if err == nil && j.decoders != nil {
+		sd.rd.Reset(nil)
+		j.decoders.Put(sd) // a decoder that failed keeps its error: not reused
+	}
+	return err
+}
+
+// Strict is implemented by codecs that can refuse what they do not know;
+// servers decode requests with it.
+type Strict interface {
+	UnmarshalStrict(data []byte, v any) error
+}
+
+// UnmarshalRequest decodes a request body: strictly when c supports it.
+func UnmarshalRequest(c Codec, data []byte, v any) error {
+	if s, ok := c.(Strict); ok {
+		return s.UnmarshalStrict(data, v)
+	}
+	return c.Unmarshal(data, v)
 }
 
 // Proto is the protobuf binary codec; values must implement proto.Message.
@@ -84,7 +153,8 @@ type Set struct {
 // NewSet returns a Set holding JSON and Proto plus extra (which override
 // built-ins of the same content type). The default for new requests is JSON.
 func NewSet(extra ...Codec) *Set {
-	s := &Set{byType: map[string]Codec{JSONContentType: JSON{}, ProtoContentType: Proto{}}, def: JSON{}}
+	j := JSON{decoders: new(sync.Pool)}
+	s := &Set{byType: map[string]Codec{JSONContentType: j, ProtoContentType: Proto{}}, def: j}
 	for _, c := range extra {
 		s.byType[c.ContentType()] = c
 	}

@@ -75,7 +75,7 @@ func handlersOf(h any) ([]*handler, error) {
 			source:   fmt.Sprintf("Handle(%s)", t),
 			serve: func(ctx context.Context, c codec.Codec, body []byte) (any, error) {
 				req := reflect.New(reqT)
-				if err := c.Unmarshal(body, req.Interface()); err != nil {
+				if err := codec.UnmarshalRequest(c, body, req.Interface()); err != nil {
 					return nil, &decodeError{err}
 				}
 				rsp := reflect.New(rspT)

@@ -361,7 +361,7 @@ func HandleFunc[Req, Rsp any](s *Server, endpoint string, fn func(ctx context.Co
 		source:   fmt.Sprintf("HandleFunc[%s, %s]", reqT, rspT),
 		serve: func(ctx context.Context, c codec.Codec, body []byte) (any, error) {
 			req := new(Req)
-			if err := c.Unmarshal(body, req); err != nil {
+			if err := codec.UnmarshalRequest(c, body, req); err != nil {
 				return nil, &decodeError{err}
 			}
 			rsp := new(Rsp)
