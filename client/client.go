@@ -86,6 +86,10 @@ const (
 // ErrClosed: the client was closed.
 var ErrClosed = errors.New("client: closed")
 
+// ErrProtocol: the service's nodes speak a protocol other than Beacon's
+// (their registry.MetaProtocol metadata); nothing was sent.
+var ErrProtocol = errors.New("client: node speaks another protocol")
+
 // ErrNoSelector: a call by service name on a client made without a selector.
 var ErrNoSelector = errors.New("client: no selector (use WithAddress)")
 
@@ -467,6 +471,7 @@ func checkEndpoint(endpoint string) error {
 // still hung costs no call. Picks not used are handed back.
 func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []string) (selector.Pick, error) {
 	var first, fresh selector.Pick
+	var foreign *registry.Node
 	skip := func(p selector.Pick) {
 		if p.Done != nil {
 			p.Done(selector.Outcome{Skipped: true})
@@ -480,10 +485,19 @@ func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []st
 			skip(fresh)
 		}
 	}()
-	for range 2*len(tried) + 3 {
+	for range max(2*len(tried)+3, 8) {
 		p, err := next()
 		if err != nil {
 			return selector.Pick{}, err
+		}
+		if proto := p.Node.Metadata[registry.MetaProtocol]; proto != "" && proto != registry.ProtocolBeacon {
+			// A node of another framework under the same name (go-micro's
+			// grpc or mucp): skipped at once, never dialled.
+			if p.Done != nil {
+				p.Done(selector.Outcome{Skipped: true})
+			}
+			foreign = p.Node
+			continue
 		}
 		if p.Probe {
 			if c.alive(ctx, p.Node.Address) {
@@ -521,6 +535,10 @@ func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []st
 		p := first
 		first = selector.Pick{}
 		return p, nil
+	}
+	if foreign != nil {
+		return selector.Pick{}, fmt.Errorf("%w: node %s at %s speaks %q, not %q (registry.MetaProtocol)", ErrProtocol,
+			foreign.ID, foreign.Address, foreign.Metadata[registry.MetaProtocol], registry.ProtocolBeacon)
 	}
 	return selector.Pick{}, selector.ErrNoneAvailable
 }

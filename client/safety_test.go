@@ -792,3 +792,47 @@ func TestHedging(t *testing.T) {
 		t.Fatalf("4 calls that are not idempotent ran %d times with a hedge set", n)
 	}
 }
+
+// Issue 10 (part of 1): a node of another framework under the same name
+// (go-micro publishes protocol "grpc" or "mucp") is skipped at once, never
+// dialled; when only such nodes exist the call fails at once, saying why.
+func TestForeignProtocolNodesAreSkipped(t *testing.T) {
+	e := newEnv(t, 1)
+	hung := hungListener(t) // a dial to it would hang
+	svc := &registry.Service{Name: "greeter", Version: "1.0.0", Nodes: []*registry.Node{{ID: "gomicro-1", Address: hung,
+		Metadata: map[string]string{registry.MetaProtocol: "grpc"}}}}
+	if err := e.reg.Register(context.Background(), svc); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.servers[0].Service().Nodes[0].Metadata[registry.MetaProtocol]; got != registry.ProtocolBeacon {
+		t.Fatalf("a Beacon node publishes protocol %q", got)
+	}
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		svcs, _ := e.sel.Cache().GetService(context.Background(), "greeter")
+		if n := len(registry.Flatten(svcs)); n != 2 {
+			return fmt.Errorf("%d nodes", n)
+		}
+		return nil
+	})
+	start := time.Now()
+	for range 20 {
+		if _, err := call(e, &HelloReq{Name: "x"}, client.WithRetries(0)); err != nil {
+			t.Fatalf("a call with a go-micro node beside: %v", err)
+		}
+	}
+	within(t, "20 calls beside a go-micro node", time.Since(start), time.Second)
+	e.reg.Deregister(context.Background(), e.servers[0].Service())
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		svcs, _ := e.sel.Cache().GetService(context.Background(), "greeter")
+		if n := len(registry.Flatten(svcs)); n != 1 {
+			return fmt.Errorf("%d nodes", n)
+		}
+		return nil
+	})
+	start = time.Now()
+	_, err := call(e, &HelloReq{Name: "x"})
+	within(t, "a call to go-micro nodes only", time.Since(start), 100*time.Millisecond)
+	if !errors.Is(err, client.ErrProtocol) || !strings.Contains(err.Error(), `"grpc"`) {
+		t.Fatalf("err = %v, want ErrProtocol naming grpc", err)
+	}
+}

@@ -64,6 +64,14 @@ type Node struct {
 	Metadata map[string]string `json:"metadata"`
 }
 
+// MetaProtocol is the node metadata key naming the protocol a node speaks
+// (go-micro's key): Beacon servers publish ProtocolBeacon; go-micro nodes
+// publish "grpc" or "mucp". Beacon's client skips nodes that speak another.
+const MetaProtocol = "protocol"
+
+// ProtocolBeacon is the MetaProtocol value of Beacon's wire.
+const ProtocolBeacon = "beacon"
+
 // MetaIdempotent is the endpoint metadata key by which a server publishes
 // that an endpoint may safely run more than once (value "true"): clients then
 // retry it on another node after failures after which it may have run.

@@ -419,7 +419,14 @@ func (s *Server) Start(ctx context.Context) error {
 	if adv == "" {
 		adv = advertiseAddr(ln.Addr())
 	}
-	svc := &registry.Service{Name: s.o.name, Version: s.o.version, Nodes: []*registry.Node{{ID: s.o.id, Address: adv, Metadata: s.o.metadata}}}
+	md := maps.Clone(s.o.metadata)
+	if md == nil {
+		md = map[string]string{}
+	}
+	if _, ok := md[registry.MetaProtocol]; !ok {
+		md[registry.MetaProtocol] = registry.ProtocolBeacon
+	}
+	svc := &registry.Service{Name: s.o.name, Version: s.o.version, Nodes: []*registry.Node{{ID: s.o.id, Address: adv, Metadata: md}}}
 	for _, name := range slices.Sorted(maps.Keys(s.handlers)) {
 		svc.Endpoints = append(svc.Endpoints, s.handlers[name].endpoint)
 	}
