@@ -2,6 +2,7 @@ package selector
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -66,6 +67,7 @@ type NodeStats struct {
 	until    time.Time // end of the cool-off; zero when not ejected
 	ejected  time.Time // when the current cool-off began
 	probing  bool      // its one trial request is under way
+	foreign  bool      // speaks a protocol the caller does not
 	cleared  time.Time // when it last became healthy after an ejection
 	bad      atomic.Bool
 	done     func(Outcome)
@@ -145,6 +147,10 @@ func (s *Cached) viewOf(st *state, snap *cache.Snapshot) *view {
 		}
 		ns.node = n.Node
 		ns.weight.Store(int32(weightOf(n.Node)))
+		ns.foreign = false
+		if p := n.Metadata[registry.MetaProtocol]; p != "" && !slices.Contains(s.o.protocols, p) {
+			ns.foreign = true
+		}
 		v.stats[i] = ns
 		live[n.ID] = true
 	}
@@ -171,18 +177,18 @@ func (s *Cached) availLocked(v *view) {
 	v.avail, v.wake = nil, 0
 	ejected := 0
 	for _, ns := range v.stats {
-		if ns.until.IsZero() && !ns.probing {
+		if ns.until.IsZero() && !ns.probing && !ns.foreign {
 			continue
 		}
 		ejected++
-		if !ns.probing && (v.wake == 0 || ns.until.UnixNano() < v.wake) {
+		if !ns.probing && !ns.until.IsZero() && (v.wake == 0 || ns.until.UnixNano() < v.wake) {
 			v.wake = max(ns.until.UnixNano(), 1)
 		}
 	}
 	if ejected > 0 && ejected < len(v.stats) {
 		v.avail = make([]int32, 0, len(v.stats)-ejected)
 		for i, ns := range v.stats {
-			if ns.until.IsZero() && !ns.probing {
+			if ns.until.IsZero() && !ns.probing && !ns.foreign {
 				v.avail = append(v.avail, int32(i))
 			}
 		}

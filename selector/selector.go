@@ -101,6 +101,7 @@ type options struct {
 	cacheOpts []cache.Option
 	ejectBase time.Duration
 	ejectMax  time.Duration
+	protocols []string
 	log       *slog.Logger
 	now       func() time.Time
 }
@@ -123,6 +124,12 @@ func WithCacheOptions(opts ...cache.Option) Option {
 func WithEjection(base, max time.Duration) Option {
 	return func(o *options) { o.ejectBase, o.ejectMax = base, max }
 }
+
+// WithProtocols sets the protocols the caller speaks (node metadata
+// registry.MetaProtocol; default registry.ProtocolBeacon). Nodes that
+// publish another are never picked while others are available; a node
+// without the key is taken to speak any.
+func WithProtocols(names ...string) Option { return func(o *options) { o.protocols = names } }
 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
@@ -172,7 +179,7 @@ var _ Selector = (*Cached)(nil)
 
 // New returns the default selector over r.
 func New(r registry.Registry, opts ...Option) *Cached {
-	o := options{strategy: LeastLoaded(), ejectBase: DefaultEjectBase, ejectMax: DefaultEjectMax, log: slog.Default(), now: time.Now}
+	o := options{protocols: []string{registry.ProtocolBeacon}, strategy: LeastLoaded(), ejectBase: DefaultEjectBase, ejectMax: DefaultEjectMax, log: slog.Default(), now: time.Now}
 	for _, f := range opts {
 		f(&o)
 	}
