@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/beacon-go/beacon/client"
 	"github.com/beacon-go/beacon/server"
 	"github.com/beacon-go/beacon/status"
 )
@@ -92,5 +91,4 @@ func TestHTTPOff(t *testing.T) {
 		rsp.Body.Close()
 		t.Fatalf("HTTP served with HTTP(false): %d", rsp.StatusCode)
 	}
-	_ = client.ErrNotRun
 }

@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/beacon-go/beacon/codec"
 	"github.com/beacon-go/beacon/status"
 )
 
@@ -244,12 +243,10 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		writeHTTPError(rw, status.Newf(status.InternalError, "encode response: %v", err), false)
 		return
 	}
-	rw.Header().Set("Content-Type", contentType(cd))
+	rw.Header().Set("Content-Type", cd.ContentType())
 	rw.Header().Set("Content-Length", strconv.Itoa(len(out)))
 	rw.Write(out)
 }
-
-func contentType(cd codec.Codec) string { return cd.ContentType() }
 
 // writeHTTPError answers with the code as the HTTP status and a JSON body;
 // notRun marks the server's own refusals.
