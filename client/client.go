@@ -359,10 +359,16 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 			if isTE {
 				failure = err
 			}
-			if pk.Done != nil {
+			switch {
+			case !isTE && err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+				// The caller gave up: nothing learnt of the node.
+				if pk.Done != nil {
+					pk.Done(selector.Outcome{Skipped: true})
+				}
+			case pk.Done != nil:
 				end := time.Now()
 				pk.Done(selector.Outcome{Latency: end.Sub(start), Err: failure, At: end})
-			} else {
+			default:
 				c.sel.Mark(service, pk.Node, failure)
 			}
 		}
