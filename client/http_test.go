@@ -92,3 +92,41 @@ func TestHTTPOff(t *testing.T) {
 		t.Fatalf("HTTP served with HTTP(false): %d", rsp.StatusCode)
 	}
 }
+
+// /health says "draining" from the start of Stop, while the node still
+// serves calls during its drain grace.
+func TestHealthDuringDrain(t *testing.T) {
+	e := newEnv(t, 1, server.DrainGrace(time.Second))
+	base := "http://" + e.servers[0].Addr().String()
+	hc := &http.Client{Timeout: 5 * time.Second}
+	defer hc.CloseIdleConnections()
+	stopped := make(chan struct{})
+	go func() { e.servers[0].Stop(context.Background()); close(stopped) }()
+	deadline := time.Now().Add(900 * time.Millisecond)
+	for {
+		rsp, err := hc.Get(base + "/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rsp.Body.Close()
+		if rsp.StatusCode == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health %d during the drain grace, want 503", rsp.StatusCode)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	code, _ := func() (int, error) {
+		rsp, err := hc.Post(base+"/Greeter.Hello", "application/json", strings.NewReader(`{"name":"d"}`))
+		if err != nil {
+			return 0, err
+		}
+		rsp.Body.Close()
+		return rsp.StatusCode, nil
+	}()
+	if code != http.StatusOK {
+		t.Errorf("a call during the drain grace: %d, want 200", code)
+	}
+	<-stopped
+}

@@ -27,9 +27,10 @@ import (
 //	                   {"code": 404, "detail": "..."} with the code as the
 //	                   HTTP status; X-Beacon-Not-Run: true marks the server's
 //	                   own refusals (nothing ran)
-//	GET /health        200 {"status":"ok"}, 503 {"status":"draining"} once
-//	                   the server is stopping (for consul HTTP checks and
-//	                   Kubernetes probes)
+//	GET /health        200 {"status":"ok"}, 503 {"status":"draining"} from
+//	                   the start of Stop (for consul HTTP checks and
+//	                   Kubernetes probes: they stop routing while calls
+//	                   still served during the drain grace)
 //
 // A Beacon-Timeout header (a Go duration, "250ms") bounds the handler like a
 // wire call's deadline; the client closing the connection cancels it. The
@@ -163,7 +164,7 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	s := w.s
 	if r.URL.Path == "/health" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		rw.Header().Set("Content-Type", "application/json")
-		if s.refusing.Load() {
+		if s.draining.Load() {
 			rw.WriteHeader(http.StatusServiceUnavailable)
 			io.WriteString(rw, `{"status":"draining"}`)
 			return

@@ -229,6 +229,7 @@ type Server struct {
 	slots    chan struct{} // nil: no bound on concurrent requests
 	refusing atomic.Bool   // set when GoAway goes out: new requests get 503
 	refused  atomic.Int64  // connections refused over the cap
+	draining atomic.Bool   // Stop began: /health says so
 	web      *web          // HTTP on the same port; nil when off or not started
 	streams  int           // requests in flight allowed per connection
 
@@ -529,6 +530,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		return nil
 	}
 	s.state = stateDraining
+	s.draining.Store(true)
 	svc := s.svc
 	s.mu.Unlock()
 
