@@ -130,3 +130,21 @@ func TestHealthDuringDrain(t *testing.T) {
 	}
 	<-stopped
 }
+
+// HTTP/2 cleartext (h2c, prior knowledge) on Beacon's port too.
+func TestH2C(t *testing.T) {
+	e := newEnv(t, 1)
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	defer hc.CloseIdleConnections()
+	rsp, err := hc.Post("http://"+e.servers[0].Addr().String()+"/Greeter.Hello", "application/json", strings.NewReader(`{"name":"H2"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(rsp.Body)
+	rsp.Body.Close()
+	if rsp.ProtoMajor != 2 || rsp.StatusCode != 200 || !strings.Contains(string(b), "Hello H2") {
+		t.Fatalf("h2c: %s %d %s", rsp.Proto, rsp.StatusCode, b)
+	}
+}

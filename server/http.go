@@ -18,7 +18,8 @@ import (
 )
 
 // HTTP on Beacon's port: a connection that opens with an HTTP/1.1 request
-// line instead of Beacon's preface is served by net/http on the same port:
+// line, or HTTP/2's cleartext preface (h2c with prior knowledge), instead of
+// Beacon's preface is served by net/http on the same port:
 //
 //	POST /<Endpoint>   e.g. POST /Greeter.Hello with a JSON body (JSON also
 //	                   when sent as a form or text/plain, as curl -d does;
@@ -49,7 +50,7 @@ func looksHTTP(b []byte) bool {
 		return false
 	}
 	switch string(b[:4]) {
-	case "GET ", "POST", "PUT ", "HEAD", "DELE", "OPTI", "PATC":
+	case "GET ", "POST", "PUT ", "HEAD", "DELE", "OPTI", "PATC", "PRI ": // PRI: HTTP/2 with prior knowledge
 		return true
 	}
 	return false
@@ -73,7 +74,10 @@ func newWeb(s *Server) *web {
 		IdleTimeout:       s.o.idleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.o.log.Handler(), slog.LevelDebug),
+		Protocols:         new(http.Protocols),
 	}
+	w.srv.Protocols.SetHTTP1(true)
+	w.srv.Protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge
 	go func() {
 		defer close(w.ended)
 		_ = w.srv.Serve(w)
