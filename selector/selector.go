@@ -218,7 +218,6 @@ func (s *Cached) Select(ctx context.Context, service string, opts ...SelectOptio
 	if len(snap.Nodes) == 0 {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, service)
 	}
-	s.viewOf(st, snap) // one pointer comparison unless the nodes changed
 	if len(opts) == 0 {
 		return st.next, nil
 	}
@@ -340,6 +339,7 @@ func (s *Cached) Mark(service string, node *registry.Node, err error) {
 	if !ok || node == nil {
 		return
 	}
+	s.viewOf(st, st.entry.Load().Snapshot()) // the node's stats exist once a view does
 	st.mu.Lock()
 	ns := st.stats[node.ID]
 	st.mu.Unlock()
