@@ -115,9 +115,12 @@ func TestBrokenConnectionAfterSendIsNotRetried(t *testing.T) {
 				buf := make([]byte, 64<<10)
 				n, _ := io.ReadFull(c, buf[:len(wire.Preface)]) // the preface
 				s.Write(buf[:n])
+				started := e.greet[0].calls.Load()
 				n, _ = c.Read(buf) // the request (once the server's settings came back)
 				s.Write(buf[:n])
-				time.Sleep(50 * time.Millisecond) // the handler starts
+				for deadline := time.Now().Add(2 * time.Second); e.greet[0].calls.Load() == started && time.Now().Before(deadline); {
+					time.Sleep(time.Millisecond) // poll until the handler started
+				}
 			}()
 		}
 	}()
@@ -154,7 +157,8 @@ func TestBrokenConnectionAfterSendIsNotRetried(t *testing.T) {
 		if !errors.As(err, &te) || te.Op != "read" || te.NotRun || !strings.Contains(err.Error(), "may have run") {
 			t.Fatalf("err = %v, want a may-have-run read error", err)
 		}
-		time.Sleep(250 * time.Millisecond) // let the proxied handler finish
+		// A retry would have run before Call returned; the proxied run was
+		// counted when it started.
 		if ran := e.greet[0].calls.Load() + e.greet[2].calls.Load() - before; ran != 1 {
 			t.Fatalf("the handler ran %d times for one call that broke after sending, want 1", ran)
 		}
@@ -215,14 +219,11 @@ func TestOversizedMessages(t *testing.T) {
 	if status.Code(err) != status.TooLarge || !strings.Contains(err.Error(), fmt.Sprint(64<<10)) {
 		t.Fatalf("oversized request: %v; want 413 naming the limit", err)
 	}
-	before := e.greet[0].calls.Load()
 	// A response of 40 KiB passes the server but not this client.
 	err = cli.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{Name: big[:40<<10]}, new(HelloRsp), client.WithRetries(2))
 	if status.Code(err) != status.TooLarge || !strings.Contains(err.Error(), "client's limit") {
 		t.Fatalf("oversized response: %v; want 413", err)
 	}
-	time.Sleep(20 * time.Millisecond)
-	_ = before
 	if failed.Load() != 0 {
 		t.Fatalf("%d unrelated calls failed", failed.Load())
 	}
