@@ -353,46 +353,8 @@ func TestHungNodeUnderLoad(t *testing.T) {
 	waitSelectorNodes(t, sel, 3, 15*time.Second)
 
 	const deadline = time.Second
-	var ok, failed, calls atomic.Int64
-	var worst atomic.Int64
-	nodes := sync.Map{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var lastErr atomic.Value
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), deadline)
-				start := time.Now()
-				rsp := new(greeter.HelloRsp)
-				err := cli.Call(ctx, "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "h"}, rsp)
-				took := time.Since(start)
-				cancel()
-				calls.Add(1)
-				for {
-					w := worst.Load()
-					if int64(took) <= w || worst.CompareAndSwap(w, int64(took)) {
-						break
-					}
-				}
-				if err != nil {
-					failed.Add(1)
-					lastErr.Store(err)
-					continue
-				}
-				ok.Add(1)
-				nodes.Store(rsp.Node, time.Now())
-			}
-		}()
-	}
-	defer func() { close(stop); wg.Wait() }()
+	l := startLoad(cli, 8, deadline)
+	defer l.halt()
 	time.Sleep(500 * time.Millisecond) // warm: every node has connections
 	if err := g1.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -404,22 +366,28 @@ func TestHungNodeUnderLoad(t *testing.T) {
 	}
 	thawed := time.Now()
 	registrytest.Eventually(t, 15*time.Second, func() error {
-		if v, ok := nodes.Load("g1"); !ok || v.(time.Time).Before(thawed) {
-			return fmt.Errorf("the thawed node has not answered yet")
+		if !l.answeredSince("g1", thawed) {
+			return errors.New("the thawed node has not answered yet")
 		}
 		return nil
 	})
-	close(stop)
-	wg.Wait()
-	stop = make(chan struct{})
-	t.Logf("frozen %v: %d calls, %d failed, slowest %v (deadline %v); last error: %v",
-		thawed.Sub(frozen).Round(time.Millisecond), calls.Load(), failed.Load(),
-		time.Duration(worst.Load()).Round(time.Millisecond), deadline, lastErr.Load())
-	if w := time.Duration(worst.Load()); w > deadline+50*time.Millisecond {
-		t.Errorf("a call took %v, past its deadline of %v", w, deadline)
+	l.halt()
+	var worst time.Duration
+	var failed int
+	var lastErr error
+	for _, r := range l.recs {
+		worst = max(worst, r.took)
+		if r.err != nil {
+			failed, lastErr = failed+1, r.err
+		}
 	}
-	if f, n := failed.Load(), calls.Load(); f*100 > n {
-		t.Errorf("%d of %d calls failed with a frozen node among three", f, n)
+	t.Logf("frozen %v: %d calls, %d failed, slowest %v (deadline %v); last error: %v",
+		thawed.Sub(frozen).Round(time.Millisecond), len(l.recs), failed, worst.Round(time.Millisecond), deadline, lastErr)
+	if worst > deadline+50*time.Millisecond {
+		t.Errorf("a call took %v, past its deadline of %v", worst, deadline)
+	}
+	if failed*100 > len(l.recs) {
+		t.Errorf("%d of %d calls failed with a frozen node among three", failed, len(l.recs))
 	}
 }
 
@@ -458,8 +426,8 @@ func TestBalancing(t *testing.T) {
 	}
 }
 
-// load runs 16 closed-loop callers of greeter until stop closes and
-// records every call.
+// load runs closed-loop callers of greeter until halted and records every
+// call.
 type load struct {
 	mu   sync.Mutex
 	recs []rec
@@ -474,9 +442,11 @@ type rec struct {
 	err  error
 }
 
-func startLoad(cli *client.Client, opts ...client.CallOption) *load {
+// startLoad starts callers; each call is bounded by deadline (0: only the
+// client's attempt timeout).
+func startLoad(cli *client.Client, callers int, deadline time.Duration, opts ...client.CallOption) *load {
 	l := &load{stop: make(chan struct{})}
-	for range 16 {
+	for range callers {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
@@ -486,9 +456,14 @@ func startLoad(cli *client.Client, opts ...client.CallOption) *load {
 					return
 				default:
 				}
+				ctx, cancel := context.Background(), context.CancelFunc(func() {})
+				if deadline > 0 {
+					ctx, cancel = context.WithTimeout(ctx, deadline)
+				}
 				start := time.Now()
 				rsp := new(greeter.HelloRsp)
-				err := cli.Call(context.Background(), "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "b"}, rsp, opts...)
+				err := cli.Call(ctx, "greeter", "Greeter.Hello", &greeter.HelloReq{Name: "b"}, rsp, opts...)
+				cancel()
 				l.mu.Lock()
 				l.recs = append(l.recs, rec{time.Now(), time.Since(start), rsp.Node, err})
 				l.mu.Unlock()
@@ -496,6 +471,18 @@ func startLoad(cli *client.Client, opts ...client.CallOption) *load {
 		}()
 	}
 	return l
+}
+
+// answeredSince reports whether node answered a call that ended after t.
+func (l *load) answeredSince(node string, t time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.recs) - 1; i >= 0 && l.recs[i].end.After(t); i-- {
+		if l.recs[i].node == node && l.recs[i].err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (l *load) halt() {
@@ -538,7 +525,7 @@ func balanceHung(t *testing.T, bin string, b backend, strat selector.Strategy, f
 	greeterProc(t, bin, b, "h2")
 	greeterProc(t, bin, b, "h3")
 	_, cli := balanceClient(t, b, strat)
-	l := startLoad(cli, opts...)
+	l := startLoad(cli, 16, 0, opts...)
 	defer l.halt()
 	time.Sleep(2 * time.Second) // warm up
 	frozenAt := time.Now()
@@ -551,14 +538,10 @@ func balanceHung(t *testing.T, bin string, b backend, strat selector.Strategy, f
 	}
 	thawedAt := time.Now()
 	registrytest.Eventually(t, 15*time.Second, func() error {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		for i := len(l.recs) - 1; i >= 0 && l.recs[i].end.After(thawedAt); i-- {
-			if l.recs[i].node == "h1" && l.recs[i].err == nil {
-				return nil
-			}
+		if !l.answeredSince("h1", thawedAt) {
+			return errors.New("the thawed node has not answered yet")
 		}
-		return errors.New("the thawed node has not answered yet")
+		return nil
 	})
 	time.Sleep(2 * time.Second)
 	l.halt()
@@ -612,7 +595,7 @@ func balanceSlow(t *testing.T, bin string, b backend, strat selector.Strategy) {
 	greeterProc(t, bin, b, "h2")
 	greeterProc(t, bin, b, "h3")
 	_, cli := balanceClient(t, b, strat)
-	l := startLoad(cli)
+	l := startLoad(cli, 16, 0)
 	defer l.halt()
 	time.Sleep(time.Second)
 	from := time.Now()
