@@ -762,6 +762,15 @@ func (c *Client) dropIfEmpty(p *pool) {
 	c.pools.Store(&m)
 }
 
+// goTracked runs f in a goroutine that Close waits for.
+func (c *Client) goTracked(f func()) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+}
+
 // Close closes every connection and waits for the client's goroutines.
 // Calls in flight fail. It does not close the selector.
 func (c *Client) Close() error {

@@ -160,7 +160,7 @@ func (p *pool) handshake(ctx context.Context) (*conn, error) {
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
-	c := &conn{p: p, nc: nc, w: wire.NewWriter(nc, p.c.o.writeStall), pending: map[uint64]*call{}, done: make(chan struct{})}
+	c := &conn{p: p, nc: nc, w: wire.NewWriter(nc, p.c.o.writeStall, p.c.goTracked), pending: map[uint64]*call{}, done: make(chan struct{})}
 	c.apply(f.Settings)
 	p.c.wg.Add(1)
 	go c.read(r)
@@ -283,15 +283,13 @@ func (c *conn) abandon(id uint64, cl *call, cancel bool) {
 	if !c.forget(id, cl) || !cancel {
 		return // answered meanwhile, or the connection failed
 	}
-	c.p.c.wg.Add(1)
-	go func() {
-		defer c.p.c.wg.Done()
+	c.p.c.goTracked(func() {
 		t := time.NewTimer(time.Second)
 		defer t.Stop()
 		if _, err := c.w.Write(wire.AppendCancel(nil, id), time.Now().Add(time.Second), nil, t.C); err != nil && !errors.Is(err, wire.ErrNotQueued) {
 			c.fail(err)
 		}
-	}()
+	})
 }
 
 func (c *conn) read(r *wire.Reader) {
@@ -482,9 +480,7 @@ func (p *pool) get(ctx context.Context, expired <-chan time.Time) (*conn, error)
 func (p *pool) startDial() {
 	op := &dialOp{done: make(chan struct{})}
 	p.dialing = op
-	p.c.wg.Add(1)
-	go func() {
-		defer p.c.wg.Done()
+	p.c.goTracked(func() {
 		ctx, cancel := context.WithTimeout(p.c.ctx, p.c.o.dialTimeout)
 		c, err := p.handshake(ctx)
 		cancel()
@@ -508,7 +504,7 @@ func (p *pool) startDial() {
 		if err != nil && empty {
 			p.c.dropIfEmpty(p) // a node that is gone leaves no pool behind
 		}
-	}()
+	})
 }
 
 // freed wakes callers waiting for a stream slot.

@@ -166,7 +166,7 @@ func TestWriterBlockedByPeer(t *testing.T) {
 			if how == "stall" {
 				stall = 50 * time.Millisecond
 			}
-			w := NewWriter(a, stall)
+			w := NewWriter(a, stall, nil)
 			var deadline time.Time
 			var done chan struct{}
 			switch how {
@@ -202,7 +202,7 @@ func TestWriterBlockedByPeer(t *testing.T) {
 
 func TestWriterCoalesces(t *testing.T) {
 	var out bytes.Buffer
-	w := NewWriter(&out, 0)
+	w := NewWriter(&out, 0, nil)
 	for i := range 3 {
 		end, err := w.Write([]byte("abc"), time.Time{}, nil, nil)
 		if err != nil || end != int64(3*(i+1)) {

@@ -36,6 +36,7 @@ const cancelSlice = 10 * time.Millisecond
 // It is safe for concurrent use.
 type Writer struct {
 	sem     chan struct{} // holds a token while a writer owns the stream
+	spawn   func(func())
 	waiting atomic.Int32
 	pending atomic.Bool // buf holds frames nobody has flushed
 
@@ -50,9 +51,14 @@ type Writer struct {
 }
 
 // NewWriter returns a Writer on w. stall (0: none) bounds how long a write
-// may make no progress; it needs a stream with SetWriteDeadline.
-func NewWriter(w io.Writer, stall time.Duration) *Writer {
-	return &Writer{sem: make(chan struct{}, 1), out: newStream(w, stall)}
+// may make no progress; it needs a stream with SetWriteDeadline. spawn, if
+// not nil, runs the Writer's background flush (so its owner can wait for
+// it on close); nil: a plain goroutine.
+func NewWriter(w io.Writer, stall time.Duration, spawn func(func())) *Writer {
+	if spawn == nil {
+		spawn = func(f func()) { go f() }
+	}
+	return &Writer{sem: make(chan struct{}, 1), out: newStream(w, stall), spawn: spawn}
 }
 
 // Sent returns how many bytes have been written to the stream. A frame whose
@@ -118,7 +124,7 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 // background (bounded by the stall timeout).
 func (w *Writer) giveUp() {
 	if w.waiting.Add(-1) == 0 && w.pending.Load() {
-		go w.Flush()
+		w.spawn(func() { _ = w.Flush() })
 	}
 }
 
