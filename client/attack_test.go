@@ -45,7 +45,7 @@ func TestMeasureAttacks(t *testing.T) {
 			go func() {
 				var b []byte
 				for i := range 100_000 {
-					b, _ = wire.AppendRequest(b[:0], uint64(i+1), "Greeter.Hello", "", 0, []byte(body))
+					b, _ = wire.AppendRequest(b[:0], uint64(i+1), "Greeter.Hello", "", 0, nil, []byte(body))
 					if _, err := c.Write(b); err != nil {
 						return
 					}

@@ -38,7 +38,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -49,9 +48,11 @@ import (
 	"github.com/beacon-go/beacon/codec"
 	"github.com/beacon-go/beacon/internal/backoff"
 	"github.com/beacon-go/beacon/internal/wire"
+	"github.com/beacon-go/beacon/metadata"
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/selector"
 	"github.com/beacon-go/beacon/status"
+	"github.com/beacon-go/beacon/transport"
 )
 
 // Defaults, the one place they are defined; flags and docs read them here.
@@ -121,6 +122,10 @@ type options struct {
 	dial            DialFunc
 	codecs          *codec.Set
 	log             *slog.Logger
+
+	interceptors        []Interceptor
+	attemptInterceptors []AttemptInterceptor
+	callers             map[string]transport.Caller
 }
 
 // DialFunc opens a connection to a node, like net.Dialer.DialContext. It
@@ -147,6 +152,9 @@ type CallOptions struct {
 	// wins and the other attempt is canceled. Calls that are not idempotent
 	// are never hedged.
 	Hedge time.Duration
+	// ResponseMetadata, when set, receives the response metadata of the
+	// attempt that answered (nil when it sent none), error answers included.
+	ResponseMetadata *metadata.MD
 }
 
 // CallOption configures one call.
@@ -189,6 +197,28 @@ func Codecs(s *codec.Set) Option { return func(o *options) { o.codecs = s } }
 // Logger sets the logger (default slog.Default()).
 func Logger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
+// WithCaller makes the client speak protocol (a node's
+// registry.MetaProtocol) through c, e.g. a gRPC transport. Beacon's own
+// wire ("beacon", and nodes that name no protocol) is built in. The client
+// closes c on Close. Nodes of a protocol without a Caller are skipped when
+// picked (ErrProtocol when no other node is usable); note that the selector
+// offers only nodes of the protocols it was made for
+// (selector.WithProtocols).
+func WithCaller(protocol string, c transport.Caller) Option {
+	return func(o *options) {
+		if o.callers == nil {
+			o.callers = map[string]transport.Caller{}
+		}
+		o.callers[protocol] = c
+	}
+}
+
+// ResponseMetadata stores the response metadata of the call's answering
+// attempt in *md.
+func ResponseMetadata(md *metadata.MD) CallOption {
+	return func(o *CallOptions) { o.ResponseMetadata = md }
+}
+
 // WithRetries sets the number of retries of this call.
 func WithRetries(n int) CallOption { return func(o *CallOptions) { o.Retries = n } }
 
@@ -223,15 +253,20 @@ func WithContentType(ct string) CallOption { return func(o *CallOptions) { o.Con
 
 // Client calls services. It is safe for concurrent use.
 type Client struct {
-	sel    selector.Selector
-	o      options
-	pools  atomic.Pointer[map[string]*pool] // copy on write
-	mu     sync.Mutex
-	wg     sync.WaitGroup
-	closed atomic.Bool
-	ctx    context.Context // ends with Close: bounds dials
-	cancel context.CancelFunc
-	free   pools
+	sel           selector.Selector
+	o             options
+	wire          *wireCaller
+	invokeCall    Invoker        // the call interceptors around invoke; nil: none
+	invokeAttempt AttemptInvoker // the attempt interceptors around send
+	closed        atomic.Bool
+	states        sync.Pool // *attemptState
+}
+
+// attemptState is one attempt's request and response; pooled.
+type attemptState struct {
+	req transport.Request
+	rsp transport.Response
+	a   Attempt
 }
 
 // New returns a client that finds nodes with sel (which may be nil when
@@ -257,10 +292,12 @@ func New(sel selector.Selector, opts ...Option) *Client {
 	}
 	o.maxConnsPerNode = max(o.maxConnsPerNode, o.connsPerNode)
 	c := &Client{sel: sel, o: o}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.free.init()
-	m := map[string]*pool{}
-	c.pools.Store(&m)
+	c.wire = newWireCaller(&c.o)
+	c.states.New = func() any { return new(attemptState) }
+	if len(o.interceptors) > 0 {
+		c.invokeCall = chainCalls(o.interceptors, c.invoke)
+	}
+	c.invokeAttempt = chainAttempts(o.attemptInterceptors, c.send)
 	return c
 }
 
@@ -272,19 +309,40 @@ func (c *Client) Selector() selector.Selector { return c.sel }
 // failure, or ctx's end: every wait (selection, dial, a free stream, the
 // write, the response, the backoff) ends with ctx or the attempt's deadline.
 // See the package doc for retries. The error is a *status.Error (errors.As);
-// errors.Is(err, ErrNotRun) tells that no attempt ran.
+// errors.Is(err, ErrNotRun) tells that no attempt ran. The outgoing
+// metadata of ctx (metadata.NewOutgoingContext) travels with every attempt;
+// metadata over the limits of package metadata fails the call before
+// anything is sent (status 400).
 func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp any, opts ...CallOption) error {
 	if c.closed.Load() {
 		return &status.Error{Code: status.Unavailable, Detail: "client closed", Causes: []error{ErrClosed, ErrNotRun}}
 	}
-	o := c.o.call
+	ci := CallInfo{Service: service, Endpoint: endpoint, Request: req, Response: rsp, Options: c.o.call}
 	for _, f := range opts {
-		f(&o)
+		f(&ci.Options)
 	}
+	if c.invokeCall != nil {
+		hci := new(CallInfo)
+		*hci = ci
+		return c.invokeCall(ctx, hci)
+	}
+	return c.invoke(ctx, &ci)
+}
+
+// invoke is a call below the call interceptors: selection, attempts, retries.
+func (c *Client) invoke(ctx context.Context, ci *CallInfo) error {
+	o := &ci.Options
+	service, endpoint, req, rsp := ci.Service, ci.Endpoint, ci.Request, ci.Response
 	o.Retries = min(max(o.Retries, 0), MaxRetries)
 	o.RequestTimeout = min(max(o.RequestTimeout, 0), MaxRequestTimeout)
 	if err := checkEndpoint(endpoint); err != nil {
 		return err
+	}
+	md, _ := metadata.FromOutgoingContext(ctx)
+	if len(md) > 0 {
+		if err := metadata.Validate(md); err != nil {
+			return &status.Error{Code: status.BadRequest, Detail: "request metadata: not sent", Causes: []error{err, ErrNotRun}}
+		}
 	}
 	cd, err := c.o.codecs.For(o.ContentType, req)
 	if err != nil {
@@ -293,8 +351,8 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 	if len(cd.ContentType()) > maxContentType {
 		return status.Newf(status.BadRequest, "content type of %d bytes: the limit is %d", len(cd.ContentType()), maxContentType)
 	}
-	buf := c.free.getBuf()
-	defer c.free.putBuf(buf)
+	buf := c.wire.free.getBuf()
+	defer c.wire.free.putBuf(buf)
 	body, err := cd.Marshal(*buf, req)
 	if err != nil {
 		return &status.Error{Code: status.BadRequest, Detail: "encode request", Causes: []error{err}}
@@ -320,6 +378,7 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 			return &status.Error{Code: code, Detail: fmt.Sprintf("select %s", service), Causes: []error{err}}
 		}
 	}
+	call := callData{service: service, endpoint: endpoint, cd: cd, md: md, body: body}
 
 	var tried [8]string
 	var causes []error
@@ -348,9 +407,19 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 		start := time.Now()
 		hedge := o.Hedge > 0 && pk.Node != nil && (o.Idempotent || idempotent(pk.Service, endpoint))
 		if hedge {
-			err = c.hedged(ctx, next, pk, tried[:min(attempt+1, len(tried))], service, endpoint, cd, body, rsp, &o)
+			err = c.hedged(ctx, next, pk, tried[:min(attempt+1, len(tried))], &call, attempt+1, rsp, o)
 		} else {
-			err = c.attempt(ctx, start, addr, endpoint, cd, body, rsp, o.RequestTimeout)
+			st := c.states.Get().(*attemptState)
+			err = c.attempt(ctx, st, start, &call, attempt+1, pk.Node, addr, o.RequestTimeout)
+			if err == nil || st.rsp.Status != status.OK {
+				if o.ResponseMetadata != nil {
+					*o.ResponseMetadata = st.rsp.Metadata
+				}
+			}
+			if err == nil {
+				err = c.decode(cd, st.rsp.ContentType, st.rsp.Body, rsp)
+			}
+			c.putState(st)
 		}
 		var te *TransportError
 		isTE := errors.As(err, &te)
@@ -496,9 +565,10 @@ func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []st
 		if err != nil {
 			return selector.Pick{}, err
 		}
-		if proto := p.Node.Metadata[registry.MetaProtocol]; proto != "" && proto != registry.ProtocolBeacon {
-			// A node of another framework under the same name (go-micro's
-			// grpc or mucp): skipped at once, never dialled.
+		if c.callerFor(p.Node) == nil {
+			// A node of a protocol this client does not speak (go-micro's
+			// grpc or mucp under the same name): skipped at once, never
+			// dialled.
 			if p.Done != nil {
 				p.Done(selector.Outcome{Skipped: true})
 			}
@@ -506,7 +576,7 @@ func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []st
 			continue
 		}
 		if p.Probe {
-			if c.alive(ctx, p.Node.Address) {
+			if c.alive(ctx, p.Node) {
 				return p, nil
 			}
 			if p.Done != nil {
@@ -522,7 +592,7 @@ func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []st
 			}
 			continue
 		}
-		if pl, ok := (*c.pools.Load())[p.Node.Address]; ok && pl.connecting() {
+		if ds, ok := c.callerFor(p.Node).(transport.DialState); ok && ds.Connecting(p.Node.Address) {
 			if fresh.Node == nil {
 				fresh = p
 			} else {
@@ -543,36 +613,56 @@ func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []st
 		return p, nil
 	}
 	if foreign != nil {
-		return selector.Pick{}, fmt.Errorf("%w: node %s at %s speaks %q, not %q (registry.MetaProtocol)", ErrProtocol,
-			foreign.ID, foreign.Address, foreign.Metadata[registry.MetaProtocol], registry.ProtocolBeacon)
+		return selector.Pick{}, fmt.Errorf("%w: node %s at %s speaks %q, and the client has no caller for it (client.WithCaller)", ErrProtocol,
+			foreign.ID, foreign.Address, foreign.Metadata[registry.MetaProtocol])
 	}
 	return selector.Pick{}, selector.ErrNoneAvailable
 }
 
-// alive pings addr, within DefaultProbeTimeout and ctx.
-func (c *Client) alive(ctx context.Context, addr string) bool {
-	p := c.pool(addr)
-	if p == nil {
-		return false
+// callerFor returns the Caller for n's protocol, or nil.
+func (c *Client) callerFor(n *registry.Node) transport.Caller {
+	proto := n.Metadata[registry.MetaProtocol]
+	if proto == "" || proto == registry.ProtocolBeacon {
+		return c.wire
 	}
-	deadline := time.Now().Add(DefaultProbeTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	cl := c.free.getCall()
-	defer c.free.putCall(cl)
-	cl.timer.Reset(time.Until(deadline))
-	defer cl.timer.Stop()
-	cn, err := p.get(ctx, cl.timer.C)
-	if err != nil {
-		return false
-	}
-	return cn.ping(ctx, cl, deadline, cl.timer.C) == nil
+	return c.o.callers[proto]
 }
 
-// attempt makes one request to addr, bounded by ctx and the per-attempt
-// timeout.
-func (c *Client) attempt(ctx context.Context, start time.Time, addr, endpoint string, cd codec.Codec, body []byte, rsp any, timeout time.Duration) error {
+// alive pings n, within DefaultProbeTimeout and ctx; a node whose Caller
+// cannot ping is taken as alive.
+func (c *Client) alive(ctx context.Context, n *registry.Node) bool {
+	pg, ok := c.callerFor(n).(transport.Pinger)
+	if !ok {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, DefaultProbeTimeout)
+	defer cancel()
+	return pg.Ping(ctx, n.Address) == nil
+}
+
+// callData is what every attempt of one call shares.
+type callData struct {
+	service, endpoint string
+	cd                codec.Codec
+	md                metadata.MD
+	body              []byte
+}
+
+func (c *Client) putState(st *attemptState) {
+	body := st.rsp.Body
+	if cap(body) > 64<<10 {
+		body = nil
+	}
+	*st = attemptState{}
+	st.rsp.Body = body[:0]
+	c.states.Put(st)
+}
+
+// attempt makes attempt number n of a call to addr (node n, nil when called
+// by address) through the attempt interceptors, bounded by ctx and the
+// per-attempt timeout. The answer is in st.rsp; a handler's error status is
+// returned as a *status.Error, a refusal as a *TransportError.
+func (c *Client) attempt(ctx context.Context, st *attemptState, start time.Time, call *callData, n int, node *registry.Node, addr string, timeout time.Duration) error {
 	var deadline time.Time
 	if timeout > 0 {
 		deadline = start.Add(timeout)
@@ -580,36 +670,35 @@ func (c *Client) attempt(ctx context.Context, start time.Time, addr, endpoint st
 	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
 		deadline = d
 	}
-	p := c.pool(addr)
-	if p == nil {
-		return &TransportError{Addr: addr, Op: "dial", NotRun: true, Err: ErrClosed}
-	}
-	cl := c.free.getCall()
-	defer c.free.putCall(cl)
-	var expired <-chan time.Time
-	if !deadline.IsZero() {
-		cl.timer.Reset(time.Until(deadline))
-		defer cl.timer.Stop()
-		expired = cl.timer.C
-	}
-	cn, err := p.get(ctx, expired)
-	if err != nil {
-		return err
-	}
-	if err := cn.roundTrip(ctx, cl, deadline, expired, endpoint, cd.ContentType(), body); err != nil {
-		return err
-	}
-	switch {
-	case cl.status == status.OK:
-		if raw, ok := rsp.(*rawResponse); ok { // a hedged attempt: decoded if it wins
-			raw.ctype, raw.body = cl.ctype, append(raw.body[:0], cl.body...)
-			return nil
+	st.req = transport.Request{Service: call.service, Endpoint: call.endpoint, ContentType: call.cd.ContentType(), Metadata: call.md, Body: call.body, Deadline: deadline}
+	caller := transport.Caller(c.wire)
+	proto := registry.ProtocolBeacon
+	if node != nil {
+		if caller = c.callerFor(node); caller == nil {
+			return &TransportError{Addr: addr, Op: "dial", NotRun: true, Err: ErrProtocol}
 		}
-		return c.decode(cd, cl.ctype, cl.body, rsp)
-	case cl.status == status.Unavailable && cl.flags&wire.FlagNotRun != 0:
-		return &TransportError{Addr: addr, Op: "refused", NotRun: true, Err: fmt.Errorf("%w: %s", ErrRefused, cl.detail)}
+		if p := node.Metadata[registry.MetaProtocol]; p != "" {
+			proto = p
+		}
+	}
+	st.a = Attempt{Service: call.service, Endpoint: call.endpoint, Number: n, Node: node, Address: addr, Protocol: proto, Request: &st.req, Response: &st.rsp, caller: caller}
+	return c.invokeAttempt(ctx, &st.a)
+}
+
+// send is the innermost attempt invoker: the Caller's round trip, and the
+// answer's status turned into an error.
+func (c *Client) send(ctx context.Context, a *Attempt) error {
+	if err := a.caller.Call(ctx, a.Address, a.Request, a.Response); err != nil {
+		return err
+	}
+	r := a.Response
+	switch {
+	case r.Status == status.OK:
+		return nil
+	case r.Status == status.Unavailable && r.NotRun:
+		return &TransportError{Addr: a.Address, Op: "refused", NotRun: true, Err: fmt.Errorf("%w: %s", ErrRefused, r.Detail)}
 	default:
-		return &status.Error{Code: int(cl.status), Detail: cl.detail}
+		return &status.Error{Code: r.Status, Detail: r.Detail}
 	}
 }
 
@@ -628,23 +717,18 @@ func (c *Client) decode(cd codec.Codec, ctype string, body []byte, rsp any) erro
 	return nil
 }
 
-// rawResponse holds a hedged attempt's answer until it is known to win.
-type rawResponse struct {
-	ctype string
-	body  []byte
-}
-
 // hedged makes the attempt on pk and, when no answer came within o.Hedge, a
 // second one on another node; the first answer wins and is decoded into
 // rsp, the other attempt is canceled (its handler too). It reports both
 // picks' outcomes and returns when both attempts have ended, with nil or
 // the first attempt's error.
-func (c *Client) hedged(ctx context.Context, next selector.Next, pk selector.Pick, tried []string, service, endpoint string, cd codec.Codec, body []byte, rsp any, o *CallOptions) error {
+func (c *Client) hedged(ctx context.Context, next selector.Next, pk selector.Pick, tried []string, call *callData, number int, rsp any, o *CallOptions) error {
 	type result struct {
 		i   int
 		err error
-		raw rawResponse
+		st  *attemptState
 	}
+	service := call.service
 	results := make(chan result, 2)
 	var cancels [2]context.CancelFunc
 	picks := []selector.Pick{pk}
@@ -653,9 +737,9 @@ func (c *Client) hedged(ctx context.Context, next selector.Next, pk selector.Pic
 		actx, cancel := context.WithCancel(ctx)
 		cancels[i] = cancel
 		go func() {
-			var raw rawResponse
-			err := c.attempt(actx, time.Now(), p.Node.Address, endpoint, cd, body, &raw, o.RequestTimeout)
-			results <- result{i, err, raw}
+			st := c.states.Get().(*attemptState)
+			err := c.attempt(actx, st, time.Now(), call, number, p.Node, p.Node.Address, o.RequestTimeout)
+			results <- result{i, err, st}
 		}()
 	}
 	launch(0, pk)
@@ -663,7 +747,7 @@ func (c *Client) hedged(ctx context.Context, next selector.Next, pk selector.Pic
 	defer timer.Stop()
 	running, won := 1, -1
 	var errs [2]error
-	var winner rawResponse
+	var winner *attemptState
 	for running > 0 {
 		select {
 		case r := <-results:
@@ -688,12 +772,17 @@ func (c *Client) hedged(ctx context.Context, next selector.Next, pk selector.Pic
 			}
 			errs[r.i] = r.err
 			if r.err == nil && won < 0 {
-				won, winner = r.i, r.raw
+				won, winner = r.i, r.st
 				for k, cancel := range cancels {
 					if k != r.i && cancel != nil {
 						cancel()
 					}
 				}
+			} else {
+				if r.i == 0 && o.ResponseMetadata != nil && r.st.rsp.Status != status.OK {
+					*o.ResponseMetadata = r.st.rsp.Metadata
+				}
+				c.putState(r.st)
 			}
 		case <-timer.C:
 			if won >= 0 || len(picks) > 1 {
@@ -717,74 +806,26 @@ func (c *Client) hedged(ctx context.Context, next selector.Next, pk selector.Pic
 		}
 	}
 	if won >= 0 {
-		return c.decode(cd, winner.ctype, winner.body, rsp)
+		if o.ResponseMetadata != nil {
+			*o.ResponseMetadata = winner.rsp.Metadata
+		}
+		err := c.decode(call.cd, winner.rsp.ContentType, winner.rsp.Body, rsp)
+		c.putState(winner)
+		return err
 	}
 	return errs[0]
 }
 
-func (c *Client) pool(addr string) *pool {
-	if p, ok := (*c.pools.Load())[addr]; ok {
-		return p
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed.Load() {
-		return nil
-	}
-	old := *c.pools.Load()
-	if p, ok := old[addr]; ok {
-		return p
-	}
-	p := &pool{c: c, addr: addr}
-	m := maps.Clone(old)
-	m[addr] = p
-	c.pools.Store(&m)
-	return p
-}
-
-// dropIfEmpty removes p from the pool map when it has no connection; a
-// caller still holding p then moves to a new pool (see pool.again).
-func (c *Client) dropIfEmpty(p *pool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.dead || len(p.conns) > 0 || p.dialing != nil {
-		return
-	}
-	p.dead = true
-	old := *c.pools.Load()
-	if old[p.addr] != p {
-		return
-	}
-	m := maps.Clone(old)
-	delete(m, p.addr)
-	c.pools.Store(&m)
-}
-
-// goTracked runs f in a goroutine that Close waits for.
-func (c *Client) goTracked(f func()) {
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		f()
-	}()
-}
-
-// Close closes every connection and waits for the client's goroutines.
-// Calls in flight fail. It does not close the selector.
+// Close closes every connection (the wire's and those of the Callers given
+// with WithCaller) and waits for the client's goroutines. Calls in flight
+// fail. It does not close the selector.
 func (c *Client) Close() error {
-	c.mu.Lock()
 	if c.closed.Swap(true) {
-		c.mu.Unlock()
 		return nil
 	}
-	pools := *c.pools.Load()
-	c.mu.Unlock()
-	c.cancel()
-	for _, p := range pools {
-		p.closeAll()
+	errs := []error{c.wire.Close()}
+	for _, cl := range c.o.callers {
+		errs = append(errs, cl.Close())
 	}
-	c.wg.Wait()
-	return nil
+	return errors.Join(errs...)
 }

@@ -4,49 +4,33 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/beacon-go/beacon/internal/wire"
+	"github.com/beacon-go/beacon/metadata"
 	"github.com/beacon-go/beacon/status"
+	"github.com/beacon-go/beacon/transport"
 )
 
-// TransportError is a failure to get a response from a node: the dial
-// failed, the connection broke, no response came before the attempt's
-// deadline, or the node refused the request without running it (it is
-// shutting down or overloaded). NotRun tells whether the request provably
-// did not run (nothing of it reached the node whole, or the node said so):
-// only then is it retried on another node, unless the call is idempotent.
-type TransportError struct {
-	Addr   string
-	Op     string // "dial", "wait", "write", "read", "timeout", "refused"
-	NotRun bool
-	Err    error
-}
-
-func (e *TransportError) Error() string {
-	ran := "may have run"
-	if e.NotRun {
-		ran = "not run"
-	}
-	return fmt.Sprintf("%s %s: %v (%s)", e.Op, e.Addr, e.Err, ran)
-}
-
-func (e *TransportError) Unwrap() error { return e.Err }
-
-// Is makes errors.Is(err, ErrNotRun) true when the request did not run.
-func (e *TransportError) Is(target error) bool { return target == ErrNotRun && e.NotRun }
+// TransportError is a failure to get a response from a node (see
+// transport.Error): the dial failed, the connection broke, no response came
+// before the attempt's deadline, or the node refused the request without
+// running it. NotRun tells whether the request provably did not run: only
+// then is it retried on another node, unless the call is idempotent.
+type TransportError = transport.Error
 
 // ErrNotRun: the request provably did not run on the node (the dial failed,
 // nothing of it was sent, or the node refused it without running it); it is
 // safe to retry anywhere. errors.Is finds it in a call's error.
-var ErrNotRun = errors.New("request not run")
+var ErrNotRun = transport.ErrNotRun
 
 // ErrRefused: the node refused the request without running it (it is
 // shutting down, or over its concurrency bounds).
-var ErrRefused = errors.New("refused by the node")
+var ErrRefused = transport.ErrRefused
 
 // errConnGone: the connection was closed or told to go away before the
 // request was sent.
@@ -55,16 +39,13 @@ var errConnGone = errors.New("connection closing")
 // errNoResponse: the attempt's deadline passed after the request was sent.
 var errNoResponse = errors.New("no response before the deadline")
 
-// call is one request in flight; pooled.
+// call is one request in flight; pooled. The reader fills rsp.
 type call struct {
-	ch     chan struct{}
-	status uint16
-	flags  byte
-	detail string
-	ctype  string
-	body   []byte
-	err    error
-	timer  *time.Timer
+	ch      chan struct{}
+	rsp     *transport.Response
+	scratch transport.Response // a ping's response
+	err     error
+	timer   *time.Timer
 }
 
 func newCall() any {
@@ -89,11 +70,7 @@ func (p *pools) init() {
 func (p *pools) getCall() *call { return p.calls.Get().(*call) }
 
 func (p *pools) putCall(cl *call) {
-	if cap(cl.body) > 64<<10 {
-		cl.body = nil
-	}
-	cl.body = cl.body[:0]
-	cl.status, cl.flags, cl.detail, cl.ctype, cl.err = 0, 0, "", "", nil
+	cl.rsp, cl.err = nil, nil
 	p.calls.Put(cl)
 }
 
@@ -105,6 +82,146 @@ func (p *pools) putBuf(b *[]byte) {
 	}
 	*b = (*b)[:0]
 	p.bufs.Put(b)
+}
+
+// wireCaller is the transport.Caller of Beacon's wire (internal/wire):
+// per node address a pool of multiplexed connections.
+type wireCaller struct {
+	o      *options
+	pools  atomic.Pointer[map[string]*pool] // copy on write
+	mu     sync.Mutex
+	wg     sync.WaitGroup
+	closed atomic.Bool
+	ctx    context.Context // ends with Close: bounds dials
+	cancel context.CancelFunc
+	free   pools
+}
+
+func newWireCaller(o *options) *wireCaller {
+	w := &wireCaller{o: o}
+	w.ctx, w.cancel = context.WithCancel(context.Background())
+	w.free.init()
+	m := map[string]*pool{}
+	w.pools.Store(&m)
+	return w
+}
+
+// Call implements transport.Caller: one request to addr, bounded by ctx and
+// req.Deadline.
+func (w *wireCaller) Call(ctx context.Context, addr string, req *transport.Request, rsp *transport.Response) error {
+	p := w.pool(addr)
+	if p == nil {
+		return &TransportError{Addr: addr, Op: "dial", NotRun: true, Err: ErrClosed}
+	}
+	cl := w.free.getCall()
+	defer w.free.putCall(cl)
+	var expired <-chan time.Time
+	if !req.Deadline.IsZero() {
+		cl.timer.Reset(time.Until(req.Deadline))
+		defer cl.timer.Stop()
+		expired = cl.timer.C
+	}
+	cn, err := p.get(ctx, expired)
+	if err != nil {
+		return err
+	}
+	cl.rsp = rsp
+	return cn.exchange(ctx, cl, req.Deadline, expired, false, req)
+}
+
+// Ping implements transport.Pinger.
+func (w *wireCaller) Ping(ctx context.Context, addr string) error {
+	p := w.pool(addr)
+	if p == nil {
+		return ErrClosed
+	}
+	deadline, _ := ctx.Deadline()
+	cl := w.free.getCall()
+	defer w.free.putCall(cl)
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		cl.timer.Reset(time.Until(deadline))
+		defer cl.timer.Stop()
+		expired = cl.timer.C
+	}
+	cn, err := p.get(ctx, expired)
+	if err != nil {
+		return err
+	}
+	cl.rsp = &cl.scratch
+	return cn.exchange(ctx, cl, deadline, expired, true, nil)
+}
+
+// Connecting implements transport.DialState.
+func (w *wireCaller) Connecting(addr string) bool {
+	pl, ok := (*w.pools.Load())[addr]
+	return ok && pl.connecting()
+}
+
+func (w *wireCaller) pool(addr string) *pool {
+	if p, ok := (*w.pools.Load())[addr]; ok {
+		return p
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed.Load() {
+		return nil
+	}
+	old := *w.pools.Load()
+	if p, ok := old[addr]; ok {
+		return p
+	}
+	p := &pool{c: w, addr: addr}
+	m := maps.Clone(old)
+	m[addr] = p
+	w.pools.Store(&m)
+	return p
+}
+
+// dropIfEmpty removes p from the pool map when it has no connection; a
+// caller still holding p then moves to a new pool (see pool.again).
+func (w *wireCaller) dropIfEmpty(p *pool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dead || len(p.conns) > 0 || p.dialing != nil {
+		return
+	}
+	p.dead = true
+	old := *w.pools.Load()
+	if old[p.addr] != p {
+		return
+	}
+	m := maps.Clone(old)
+	delete(m, p.addr)
+	w.pools.Store(&m)
+}
+
+// goTracked runs f in a goroutine that Close waits for.
+func (w *wireCaller) goTracked(f func()) {
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		f()
+	}()
+}
+
+// Close closes every connection and waits for the caller's goroutines.
+func (w *wireCaller) Close() error {
+	w.mu.Lock()
+	if w.closed.Swap(true) {
+		w.mu.Unlock()
+		return nil
+	}
+	pools := *w.pools.Load()
+	w.mu.Unlock()
+	w.cancel()
+	for _, p := range pools {
+		p.closeAll()
+	}
+	w.wg.Wait()
+	return nil
 }
 
 // conn is one multiplexed connection to a node.
@@ -191,22 +308,16 @@ func (c *conn) release() {
 	c.p.freed()
 }
 
-// roundTrip sends one request and waits for its response, ctx's end, or the
-// attempt's deadline (expired fires then). On success the response is in
-// cl. Every error says whether the request provably did not run.
-func (c *conn) roundTrip(ctx context.Context, cl *call, deadline time.Time, expired <-chan time.Time, endpoint, ctype string, body []byte) error {
-	return c.exchange(ctx, cl, deadline, expired, false, endpoint, ctype, body)
-}
-
-// ping checks that the node answers, like roundTrip with a Ping frame.
-func (c *conn) ping(ctx context.Context, cl *call, deadline time.Time, expired <-chan time.Time) error {
-	return c.exchange(ctx, cl, deadline, expired, true, "", "", nil)
-}
-
-func (c *conn) exchange(ctx context.Context, cl *call, deadline time.Time, expired <-chan time.Time, ping bool, endpoint, ctype string, body []byte) error {
+// exchange sends one request (or a ping: req nil) and waits for its
+// response, ctx's end, or the attempt's deadline (expired fires then). On
+// success the response is in cl.rsp. Every error says whether the request
+// provably did not run.
+func (c *conn) exchange(ctx context.Context, cl *call, deadline time.Time, expired <-chan time.Time, ping bool, req *transport.Request) error {
 	defer c.release()
-	if n := wire.RequestSize(endpoint, ctype, len(body)) - 4; !ping && int64(n) > c.maxFrame.Load() {
-		return &status.Error{Code: status.TooLarge, Detail: fmt.Sprintf("request of %d bytes is larger than the limit of %d bytes of the node at %s; not sent", n, c.maxFrame.Load(), c.p.addr)}
+	if n := 0; !ping {
+		if n = wire.RequestSize(req.Endpoint, req.ContentType, req.Metadata, len(req.Body)) - 4; int64(n) > c.maxFrame.Load() {
+			return &status.Error{Code: status.TooLarge, Detail: fmt.Sprintf("request of %d bytes is larger than the limit of %d bytes of the node at %s; not sent", n, c.maxFrame.Load(), c.p.addr)}
+		}
 	}
 	c.mu.Lock()
 	if c.err != nil || c.goaway {
@@ -231,7 +342,7 @@ func (c *conn) exchange(ctx context.Context, cl *call, deadline time.Time, expir
 	if ping {
 		*frame = wire.AppendPing(*frame, id)
 	} else {
-		*frame, err = wire.AppendRequest(*frame, id, endpoint, ctype, timeout, body)
+		*frame, err = wire.AppendRequest(*frame, id, req.Endpoint, req.ContentType, timeout, req.Metadata, req.Body)
 	}
 	if err == nil {
 		end, err = c.w.Write(*frame, deadline, ctx.Done(), expired)
@@ -315,14 +426,17 @@ func (c *conn) read(r *wire.Reader) {
 			idle := c.goaway && len(c.pending) == 0
 			c.mu.Unlock()
 			if cl != nil {
-				cl.status, cl.flags = f.Status, f.Flags
+				r := cl.rsp
+				r.Status, r.NotRun = int(f.Status), f.Flags&wire.FlagNotRun != 0
+				r.Detail, r.ContentType = "", ""
 				if len(f.Detail) > 0 {
-					cl.detail = string(f.Detail)
+					r.Detail = string(f.Detail)
 				}
 				if len(f.ContentType) > 0 {
-					cl.ctype = string(f.ContentType)
+					r.ContentType = string(f.ContentType)
 				}
-				cl.body = append(cl.body[:0], f.Body...)
+				r.Metadata = metadata.MD(f.Meta.Map())
+				r.Body = append(r.Body[:0], f.Body...)
 				cl.ch <- struct{}{}
 			}
 			if idle {
@@ -372,7 +486,7 @@ func (c *conn) fail(err error) {
 
 // pool holds the connections to one address.
 type pool struct {
-	c       *Client
+	c       *wireCaller
 	addr    string
 	mu      sync.Mutex
 	conns   []*conn

@@ -1,4 +1,4 @@
 package client
 
 // Pools returns how many addresses have a connection pool (tests).
-func (c *Client) Pools() int { return len(*c.pools.Load()) }
+func (c *Client) Pools() int { return len(*c.wire.pools.Load()) }

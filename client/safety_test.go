@@ -61,7 +61,7 @@ func rawConn(t *testing.T, addr string) (net.Conn, *wire.Reader) {
 
 func request(t *testing.T, id uint64, endpoint string, body string) []byte {
 	t.Helper()
-	b, err := wire.AppendRequest(nil, id, endpoint, "application/json", 0, []byte(body))
+	b, err := wire.AppendRequest(nil, id, endpoint, "application/json", 0, nil, []byte(body))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/beacon-go/beacon/codec"
 	"github.com/beacon-go/beacon/internal/wire"
+	"github.com/beacon-go/beacon/metadata"
+	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/status"
 )
 
@@ -110,7 +110,7 @@ func (c *conn) serve() {
 			}
 			c.goAway() // the client closes it; if not, the next idle period does
 			continue
-		case errors.As(err, &tooLarge) && tooLarge.Kind == wire.KindRequest:
+		case errors.As(err, &tooLarge) && (tooLarge.Kind == wire.KindRequest || tooLarge.Kind == wire.KindRequestMeta):
 			c.refuse(tooLarge.ID, status.TooLarge, fmt.Sprintf("request of %d bytes is larger than the server's limit of %d bytes", tooLarge.Size, tooLarge.Limit))
 			continue
 		default:
@@ -123,13 +123,13 @@ func (c *conn) serve() {
 			return
 		}
 		switch f.Kind {
-		case wire.KindRequest:
+		case wire.KindRequest, wire.KindRequestMeta:
 			c.active.Store(time.Now().UnixNano())
 			c.request(&f)
 		case wire.KindCancel:
 			c.cancelStream(f.ID)
 		case wire.KindPing:
-			c.write(wire.AppendResponse(nil, f.ID, status.OK, wire.FlagNotRun, "", "", nil), false)
+			c.write(wire.AppendResponse(nil, f.ID, status.OK, wire.FlagNotRun, "", "", nil, nil), false)
 		default:
 			log.Warn("server: unexpected frame from a client; closing connection", "remote", c.nc.RemoteAddr(), "kind", f.Kind)
 			return
@@ -162,6 +162,18 @@ func (c *conn) request(f *wire.Frame) {
 		c.refuse(id, status.BadRequest, err.Error())
 		return
 	}
+	var md metadata.MD
+	if f.Meta.Len() > 0 {
+		if f.Meta.Len() > metadata.MaxEntries || len(f.Meta) > metadata.MaxSize+2+3*metadata.MaxEntries {
+			c.refuse(id, status.HeaderTooLarge, fmt.Sprintf("request metadata of %d entries, %d bytes: the limits are %d entries, %d bytes; not run", f.Meta.Len(), len(f.Meta), metadata.MaxEntries, metadata.MaxSize))
+			return
+		}
+		md = metadata.MD(f.Meta.Map())
+		if err := metadata.Validate(md); err != nil {
+			c.refuse(id, status.HeaderTooLarge, fmt.Sprintf("request metadata refused: %v; not run", err))
+			return
+		}
+	}
 	c.mu.Lock()
 	if _, dup := c.streams[id]; dup {
 		c.mu.Unlock()
@@ -185,13 +197,7 @@ func (c *conn) request(f *wire.Frame) {
 	// The handler's context ends with the caller's deadline, a Cancel from
 	// the client, the connection's close (cause ErrConnClosed) or the
 	// server's stop (cause ErrStopped).
-	var ctx context.Context
-	var cancel context.CancelFunc
-	if f.Timeout > 0 {
-		ctx, cancel = context.WithTimeout(c.ctx, f.Timeout)
-	} else {
-		ctx, cancel = context.WithCancel(c.ctx)
-	}
+	ctx, cancel := timeoutCtx(c.ctx, f.Timeout)
 	c.streams[id] = cancel
 	c.mu.Unlock()
 
@@ -201,25 +207,31 @@ func (c *conn) request(f *wire.Frame) {
 	go func() {
 		defer c.s.inflight.Done()
 		defer c.endStream(id, cancel)
-		rsp, err := c.s.run(ctx, h, cd, *body)
+		hctx := ctx
+		if md != nil {
+			hctx = metadata.NewIncomingContext(ctx, md)
+		}
+		rc := &reqCtx{Context: hctx}
+		rsp, err := c.s.run(rc, h, cd, *body, registry.ProtocolBeacon, c.nc.RemoteAddr())
 		c.s.bufs.put(body)
 		if c.s.slots != nil {
 			<-c.s.slots // the handler is done: free its slot before writing
 		}
+		rmd := rc.metadata()
 		if err != nil {
-			c.writeError(id, toStatus(ctx, err), 0)
+			c.writeError(id, toStatus(ctx, err), 0, rmd)
 			return
 		}
 		out := c.s.bufs.get()
 		defer c.s.bufs.put(out)
 		enc, err := cd.Marshal(*out, rsp)
 		if err != nil {
-			c.writeError(id, status.Newf(status.InternalError, "encode response: %v", err), 0)
+			c.writeError(id, status.Newf(status.InternalError, "encode response: %v", err), 0, rmd)
 			return
 		}
 		*out = enc
 		frame := c.s.bufs.get()
-		*frame = wire.AppendResponse(*frame, id, status.OK, 0, cd.ContentType(), "", enc)
+		*frame = wire.AppendResponse(*frame, id, status.OK, 0, cd.ContentType(), "", rmd, enc)
 		c.write(*frame, true)
 		c.s.bufs.put(frame)
 	}()
@@ -244,17 +256,6 @@ func (c *conn) cancelStream(id uint64) {
 	}
 }
 
-// run calls the handler, turning a panic into an error.
-func (s *Server) run(ctx context.Context, h *handler, cd codec.Codec, body []byte) (rsp any, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			s.o.log.Error("server: handler panicked", "endpoint", h.name, "panic", p, "stack", string(debug.Stack()))
-			err = status.Newf(status.InternalError, "handler %s panicked", h.name)
-		}
-	}()
-	return h.serve(ctx, cd, body)
-}
-
 func toStatus(ctx context.Context, err error) *status.Error {
 	var se *status.Error
 	var de *decodeError
@@ -276,18 +277,18 @@ func toStatus(ctx context.Context, err error) *status.Error {
 // not wait for room in the outbox: a client that sends while not reading
 // its answers is closed.
 func (c *conn) refuse(id uint64, code int, detail string) {
-	c.writeError(id, status.New(code, detail), wire.FlagNotRun)
+	c.writeError(id, status.New(code, detail), wire.FlagNotRun, nil)
 }
 
 // writeError answers with an error; a handler's error (flags 0) waits for
 // room in the outbox, a refusal does not.
-func (c *conn) writeError(id uint64, e *status.Error, flags byte) {
+func (c *conn) writeError(id uint64, e *status.Error, flags byte, md metadata.MD) {
 	code := e.Code
 	if code <= 0 || code > 0xffff {
 		code = status.InternalError
 	}
 	frame := c.s.bufs.get()
-	*frame = wire.AppendResponse(*frame, id, uint16(code), flags, "", e.Detail, nil)
+	*frame = wire.AppendResponse(*frame, id, uint16(code), flags, "", e.Detail, md, nil)
 	c.write(*frame, flags == 0)
 	c.s.bufs.put(frame)
 }

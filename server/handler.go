@@ -24,9 +24,11 @@ type handler struct {
 	// source says who added it, for errors: "Handle(*pkg.T)" or
 	// "HandleFunc[pkg.Req, pkg.Rsp]".
 	source string
-	// serve decodes body with c, runs the method, and returns the response
+	// decode decodes a request body with c into a new request value.
+	decode func(c codec.Codec, body []byte) (any, error)
+	// call runs the method on a decoded request and returns the response
 	// value to encode.
-	serve func(ctx context.Context, c codec.Codec, body []byte) (any, error)
+	call HandlerFunc
 }
 
 var (
@@ -73,13 +75,20 @@ func handlersOf(h any) ([]*handler, error) {
 			name:     name,
 			endpoint: &registry.Endpoint{Name: name, Request: describe(reqT.Name(), reqT, 0), Response: describe(rspT.Name(), rspT, 0)},
 			source:   fmt.Sprintf("Handle(%s)", t),
-			serve: func(ctx context.Context, c codec.Codec, body []byte) (any, error) {
-				req := reflect.New(reqT)
-				if err := codec.UnmarshalRequest(c, body, req.Interface()); err != nil {
+			decode: func(c codec.Codec, body []byte) (any, error) {
+				req := reflect.New(reqT).Interface()
+				if err := codec.UnmarshalRequest(c, body, req); err != nil {
 					return nil, &decodeError{err}
 				}
+				return req, nil
+			},
+			call: func(ctx context.Context, req any) (any, error) {
+				rv := reflect.ValueOf(req)
+				if rv.Type() != reflect.PointerTo(reqT) {
+					return nil, fmt.Errorf("server: %s: an interceptor passed a %T request, want *%s", name, req, reqT)
+				}
 				rsp := reflect.New(rspT)
-				res := fn.Call([]reflect.Value{reflect.ValueOf(ctx), req, rsp})
+				res := fn.Call([]reflect.Value{reflect.ValueOf(ctx), rv, rsp})
 				if err, _ := res[0].Interface().(error); err != nil {
 					return nil, err
 				}

@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/beacon-go/beacon/metadata"
 	"github.com/beacon-go/beacon/status"
 )
 
@@ -214,7 +216,15 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		writeHTTPError(rw, status.Newf(status.BadRequest, "read request: %v", err), true)
 		return
 	}
+	md, serr := headerMetadata(r.Header)
+	if serr != nil {
+		writeHTTPError(rw, serr, true)
+		return
+	}
 	ctx := r.Context()
+	if md != nil {
+		ctx = metadata.NewIncomingContext(ctx, md)
+	}
 	if v := r.Header.Get("Beacon-Timeout"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
@@ -234,11 +244,15 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.inflight.Add(1)
-	rsp, err := s.run(ctx, h, cd, body)
+	rc := &reqCtx{Context: ctx}
+	rsp, err := s.run(rc, h, cd, body, "http", remoteAddr(r))
 	if s.slots != nil {
 		<-s.slots
 	}
 	s.inflight.Done()
+	for k, v := range rc.metadata() {
+		rw.Header().Set(k, v)
+	}
 	if err != nil {
 		writeHTTPError(rw, toStatus(ctx, err), false)
 		return
@@ -251,6 +265,46 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	rw.Header().Set("Content-Type", cd.ContentType())
 	rw.Header().Set("Content-Length", strconv.Itoa(len(out)))
 	rw.Write(out)
+}
+
+// transportHeaders are the request headers that are HTTP's own, not
+// metadata (lower-case).
+var transportHeaders = map[string]bool{
+	"accept": true, "accept-encoding": true, "connection": true, "content-length": true, "content-type": true,
+	"expect": true, "host": true, "keep-alive": true, "proxy-authorization": true, "proxy-connection": true,
+	"te": true, "trailer": true, "transfer-encoding": true, "upgrade": true, "http2-settings": true,
+	"user-agent": true, "beacon-timeout": true,
+}
+
+// headerMetadata turns request headers into request metadata: every header
+// but HTTP's own (transportHeaders), the name lower-cased, several values
+// joined with ", ". Headers over the limits, or whose names are not valid
+// keys, are refused with status 431 naming them.
+func headerMetadata(h http.Header) (metadata.MD, *status.Error) {
+	var md metadata.MD
+	for k, vs := range h {
+		lk := strings.ToLower(k)
+		if transportHeaders[lk] {
+			continue
+		}
+		if md == nil {
+			md = metadata.MD{}
+		}
+		md[lk] = strings.Join(vs, ", ")
+	}
+	if err := metadata.Validate(md); err != nil {
+		return nil, status.Newf(status.HeaderTooLarge, "request headers refused as metadata: %v; not run", err)
+	}
+	return md, nil
+}
+
+// remoteAddr parses an HTTP request's remote address (nil if it does not).
+func remoteAddr(r *http.Request) net.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return nil
+	}
+	return net.TCPAddrFromAddrPort(ap)
 }
 
 // writeHTTPError answers with the code as the HTTP status and a JSON body;

@@ -126,6 +126,7 @@ type options struct {
 	noHTTP               bool
 	codecs               *codec.Set
 	log                  *slog.Logger
+	interceptors         []Interceptor
 }
 
 // Name sets the service name (required).
@@ -233,6 +234,8 @@ type Server struct {
 	draining atomic.Bool   // Stop began: /health says so
 	web      *web          // HTTP on the same port; nil when off or not started
 	streams  int           // requests in flight allowed per connection
+	// intercept runs the interceptors around a handler; nil: none.
+	intercept func(ctx context.Context, req any, info *HandlerInfo, final HandlerFunc) (any, error)
 
 	mu       sync.Mutex
 	state    runState
@@ -298,6 +301,7 @@ func New(opts ...Option) (*Server, error) {
 		s.slots = make(chan struct{}, o.maxConcurrent)
 		s.streams = min(s.streams, max(1, o.maxConcurrent/2))
 	}
+	s.intercept = chainHandlers(o.interceptors)
 	s.baseCtx, s.cancelBase = context.WithCancelCause(context.Background())
 	return s, nil
 }
@@ -361,10 +365,17 @@ func HandleFunc[Req, Rsp any](s *Server, endpoint string, fn func(ctx context.Co
 		name:     endpoint,
 		endpoint: &registry.Endpoint{Name: endpoint, Request: describe(reqT.Name(), reqT, 0), Response: describe(rspT.Name(), rspT, 0)},
 		source:   fmt.Sprintf("HandleFunc[%s, %s]", reqT, rspT),
-		serve: func(ctx context.Context, c codec.Codec, body []byte) (any, error) {
+		decode: func(c codec.Codec, body []byte) (any, error) {
 			req := new(Req)
 			if err := codec.UnmarshalRequest(c, body, req); err != nil {
 				return nil, &decodeError{err}
+			}
+			return req, nil
+		},
+		call: func(ctx context.Context, r any) (any, error) {
+			req, ok := r.(*Req)
+			if !ok {
+				return nil, fmt.Errorf("server: %s: an interceptor passed a %T request, want %T", endpoint, r, req)
 			}
 			rsp := new(Rsp)
 			if err := fn(ctx, req, rsp); err != nil {

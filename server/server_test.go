@@ -44,12 +44,16 @@ func TestHandlersOf(t *testing.T) {
 		e.Request.Values[1].Name != "inner" || e.Request.Values[1].Values[0].Name != "n" {
 		t.Fatalf("request shape %+v", e.Request)
 	}
-	rsp, err := hs[0].serve(context.Background(), codec.JSON{}, []byte(`{"name":"Ann"}`))
+	req, err := hs[0].decode(codec.JSON{}, []byte(`{"name":"Ann"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsp, err := hs[0].call(context.Background(), req)
 	if err != nil || rsp.(*Rsp).Msg != "hi Ann" {
 		t.Fatalf("serve: %v %v", rsp, err)
 	}
 	var de *decodeError
-	if _, err := hs[0].serve(context.Background(), codec.JSON{}, []byte(`{"name":`)); !errors.As(err, &de) {
+	if _, err := hs[0].decode(codec.JSON{}, []byte(`{"name":`)); !errors.As(err, &de) {
 		t.Fatalf("garbage body: %v, want a decodeError", err)
 	}
 	for _, bad := range []any{nil, none{}, 42} {

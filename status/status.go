@@ -13,14 +13,19 @@ import (
 
 // Codes are HTTP-like, as in go-micro.
 const (
-	OK            = 0
-	BadRequest    = 400 // the request could not be decoded or is invalid
-	NotFound      = 404 // no such service or endpoint
-	Timeout       = 408 // the deadline passed
-	TooLarge      = 413 // a message is larger than the limit
-	Canceled      = 499 // the caller canceled
-	InternalError = 500 // the handler failed
-	Unavailable   = 503 // no node could serve the call; safe to retry
+	OK           = 0
+	BadRequest   = 400 // the request could not be decoded or is invalid
+	Unauthorized = 401 // the caller did not authenticate (e.g. no token in metadata)
+	Forbidden    = 403 // the caller may not make this call
+	NotFound     = 404 // no such service or endpoint
+	Timeout      = 408 // the deadline passed
+	TooLarge     = 413 // a message is larger than the limit
+	// HeaderTooLarge: the request metadata is over the limits (package
+	// metadata); the handler did not run.
+	HeaderTooLarge = 431
+	Canceled       = 499 // the caller canceled
+	InternalError  = 500 // the handler failed
+	Unavailable    = 503 // no node could serve the call; safe to retry
 )
 
 // Error is a call's typed error. Use errors.As to read it from any error a

@@ -49,6 +49,9 @@ const (
 	KindSettings byte = 4
 	KindCancel   byte = 5
 	KindPing     byte = 6
+	// KindRequestMeta is a request with a metadata block (requests without
+	// metadata use KindRequest, a byte-for-byte unchanged format).
+	KindRequestMeta byte = 7
 )
 
 // Response flags.
@@ -56,6 +59,8 @@ const (
 	// FlagNotRun marks a response the server produced without running the
 	// handler.
 	FlagNotRun byte = 1 << 0
+	// FlagMetadata marks a response with a metadata block after its detail.
+	FlagMetadata byte = 1 << 1
 )
 
 // Defaults, advertised by servers in their Settings frame.
@@ -104,43 +109,168 @@ const (
 
 // RequestSize returns the length of the request frame AppendRequest would
 // write, length prefix included.
-func RequestSize(endpoint, contentType string, body int) int {
-	return lenPrefix + frameHeader + 2 + len(endpoint) + 1 + len(contentType) + 8 + body
+func RequestSize(endpoint, contentType string, md map[string]string, body int) int {
+	n := lenPrefix + frameHeader + 2 + len(endpoint) + 1 + len(contentType) + 8 + body
+	if len(md) > 0 {
+		n += metaSize(md)
+	}
+	return n
 }
 
-// AppendRequest appends a request frame to dst.
-func AppendRequest(dst []byte, id uint64, endpoint, contentType string, timeout time.Duration, body []byte) ([]byte, error) {
+// metaSize is the length of md's metadata block.
+func metaSize(md map[string]string) int {
+	n := 2
+	for k, v := range md {
+		n += 1 + len(k) + 2 + len(v)
+	}
+	return n
+}
+
+// appendMeta appends md's metadata block; md was checked (keys under 256
+// bytes, values under 64 KiB, fewer than 64 Ki entries).
+func appendMeta(dst []byte, md map[string]string) []byte {
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(md)))
+	for k, v := range md {
+		dst = append(dst, byte(len(k)))
+		dst = append(dst, k...)
+		dst = binary.BigEndian.AppendUint16(dst, uint16(len(v)))
+		dst = append(dst, v...)
+	}
+	return dst
+}
+
+// checkMeta refuses metadata the format cannot carry (the callers enforce
+// the tighter limits of package metadata first).
+func checkMeta(md map[string]string) error {
+	if len(md) > math.MaxUint16 {
+		return fmt.Errorf("%w: %d metadata entries", ErrMalformed, len(md))
+	}
+	for k, v := range md {
+		if len(k) > math.MaxUint8 || len(v) > math.MaxUint16 {
+			return fmt.Errorf("%w: metadata key or value too long", ErrMalformed)
+		}
+	}
+	return nil
+}
+
+// AppendRequest appends a request frame to dst: a KindRequest frame, or a
+// KindRequestMeta frame when md is not empty.
+func AppendRequest(dst []byte, id uint64, endpoint, contentType string, timeout time.Duration, md map[string]string, body []byte) ([]byte, error) {
 	if len(endpoint) > math.MaxUint16 || len(contentType) > math.MaxUint8 {
 		return dst, fmt.Errorf("%w: endpoint or content type too long", ErrMalformed)
 	}
-	n := RequestSize(endpoint, contentType, len(body)) - lenPrefix
+	kind := KindRequest
+	if len(md) > 0 {
+		if err := checkMeta(md); err != nil {
+			return dst, err
+		}
+		kind = KindRequestMeta
+	}
+	n := RequestSize(endpoint, contentType, md, len(body)) - lenPrefix
 	if n > MaxFrameLimit {
 		return dst, ErrFrameTooLarge
 	}
 	dst = binary.BigEndian.AppendUint32(dst, uint32(n))
-	dst = append(dst, KindRequest)
+	dst = append(dst, kind)
 	dst = binary.BigEndian.AppendUint64(dst, id)
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(endpoint)))
 	dst = append(dst, endpoint...)
 	dst = append(dst, byte(len(contentType)))
 	dst = append(dst, contentType...)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(max(timeout, 0)))
+	if kind == KindRequestMeta {
+		dst = appendMeta(dst, md)
+	}
 	return append(dst, body...), nil
+}
+
+// Meta is an encoded metadata block (see the package doc), as parsed from
+// a frame: valid until the Reader's next call.
+type Meta []byte
+
+// Len returns the number of entries.
+func (m Meta) Len() int {
+	if len(m) < 2 {
+		return 0
+	}
+	return int(binary.BigEndian.Uint16(m))
+}
+
+// Each calls f for every entry, in order; the slices are m's. It stops at
+// the first false.
+func (m Meta) Each(f func(k, v []byte) bool) {
+	if len(m) < 2 {
+		return
+	}
+	p := m[2:]
+	for range m.Len() {
+		kl := int(p[0])
+		k := p[1 : 1+kl]
+		p = p[1+kl:]
+		vl := int(binary.BigEndian.Uint16(p))
+		v := p[2 : 2+vl]
+		p = p[2+vl:]
+		if !f(k, v) {
+			return
+		}
+	}
+}
+
+// Map returns the entries as a map (nil when there are none).
+func (m Meta) Map() map[string]string {
+	if m.Len() == 0 {
+		return nil
+	}
+	out := make(map[string]string, m.Len())
+	m.Each(func(k, v []byte) bool {
+		out[string(k)] = string(v)
+		return true
+	})
+	return out
+}
+
+// parseMeta splits a metadata block off the front of p, checking that it
+// is well formed.
+func parseMeta(p []byte) (Meta, []byte, error) {
+	if len(p) < 2 {
+		return nil, nil, fmt.Errorf("%w: short metadata block", ErrMalformed)
+	}
+	n := int(binary.BigEndian.Uint16(p))
+	q := p[2:]
+	for range n {
+		if len(q) < 1 || len(q) < 1+int(q[0])+2 {
+			return nil, nil, fmt.Errorf("%w: metadata key length", ErrMalformed)
+		}
+		q = q[1+int(q[0]):]
+		vl := int(binary.BigEndian.Uint16(q))
+		if len(q) < 2+vl {
+			return nil, nil, fmt.Errorf("%w: metadata value length", ErrMalformed)
+		}
+		q = q[2+vl:]
+	}
+	return Meta(p[:len(p)-len(q)]), q, nil
 }
 
 // MaxDetail is the longest detail a response carries; longer ones are cut.
 const MaxDetail = 64 << 10
 
 // AppendResponse appends a response frame to dst. A content type over 255
-// bytes is dropped and a detail over MaxDetail bytes is cut.
-func AppendResponse(dst []byte, id uint64, status uint16, flags byte, contentType, detail string, body []byte) []byte {
+// bytes is dropped and a detail over MaxDetail bytes is cut; metadata md,
+// when not empty, is sent with FlagMetadata (metadata the format cannot
+// carry is dropped).
+func AppendResponse(dst []byte, id uint64, status uint16, flags byte, contentType, detail string, md map[string]string, body []byte) []byte {
 	if len(contentType) > math.MaxUint8 {
 		contentType = ""
 	}
 	if len(detail) > MaxDetail {
 		detail = detail[:MaxDetail]
 	}
+	flags &^= FlagMetadata
 	n := frameHeader + 2 + 1 + 1 + len(contentType) + 4 + len(detail) + len(body)
+	if len(md) > 0 && checkMeta(md) == nil {
+		flags |= FlagMetadata
+		n += metaSize(md)
+	}
 	dst = binary.BigEndian.AppendUint32(dst, uint32(n))
 	dst = append(dst, KindResponse)
 	dst = binary.BigEndian.AppendUint64(dst, id)
@@ -149,6 +279,9 @@ func AppendResponse(dst []byte, id uint64, status uint16, flags byte, contentTyp
 	dst = append(dst, contentType...)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(detail)))
 	dst = append(dst, detail...)
+	if flags&FlagMetadata != 0 {
+		dst = appendMeta(dst, md)
+	}
 	return append(dst, body...)
 }
 
@@ -201,6 +334,7 @@ type Frame struct {
 	Status      uint16        // response
 	Flags       byte          // response
 	Detail      []byte        // response
+	Meta        Meta          // request (KindRequestMeta), response (FlagMetadata)
 	Settings    Settings      // settings
 	Body        []byte
 }
@@ -210,7 +344,7 @@ func parse(b []byte, f *Frame) error {
 	p := b[9:]
 	bad := func(what string) error { return fmt.Errorf("%w: %s", ErrMalformed, what) }
 	switch f.Kind {
-	case KindRequest:
+	case KindRequest, KindRequestMeta:
 		if len(p) < 2 {
 			return bad("short request header")
 		}
@@ -232,6 +366,12 @@ func parse(b []byte, f *Frame) error {
 		}
 		f.Timeout = time.Duration(t)
 		f.Body = p[8:]
+		if f.Kind == KindRequestMeta {
+			var err error
+			if f.Meta, f.Body, err = parseMeta(f.Body); err != nil {
+				return err
+			}
+		}
 	case KindResponse:
 		if len(p) < 4 {
 			return bad("short response header")
@@ -251,6 +391,12 @@ func parse(b []byte, f *Frame) error {
 		}
 		f.Detail, p = p[:dl], p[dl:]
 		f.Body = p
+		if f.Flags&FlagMetadata != 0 {
+			var err error
+			if f.Meta, f.Body, err = parseMeta(p); err != nil {
+				return err
+			}
+		}
 	case KindSettings:
 		if len(p) < 8 {
 			return bad("short settings")

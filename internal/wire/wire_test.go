@@ -2,9 +2,12 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,14 +18,14 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestRoundTrip(t *testing.T) {
 	var b []byte
-	b, err := AppendRequest(b, 7, "Greeter.Hello", "application/json", 3*time.Second, []byte(`{"name":"Ann"}`))
+	b, err := AppendRequest(b, 7, "Greeter.Hello", "application/json", 3*time.Second, nil, []byte(`{"name":"Ann"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b) != RequestSize("Greeter.Hello", "application/json", len(`{"name":"Ann"}`)) {
-		t.Fatalf("RequestSize = %d, frame is %d bytes", RequestSize("Greeter.Hello", "application/json", 14), len(b))
+	if len(b) != RequestSize("Greeter.Hello", "application/json", nil, len(`{"name":"Ann"}`)) {
+		t.Fatalf("RequestSize = %d, frame is %d bytes", RequestSize("Greeter.Hello", "application/json", nil, 14), len(b))
 	}
-	b = AppendResponse(b, 7, 503, FlagNotRun, "application/json", "boom", []byte(`{}`))
+	b = AppendResponse(b, 7, 503, FlagNotRun, "application/json", "boom", nil, []byte(`{}`))
 	b = AppendSettings(b, Settings{MaxStreams: 10, MaxFrame: 2048})
 	b = AppendCancel(b, 9)
 	b = AppendGoAway(b)
@@ -72,8 +75,8 @@ func TestRejects(t *testing.T) {
 // An oversized frame is reported with its ID and skipped; the frames after
 // it still read.
 func TestTooLargeFrameIsSkipped(t *testing.T) {
-	big, _ := AppendRequest(nil, 42, "A.B", "", 0, make([]byte, 10_000))
-	small, _ := AppendRequest(nil, 43, "A.B", "", 0, []byte("ok"))
+	big, _ := AppendRequest(nil, 42, "A.B", "", 0, nil, make([]byte, 10_000))
+	small, _ := AppendRequest(nil, 43, "A.B", "", 0, nil, []byte("ok"))
 	r := NewReader(bytes.NewReader(append(big, small...)), 1024)
 	var f Frame
 	err := r.Next(&f)
@@ -99,8 +102,8 @@ func TestBufferGrowsAsBytesArrive(t *testing.T) {
 		t.Fatalf("buffer is %d bytes after 105 bytes of a 4 MiB frame", r.Buffered())
 	}
 
-	big, _ := AppendRequest(nil, 1, "A.B", "", 0, make([]byte, 1<<20))
-	small, _ := AppendRequest(nil, 2, "A.B", "", 0, nil)
+	big, _ := AppendRequest(nil, 1, "A.B", "", 0, nil, make([]byte, 1<<20))
+	small, _ := AppendRequest(nil, 2, "A.B", "", 0, nil, nil)
 	r = NewReader(bytes.NewReader(append(big, small...)), 8<<20)
 	if err := r.Next(&f); err != nil || len(f.Body) != 1<<20 {
 		t.Fatalf("big frame: %v", err)
@@ -137,7 +140,7 @@ func TestIdleAndFrameTimeouts(t *testing.T) {
 		t.Fatalf("idle: %v", err)
 	}
 	// Still usable after ErrIdle.
-	frame, _ := AppendRequest(nil, 5, "A.B", "", 0, nil)
+	frame, _ := AppendRequest(nil, 5, "A.B", "", 0, nil, nil)
 	go b.Write(frame)
 	if err := r.Next(&f); err != nil || f.ID != 5 {
 		t.Fatalf("after idle: %+v, %v", f, err)
@@ -215,9 +218,12 @@ func TestWriterCoalesces(t *testing.T) {
 }
 
 func FuzzReader(f *testing.F) {
-	req, _ := AppendRequest(nil, 1, "A.B", "application/json", time.Second, []byte("{}"))
+	req, _ := AppendRequest(nil, 1, "A.B", "application/json", time.Second, nil, []byte("{}"))
 	f.Add(req)
-	f.Add(AppendResponse(nil, 2, 0, 0, "application/json", "", []byte("{}")))
+	f.Add(AppendResponse(nil, 2, 0, 0, "application/json", "", nil, []byte("{}")))
+	reqMD, _ := AppendRequest(nil, 4, "A.B", "", 0, map[string]string{"k": "v", "authorization": "Bearer x"}, []byte("{}"))
+	f.Add(reqMD)
+	f.Add(AppendResponse(nil, 4, 500, 0, "", "x", map[string]string{"k": "v"}, nil))
 	f.Add(AppendGoAway(nil))
 	f.Add(AppendSettings(nil, Settings{MaxStreams: 1, MaxFrame: 1}))
 	f.Add(AppendCancel(nil, 3))
@@ -300,5 +306,41 @@ func TestOutbox(t *testing.T) {
 	}
 	if err := <-waiter; !errors.Is(err, ErrWriteTimeout) {
 		t.Fatalf("waiting sender: %v", err)
+	}
+}
+
+func TestMetadataFrames(t *testing.T) {
+	md := map[string]string{"authorization": "Bearer x", "traceparent": "00-01-02-01", "empty": ""}
+	req, err := AppendRequest(nil, 9, "A.B", "application/json", time.Second, md, []byte("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(req) != RequestSize("A.B", "application/json", md, 2) {
+		t.Fatalf("RequestSize %d, frame %d", RequestSize("A.B", "application/json", md, 2), len(req))
+	}
+	plain, _ := AppendRequest(nil, 10, "A.B", "", 0, nil, nil)
+	rsp := AppendResponse(nil, 9, 418, 0, "", "teapot", md, []byte("body"))
+	r := NewReader(bytes.NewReader(append(append(req, plain...), rsp...)), 1<<20)
+	var f Frame
+	if err := r.Next(&f); err != nil || f.Kind != KindRequestMeta || string(f.Body) != "{}" || fmt.Sprint(f.Meta.Map()) != fmt.Sprint(md) {
+		t.Fatalf("request %+v %v, meta %v", f, err, f.Meta.Map())
+	}
+	if err := r.Next(&f); err != nil || f.Kind != KindRequest || f.Meta.Len() != 0 || f.Meta.Map() != nil {
+		t.Fatalf("plain request %+v %v", f, err)
+	}
+	if err := r.Next(&f); err != nil || f.Flags&FlagMetadata == 0 || string(f.Body) != "body" || string(f.Detail) != "teapot" || fmt.Sprint(f.Meta.Map()) != fmt.Sprint(md) {
+		t.Fatalf("response %+v %v", f, err)
+	}
+	// Truncated metadata blocks are malformed, never a panic.
+	for cut := 1; cut < 30; cut++ {
+		b := append([]byte(nil), req...)
+		b = b[:len(b)-2-cut] // drop the body and part of the block
+		binary.BigEndian.PutUint32(b, uint32(len(b)-4))
+		if err := NewReader(bytes.NewReader(b), 1<<20).Next(&f); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("cut %d: %v, want ErrMalformed", cut, err)
+		}
+	}
+	if _, err := AppendRequest(nil, 1, "A.B", "", 0, map[string]string{strings.Repeat("k", 256): ""}, nil); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("a 256-byte key: %v", err)
 	}
 }
