@@ -28,6 +28,7 @@ import (
 
 	"github.com/beacon-go/beacon/client"
 	"github.com/beacon-go/beacon/cmd"
+	"github.com/beacon-go/beacon/middleware"
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/cache"
 	"github.com/beacon-go/beacon/selector"
@@ -134,7 +135,10 @@ func AfterStop(fn func(context.Context) error) Option {
 	return func(o *options) { o.afterStop = append(o.afterStop, fn) }
 }
 
-// Logger sets the logger of every part (default slog.Default()).
+// Logger sets the logger of every part (default: cmd.NewLogger on stderr
+// with --log_level and --log_format). At debug level the service logs one
+// line per request served and per call and attempt made
+// (package middleware).
 func Logger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // ServerOptions passes further options to the server.
@@ -171,7 +175,7 @@ type Service struct {
 // nothing. When --help was given it prints help and returns ErrHelp: the
 // program should exit successfully.
 func NewService(opts ...Option) (*Service, error) {
-	o := options{log: slog.Default()}
+	var o options
 	for _, f := range opts {
 		f(&o)
 	}
@@ -185,6 +189,13 @@ func NewService(opts ...Option) (*Service, error) {
 	}
 	if help {
 		return nil, ErrHelp
+	}
+	if o.log == nil {
+		// The one format of Beacon's programs (the CLI's too): --log_level,
+		// --log_format, on stderr.
+		if o.log, err = cmd.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat); err != nil {
+			return nil, err
+		}
 	}
 	s := &Service{o: o, cfg: cfg}
 	// Explicit flags/env override code, code overrides defaults.
@@ -234,14 +245,21 @@ func NewService(opts ...Option) (*Service, error) {
 			selector.WithCacheOptions(cache.WithEmptyHold(hold)))
 		s.ownsSel = true
 	}
-	s.cli = client.New(s.sel, append([]client.Option{client.Retries(cfg.ClientRetries),
-		client.RequestTimeout(cfg.ClientRequestTimeout), client.Logger(o.log)}, o.clientOpts...)...)
+	copts := []client.Option{client.Retries(cfg.ClientRetries), client.RequestTimeout(cfg.ClientRequestTimeout), client.Logger(o.log)}
+	debug := o.log.Enabled(context.Background(), slog.LevelDebug)
+	if debug { // one line per call and per attempt
+		copts = append(copts, client.WithInterceptors(middleware.ClientLog(o.log)), client.WithAttemptInterceptors(middleware.AttemptLog(o.log)))
+	}
+	s.cli = client.New(s.sel, append(copts, o.clientOpts...)...)
 	if o.name != "" {
 		sopts := []server.Option{server.Name(o.name), server.Version(o.version), server.Metadata(o.metadata),
 			server.Address(address), server.Registry(s.reg), server.RegisterTTL(ttl), server.RegisterInterval(interval),
 			server.Logger(o.log)}
 		if o.advertise != "" {
 			sopts = append(sopts, server.Advertise(o.advertise))
+		}
+		if debug { // one line per request
+			sopts = append(sopts, server.WithInterceptors(middleware.ServerLog(o.log)))
 		}
 		if s.srv, err = server.New(append(sopts, o.serverOpts...)...); err != nil {
 			s.closeOwned()

@@ -97,6 +97,9 @@ type Config struct {
 	// RegistryEmptyHold is the selector cache's empty hold; unless set
 	// explicitly it is RegisterTTL.
 	RegistryEmptyHold time.Duration
+	// LogLevel and LogFormat: see NewLogger.
+	LogLevel  slog.Level
+	LogFormat string
 	// Set tells which settings were given explicitly (flag or env), by flag
 	// name; the others hold defaults.
 	Set map[string]bool
@@ -109,7 +112,7 @@ func envs(name string) []string {
 
 // Flags returns the standard flags. Each call returns new values.
 func Flags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: FlagRegistry, EnvVars: envs(FlagRegistry), Value: DefaultRegistry,
 			Usage: "service registry: " + strings.Join(RegistryNames(), ", ")},
 		&cli.StringFlag{Name: FlagRegistryAddress, EnvVars: envs(FlagRegistryAddress),
@@ -129,7 +132,7 @@ func Flags() []cli.Flag {
 		&cli.GenericFlag{Name: FlagRegistryEmptyHold, EnvVars: envs(FlagRegistryEmptyHold), Value: newDuration(server.DefaultRegisterTTL, server.MaxRegisterTTL),
 			DefaultText: "the register TTL",
 			Usage:       "how long the last nodes of a service keep serving when the registry may have restarted empty; 0: not at all (duration, or seconds)"},
-	}
+	}, logFlags()...)
 }
 
 // ConfigFrom reads the standard settings from a parsed context and checks
@@ -145,7 +148,15 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 		ClientRequestTimeout: c.Generic(FlagClientRequestTimeout).(*durationValue).d,
 		Selector:             c.String(FlagSelector),
 		RegistryEmptyHold:    c.Generic(FlagRegistryEmptyHold).(*durationValue).d,
+		LogFormat:            c.String(FlagLogFormat),
 		Set:                  map[string]bool{},
+	}
+	var err error
+	if cfg.LogLevel, err = ParseLevel(c.String(FlagLogLevel)); err != nil {
+		return cfg, err
+	}
+	if _, err := NewLogger(io.Discard, cfg.LogLevel, cfg.LogFormat); err != nil {
+		return cfg, err
 	}
 	for _, a := range strings.Split(c.String(FlagRegistryAddress), ",") {
 		if a = strings.TrimSpace(a); a != "" {
@@ -153,7 +164,7 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 		}
 	}
 	for _, n := range []string{FlagRegistry, FlagRegistryAddress, FlagRegisterTTL, FlagRegisterInterval,
-		FlagServerAddress, FlagClientRetries, FlagClientRequestTimeout, FlagSelector} {
+		FlagServerAddress, FlagClientRetries, FlagClientRequestTimeout, FlagSelector, FlagLogLevel, FlagLogFormat} {
 		cfg.Set[n] = c.IsSet(n)
 	}
 	cfg.Set[FlagRegistryEmptyHold] = c.IsSet(FlagRegistryEmptyHold)

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -183,5 +185,53 @@ func TestRanges(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestLogFlags(t *testing.T) {
+	tests := []struct {
+		args    []string
+		env     map[string]string
+		level   slog.Level
+		format  string
+		wantErr bool
+	}{
+		{nil, nil, slog.LevelInfo, "text", false},
+		{[]string{"--log_level", "debug", "--log_format", "json"}, nil, slog.LevelDebug, "json", false},
+		{nil, map[string]string{"MICRO_LOG_LEVEL": "WARN"}, slog.LevelWarn, "text", false},
+		{nil, map[string]string{"BEACON_LOG_FORMAT": "json"}, slog.LevelInfo, "json", false},
+		{[]string{"--log_level", "loud"}, nil, 0, "", true},
+		{[]string{"--log_format", "xml"}, nil, 0, "", true},
+	}
+	for _, tc := range tests {
+		for k, v := range tc.env {
+			t.Setenv(k, v)
+		}
+		cfg, _, err := cmd.Parse(cmd.App{Name: "t", Output: io.Discard}, append([]string{"t"}, tc.args...), nil, nil)
+		if tc.wantErr {
+			if !errors.Is(err, cmd.ErrBadLog) {
+				t.Errorf("%v: err = %v, want ErrBadLog", tc.args, err)
+			}
+			continue
+		}
+		if err != nil || cfg.LogLevel != tc.level || cfg.LogFormat != tc.format {
+			t.Errorf("%v %v: level %v format %q err %v; want %v %q", tc.args, tc.env, cfg.LogLevel, cfg.LogFormat, err, tc.level, tc.format)
+		}
+		var buf bytes.Buffer
+		log, err := cmd.NewLogger(&buf, cfg.LogLevel, cfg.LogFormat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Warn("hello", "k", "v")
+		want := `level=WARN msg=hello k=v`
+		if tc.format == "json" {
+			want = `"level":"WARN","msg":"hello","k":"v"`
+		}
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("%s log line %q lacks %q", tc.format, buf.String(), want)
+		}
+		for k := range tc.env {
+			os.Unsetenv(k)
+		}
 	}
 }

@@ -206,7 +206,10 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		writeHTTPError(rw, status.New(http.StatusUnsupportedMediaType, err.Error()), true)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, int64(s.o.maxMessage)))
+	in := s.bufs.get()
+	defer s.bufs.put(in)
+	body, err := readBody(*in, rw, r, s.o.maxMessage)
+	*in = body
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
@@ -257,40 +260,88 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		writeHTTPError(rw, toStatus(ctx, err), false)
 		return
 	}
-	out, err := cd.Marshal(nil, rsp)
+	buf := s.bufs.get()
+	defer s.bufs.put(buf)
+	out, err := cd.Marshal(*buf, rsp)
 	if err != nil {
 		writeHTTPError(rw, status.Newf(status.InternalError, "encode response: %v", err), false)
 		return
 	}
-	rw.Header().Set("Content-Type", cd.ContentType())
-	rw.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	*buf = out
+	hdr := rw.Header()
+	hdr["Content-Type"] = contentTypeHeader(cd.ContentType())
+	if len(out) > 2048 { // smaller bodies: net/http sets the length itself
+		hdr.Set("Content-Length", strconv.Itoa(len(out)))
+	}
 	rw.Write(out)
 }
 
+// contentTypeHeader returns the header value of a content type, shared for
+// the built-in codecs' (no allocation per response).
+func contentTypeHeader(ct string) []string {
+	switch ct {
+	case "application/json":
+		return jsonCT
+	case "application/protobuf":
+		return protoCT
+	}
+	return []string{ct}
+}
+
+var (
+	jsonCT  = []string{"application/json"}
+	protoCT = []string{"application/protobuf"}
+)
+
+// readBody appends the request body to dst, up to max bytes (more: an
+// *http.MaxBytesError).
+func readBody(dst []byte, rw http.ResponseWriter, r *http.Request, max int) ([]byte, error) {
+	if r.ContentLength > int64(max) {
+		return dst, &http.MaxBytesError{Limit: int64(max)}
+	}
+	if r.ContentLength > 0 && int64(cap(dst)) < r.ContentLength {
+		dst = make([]byte, 0, r.ContentLength)
+	}
+	rd := http.MaxBytesReader(rw, r.Body, int64(max))
+	for {
+		if len(dst) == cap(dst) {
+			dst = append(dst, 0)[:len(dst)]
+		}
+		n, err := rd.Read(dst[len(dst):cap(dst)])
+		dst = dst[:len(dst)+n]
+		if err == io.EOF {
+			return dst, nil
+		}
+		if err != nil {
+			return dst, err
+		}
+	}
+}
+
 // transportHeaders are the request headers that are HTTP's own, not
-// metadata (lower-case).
+// metadata, in canonical form (as net/http stores them).
 var transportHeaders = map[string]bool{
-	"accept": true, "accept-encoding": true, "connection": true, "content-length": true, "content-type": true,
-	"expect": true, "host": true, "keep-alive": true, "proxy-authorization": true, "proxy-connection": true,
-	"te": true, "trailer": true, "transfer-encoding": true, "upgrade": true, "http2-settings": true,
-	"user-agent": true, "beacon-timeout": true,
+	"Accept": true, "Accept-Encoding": true, "Connection": true, "Content-Length": true, "Content-Type": true,
+	"Expect": true, "Host": true, "Keep-Alive": true, "Proxy-Authorization": true, "Proxy-Connection": true,
+	"Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true, "Http2-Settings": true,
+	"User-Agent": true, "Beacon-Timeout": true,
 }
 
 // headerMetadata turns request headers into request metadata: every header
 // but HTTP's own (transportHeaders), the name lower-cased, several values
 // joined with ", ". Headers over the limits, or whose names are not valid
-// keys, are refused with status 431 naming them.
+// keys, are refused with status 431 naming them. Requests with only HTTP's
+// own headers cost no allocation.
 func headerMetadata(h http.Header) (metadata.MD, *status.Error) {
 	var md metadata.MD
 	for k, vs := range h {
-		lk := strings.ToLower(k)
-		if transportHeaders[lk] {
+		if transportHeaders[k] || transportHeaders[http.CanonicalHeaderKey(k)] {
 			continue
 		}
 		if md == nil {
 			md = metadata.MD{}
 		}
-		md[lk] = strings.Join(vs, ", ")
+		md[strings.ToLower(k)] = strings.Join(vs, ", ")
 	}
 	if err := metadata.Validate(md); err != nil {
 		return nil, status.Newf(status.HeaderTooLarge, "request headers refused as metadata: %v; not run", err)

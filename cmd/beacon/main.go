@@ -58,17 +58,24 @@ func fail(code int, format string, args ...any) error {
 
 // run is the whole program; it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	logLevel := new(slog.LevelVar)
-	logLevel.Set(slog.LevelWarn)
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+	// The CLI logs like a service (cmd.NewLogger: --log_format), at warn
+	// unless --log_level or --verbose (debug) says otherwise.
+	log := slog.New(slog.DiscardHandler)
 	var reg registry.Registry
 	open := func(c *cli.Context) (registry.Registry, error) {
 		cfg, err := cmd.ConfigFrom(c)
 		if err != nil {
 			return nil, &exitError{code: 2, err: err}
 		}
+		level := slog.LevelWarn
+		if cfg.Set[cmd.FlagLogLevel] {
+			level = cfg.LogLevel
+		}
 		if c.Bool("verbose") {
-			logLevel.Set(slog.LevelDebug)
+			level = slog.LevelDebug
+		}
+		if log, err = cmd.NewLogger(stderr, level, cfg.LogFormat); err != nil {
+			return nil, &exitError{code: 2, err: err}
 		}
 		octx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
 		defer cancel()
