@@ -221,3 +221,15 @@ func timeoutCtx(ctx context.Context, timeout time.Duration) (context.Context, co
 	}
 	return context.WithCancel(ctx)
 }
+
+// Transport serves the server's handlers with t on the server's listener,
+// instead of the built-in wire and HTTP, and publishes protocol as the
+// node's registry.MetaProtocol (unless Metadata sets it). Start runs
+// t.Serve(listener, s.Handler()); Stop deregisters, waits the drain grace,
+// refuses new requests (the Handler answers them "not run"), calls
+// t.Shutdown bounded by the shutdown timeout, and waits for requests in
+// flight. Interceptors, limits on concurrent requests and message size,
+// and metadata checks apply as on the wire.
+func Transport(protocol string, t transport.Server) Option {
+	return func(o *options) { o.transport, o.transportProto = t, protocol }
+}

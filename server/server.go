@@ -45,6 +45,7 @@ import (
 	"github.com/beacon-go/beacon/internal/backoff"
 	"github.com/beacon-go/beacon/internal/wire"
 	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/transport"
 )
 
 // Defaults, the one place they are defined; flags and docs read them here.
@@ -127,6 +128,8 @@ type options struct {
 	codecs               *codec.Set
 	log                  *slog.Logger
 	interceptors         []Interceptor
+	transport            transport.Server // nil: the built-in wire and HTTP
+	transportProto       string
 }
 
 // Name sets the service name (required).
@@ -438,6 +441,9 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	if _, ok := md[registry.MetaProtocol]; !ok {
 		md[registry.MetaProtocol] = registry.ProtocolBeacon
+		if s.o.transport != nil {
+			md[registry.MetaProtocol] = s.o.transportProto
+		}
 	}
 	svc := &registry.Service{Name: s.o.name, Version: s.o.version, Nodes: []*registry.Node{{ID: s.o.id, Address: adv, Metadata: md}}}
 	for _, name := range slices.Sorted(maps.Keys(s.handlers)) {
@@ -448,11 +454,20 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	s.ln, s.svc, s.state = ln, svc, stateRunning
-	if !s.o.noHTTP {
-		s.web = newWeb(s)
-	}
 	s.acceptDone = make(chan struct{})
-	go s.accept(ln)
+	if t := s.o.transport; t != nil {
+		go func() {
+			defer close(s.acceptDone)
+			if err := t.Serve(ln, dispatch{s}); err != nil && !errors.Is(err, net.ErrClosed) {
+				s.o.log.Error("server: transport stopped", "protocol", s.o.transportProto, "err", err)
+			}
+		}()
+	} else {
+		if !s.o.noHTTP {
+			s.web = newWeb(s)
+		}
+		go s.accept(ln)
+	}
 
 	if s.o.reg != nil {
 		err := s.o.reg.Register(ctx, svc, registry.RegisterTTL(s.o.ttl))
@@ -566,6 +581,13 @@ func (s *Server) Stop(ctx context.Context) error {
 	}
 
 	s.refusing.Store(true)
+	if t := s.o.transport; t != nil {
+		tctx, cancel := context.WithTimeout(ctx, s.o.shutdown)
+		if err := t.Shutdown(tctx); err != nil {
+			s.o.log.Warn("server: transport shutdown", "protocol", s.o.transportProto, "err", err)
+		}
+		cancel()
+	}
 	s.ln.Close()
 	<-s.acceptDone
 	s.mu.Lock()
