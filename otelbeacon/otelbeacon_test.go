@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -290,6 +291,8 @@ func TestTraceAndTokenThroughMetadata(t *testing.T) {
 	m, _ := baggage.NewMember("tenant", "acme")
 	bg, _ := baggage.New(m)
 	ctx = baggage.ContextWithBaggage(ctx, bg)
+	ctx = metadata.AppendToOutgoingContext(ctx, "x-id", "7")
+	out, _ := metadata.FromOutgoingContext(ctx)
 	var rmd metadata.MD
 	rsp := new(Rsp)
 	if err := c.Call(ctx, "echo", "Echo.Call", &Req{}, rsp, client.ResponseMetadata(&rmd)); err != nil {
@@ -297,8 +300,11 @@ func TestTraceAndTokenThroughMetadata(t *testing.T) {
 	}
 	parent.End()
 
-	if rsp.Seen["authorization"] != "Bearer s3cret" || rsp.Seen["traceparent"] == "" {
-		t.Fatalf("handler saw %v, want the token and a traceparent", rsp.Seen)
+	if rsp.Seen["authorization"] != "Bearer s3cret" || rsp.Seen["traceparent"] == "" || rsp.Seen["x-id"] != "7" {
+		t.Fatalf("handler saw %v, want the token, a traceparent and x-id", rsp.Seen)
+	}
+	if fmt.Sprint(out) != "map[x-id:7]" {
+		t.Fatalf("the caller's metadata became %v: the attempt interceptor must copy it", out)
 	}
 	if rsp.Baggage != "acme" || !strings.Contains(rsp.Seen["baggage"], "tenant=acme") {
 		t.Fatalf("handler's baggage %q (metadata %q), want tenant=acme", rsp.Baggage, rsp.Seen["baggage"])
@@ -665,5 +671,80 @@ func TestRegistryErrors(t *testing.T) {
 	})
 	if err := c.Call(ctxT(t), "echo", "Echo.Call", &Req{}, new(Rsp)); err != nil {
 		t.Fatalf("the last nodes do not serve while the registry is down: %v", err)
+	}
+}
+
+// TestMetadataFull: when the trace context would take the request metadata
+// over its limits, the call goes without it rather than fail.
+func TestMetadataFull(t *testing.T) {
+	e := newEnv(t)
+	reg := memory.New()
+	defer reg.Close()
+	e.startServer(t, reg)
+	c, _ := e.newClient(t, reg)
+	md := metadata.MD{}
+	for i := range metadata.MaxEntries - 1 { // the token takes the last entry
+		md[fmt.Sprint("k", i)] = "v"
+	}
+	rsp := new(Rsp)
+	if err := c.Call(metadata.NewOutgoingContext(ctxT(t), md), "echo", "Echo.Call", &Req{}, rsp); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rsp.Seen["traceparent"]; ok || len(rsp.Seen) != metadata.MaxEntries {
+		t.Fatalf("handler saw %d entries (traceparent %q), want %d without a traceparent", len(rsp.Seen), rsp.Seen["traceparent"], metadata.MaxEntries)
+	}
+	spans := e.ended(t, 3)
+	if spans[trace.SpanKindServer][0].Parent().IsValid() {
+		t.Fatalf("server span has a parent without a trace context sent")
+	}
+}
+
+// sampler records the attributes samplers are given.
+type sampler struct {
+	mu   sync.Mutex
+	seen map[string]string // span kind: attributes
+}
+
+func (s *sampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var kv []string
+	for _, a := range p.Attributes {
+		kv = append(kv, string(a.Key)+"="+a.Value.Emit())
+	}
+	slices.Sort(kv)
+	s.seen[p.Kind.String()] = strings.Join(kv, " ")
+	return sdktrace.AlwaysSample().ShouldSample(p)
+}
+
+func (s *sampler) Description() string { return "recording" }
+
+// TestSamplerSeesRPCAttributes: the attributes known when a span starts
+// (rpc.*, beacon.protocol) are given to the sampler.
+func TestSamplerSeesRPCAttributes(t *testing.T) {
+	smp := &sampler{seen: map[string]string{}}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(smp))
+	defer tp.Shutdown(context.Background())
+	inst, err := otelbeacon.New(otelbeacon.WithTracerProvider(tp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{inst: inst}
+	reg := memory.New()
+	defer reg.Close()
+	e.startServer(t, reg)
+	c, _ := e.newClient(t, reg)
+	if err := c.Call(ctxT(t), "echo", "Echo.Call", &Req{}, new(Rsp)); err != nil {
+		t.Fatal(err)
+	}
+	smp.mu.Lock()
+	defer smp.mu.Unlock()
+	want := map[string]string{
+		"internal": "rpc.method=Echo.Call rpc.service=echo rpc.system=beacon",
+		"client":   "beacon.protocol=beacon rpc.method=Echo.Call rpc.service=echo rpc.system=beacon",
+		"server":   "beacon.protocol=beacon rpc.method=Echo.Call rpc.service=echo rpc.system=beacon",
+	}
+	if fmt.Sprint(smp.seen) != fmt.Sprint(want) {
+		t.Fatalf("sampler saw %v, want %v", smp.seen, want)
 	}
 }
