@@ -69,6 +69,7 @@ type NodeStats struct {
 	probing  bool      // its one trial request is under way
 	foreign  bool      // speaks a protocol the caller does not
 	cleared  time.Time // when it last became healthy after an ejection
+	notified bool      // its ejection was reported to the OnEject functions
 	bad      atomic.Bool
 	done     func(Outcome)
 }
@@ -129,9 +130,18 @@ func (s *Cached) viewOf(st *state, snap *cache.Snapshot) *view {
 		return v
 	}
 	st.mu.Lock()
-	defer st.mu.Unlock()
+	v, back := s.buildLocked(st, snap)
+	st.mu.Unlock()
+	s.notify(st.name, false, back...)
+	return v
+}
+
+// buildLocked builds and publishes the view of st for snap unless it is
+// current; st.mu is held. back are the nodes whose reported ejection ended
+// (they registered again with new data, or left).
+func (s *Cached) buildLocked(st *state, snap *cache.Snapshot) (cur *view, back []*registry.Node) {
 	if v := st.view.Load(); v != nil && v.snap == snap {
-		return v
+		return v, nil
 	}
 	v := &view{snap: snap, nodes: snap.Nodes, stats: make([]*NodeStats, len(snap.Nodes))}
 	live := make(map[string]bool, len(snap.Nodes))
@@ -143,7 +153,9 @@ func (s *Cached) viewOf(st *state, snap *cache.Snapshot) *view {
 			st.stats[n.ID] = ns
 		case ns.node != nil && ns.node != n.Node && !sameNode(ns.node, n.Node):
 			// Registered again with new data (restarted): a new start.
-			ns.heal(time.Time{})
+			if ns.heal(time.Time{}) {
+				back = append(back, ns.node)
+			}
 		}
 		ns.node = n.Node
 		ns.weight.Store(int32(weightOf(n.Node)))
@@ -154,13 +166,17 @@ func (s *Cached) viewOf(st *state, snap *cache.Snapshot) *view {
 		v.stats[i] = ns
 		live[n.ID] = true
 	}
-	for id := range st.stats {
+	for id, ns := range st.stats {
 		if !live[id] {
+			if ns.notified {
+				ns.notified = false
+				back = append(back, ns.node)
+			}
 			delete(st.stats, id)
 		}
 	}
 	s.publishLocked(st, v)
-	return st.view.Load()
+	return st.view.Load(), back
 }
 
 // publishLocked stores a view like base (same nodes) with availability and
@@ -248,8 +264,10 @@ func (s *Cached) newStats(st *state) *NodeStats {
 }
 
 // heal clears the node's ejection and, when it was ejected, its latency
-// (the failures' penalties say nothing of the node now); st.mu is held.
-func (ns *NodeStats) heal(now time.Time) {
+// (the failures' penalties say nothing of the node now); st.mu is held. It
+// reports whether the node's ejection had been reported to the OnEject
+// functions (so its end is to be).
+func (ns *NodeStats) heal(now time.Time) (notified bool) {
 	if !ns.until.IsZero() || ns.probing || ns.failures > 0 {
 		ns.cleared = now
 		ns.ewma.Store(0)
@@ -257,6 +275,8 @@ func (ns *NodeStats) heal(now time.Time) {
 	}
 	ns.failures, ns.until, ns.probing = 0, time.Time{}, false
 	ns.bad.Store(false)
+	notified, ns.notified = ns.notified, false
+	return notified
 }
 
 // report applies an attempt's outcome to the node's stats and health.
@@ -290,11 +310,13 @@ func (s *Cached) report(st *state, ns *NodeStats, o Outcome, picked bool) {
 		if ns.bad.Load() {
 			st.mu.Lock()
 			picked := now.Add(-o.Latency)
+			back := false
+			node := ns.node
 			// An answer to a request sent before the node was ejected does
 			// not prove it recovered; the trial's answer, or a later one, does.
 			if ns.probing || ns.until.IsZero() || !picked.Before(ns.ejected) {
 				was := !ns.until.IsZero() || ns.probing
-				ns.heal(now)
+				back = ns.heal(now)
 				if was {
 					// Back from an ejection: its latency starts afresh from
 					// this answer, not from the failures' penalties.
@@ -303,11 +325,24 @@ func (s *Cached) report(st *state, ns *NodeStats, o Outcome, picked bool) {
 				}
 			}
 			st.mu.Unlock()
+			if back {
+				s.notify(st.name, false, node)
+			}
 		}
 		return
 	}
 	st.mu.Lock()
-	defer st.mu.Unlock()
+	node, ejected := s.failLocked(st, ns, o, now)
+	st.mu.Unlock()
+	if ejected {
+		s.notify(st.name, true, node)
+	}
+}
+
+// failLocked applies a failed outcome to the node's health; st.mu is held.
+// ejected tells that the node was ejected and its ejection is to be
+// reported (it was not already).
+func (s *Cached) failLocked(st *state, ns *NodeStats, o Outcome, now time.Time) (node *registry.Node, ejected bool) {
 	switch {
 	case o.ProbeFailed:
 		// Not alive yet: another base cool-off, the incident unchanged.
@@ -319,9 +354,9 @@ func (s *Cached) report(st *state, ns *NodeStats, o Outcome, picked bool) {
 		ns.failures++
 		ns.until, ns.ejected = now.Add(s.coolOff(ns.failures)), now
 	case !ns.until.IsZero():
-		return // ejected already: calls that were in flight together count once
+		return nil, false // ejected already: calls that were in flight together count once
 	case !ns.cleared.IsZero() && now.Add(-o.Latency).Before(ns.cleared):
-		return // picked before the node recovered: part of the old incident
+		return nil, false // picked before the node recovered: part of the old incident
 	default:
 		ns.failures++
 		ns.until, ns.ejected = now.Add(s.coolOff(ns.failures)), now
@@ -329,6 +364,11 @@ func (s *Cached) report(st *state, ns *NodeStats, o Outcome, picked bool) {
 	ns.bad.Store(true)
 	s.o.log.Debug("selector: node ejected", "node", ns.node.ID, "until", ns.until, "incidents", ns.failures, "err", o.Err)
 	s.republishLocked(st)
+	if ns.notified {
+		return nil, false
+	}
+	ns.notified = true
+	return ns.node, true
 }
 
 func (s *Cached) coolOff(incidents int) time.Duration {

@@ -35,7 +35,8 @@
 // registers again with new data starts afresh. The nodes left share the
 // ejected node's calls evenly. When every node is ejected, Next still
 // returns nodes rather than none. Picking never blocks and, without select
-// options, never allocates.
+// options, never allocates. OnEject reports ejections and their ends (package
+// otelbeacon counts them).
 package selector
 
 import (
@@ -104,6 +105,7 @@ type options struct {
 	protocols []string
 	log       *slog.Logger
 	now       func() time.Time
+	onEject   []func(service string, node *registry.Node, ejected bool)
 }
 
 // WithStrategy sets the default strategy (default LeastLoaded: see the
@@ -114,7 +116,9 @@ func WithStrategy(s Strategy) Option { return func(o *options) { o.strategy = s 
 // close) instead of creating its own.
 func WithCache(c *cache.Cache) Option { return func(o *options) { o.cache = c } }
 
-// WithCacheOptions passes options to the cache the selector creates.
+// WithCacheOptions passes options to the cache the selector creates (not
+// to one given with WithCache), e.g. cache.OnEvent and cache.OnError to
+// hear registry events and failures.
 func WithCacheOptions(opts ...cache.Option) Option {
 	return func(o *options) { o.cacheOpts = append(o.cacheOpts, opts...) }
 }
@@ -133,6 +137,30 @@ func WithProtocols(names ...string) Option { return func(o *options) { o.protoco
 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// OnEject adds f, called when a node of service is ejected (ejected true)
+// and when it no longer is (false): it answered again (its trial request
+// or a later call succeeded), Reset forgot its failures, it registered
+// again with new data, or it left the registry. It reports transitions: an
+// ejection is reported once however many incidents it lasts (a failed trial
+// request lengthens the cool-off without a new report), and each true is
+// followed by one false for the node once it is back or gone, so a count of
+// ejected nodes kept with +1 and -1 stays right (a selector closed with
+// nodes ejected never reports them back).
+//
+// f runs outside the selector's locks, in the goroutine of the call that
+// reported the outcome (through Pick.Done or Mark), of Reset, or of the
+// Select that saw a new snapshot; it must be safe for concurrent use and
+// must not block: it delays that call. Reports for one node may, in rare
+// races, arrive out of order. Picking never calls f, so Select and Next
+// cost nothing more with it. Package otelbeacon counts ejections with it.
+func OnEject(f func(service string, node *registry.Node, ejected bool)) Option {
+	return func(o *options) {
+		if f != nil {
+			o.onEject = append(o.onEject, f)
+		}
+	}
+}
 
 // WithClock replaces time.Now for ejection timing (tests).
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
@@ -157,6 +185,7 @@ func WithSelectStrategy(s Strategy) SelectOption { return func(o *SelectOptions)
 // state is the selector's per-service state. It outlives the cache entries
 // of its service: entry is replaced when the cache drops it.
 type state struct {
+	name    string
 	entry   atomic.Pointer[cache.Entry]
 	view    atomic.Pointer[view]
 	counter atomic.Uint64
@@ -278,7 +307,7 @@ func (s *Cached) add(ctx context.Context, service string) (*state, error) {
 	if st, ok := old[service]; ok {
 		return st, nil
 	}
-	st := &state{stats: map[string]*NodeStats{}}
+	st := &state{name: service, stats: map[string]*NodeStats{}}
 	st.entry.Store(e)
 	st.counter.Store(rand.Uint64N(1 << 16)) // clients do not all start on the same node
 	strategy := s.o.strategy
@@ -354,12 +383,25 @@ func (s *Cached) Reset(service string) {
 	if !ok {
 		return
 	}
+	var back []*registry.Node
 	st.mu.Lock()
 	for _, ns := range st.stats {
-		ns.heal(time.Time{})
+		if ns.heal(time.Time{}) {
+			back = append(back, ns.node)
+		}
 	}
 	s.republishLocked(st)
 	st.mu.Unlock()
+	s.notify(st.name, false, back...)
+}
+
+// notify calls the OnEject functions for nodes, outside the state's lock.
+func (s *Cached) notify(service string, ejected bool, nodes ...*registry.Node) {
+	for _, n := range nodes {
+		for _, f := range s.o.onEject {
+			f(service, n, ejected)
+		}
+	}
 }
 
 // Close implements Selector. It closes the cache the selector created.

@@ -360,6 +360,95 @@ func TestEjection(t *testing.T) {
 	}
 }
 
+// TestOnEject: the OnEject functions hear each ejection once, however many
+// incidents it lasts, and its end, whatever ends it (an answer, Reset, the
+// node leaving the registry), outside the selector's locks.
+func TestOnEject(t *testing.T) {
+	now := time.Unix(1000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	var evMu sync.Mutex
+	var events []string
+	var s *selector.Cached
+	hook := func(service string, n *registry.Node, ejected bool) {
+		s.Reset("other") // calling back into the selector does not deadlock
+		evMu.Lock()
+		defer evMu.Unlock()
+		events = append(events, fmt.Sprintf("%s/%s/%v", service, n.ID, ejected))
+	}
+	want := func(w ...string) {
+		t.Helper()
+		evMu.Lock()
+		defer evMu.Unlock()
+		if fmt.Sprint(events) != fmt.Sprint(w) {
+			t.Fatalf("events %v, want %v", events, w)
+		}
+		events = nil
+	}
+	r, s := setup(t, 3, selector.WithStrategy(selector.RoundRobin()), selector.WithClock(clock),
+		selector.WithEjection(time.Second, 8*time.Second), selector.OnEject(hook), selector.OnEject(nil))
+	ctx := context.Background()
+	next, err := s.Select(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := &registry.Node{ID: "n001"}
+	for range 3 { // one incident
+		s.Mark("greeter", dead, errors.New("refused"))
+	}
+	want("greeter/n001/true")
+	// Its trial request fails: a repeated incident, not a new ejection.
+	advance(1100 * time.Millisecond)
+	var probe selector.Pick
+	for range 10 {
+		p, err := next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Probe {
+			probe = p
+			break
+		}
+		p.Done(selector.Outcome{Skipped: true})
+	}
+	if probe.Node == nil || probe.Node.ID != "n001" {
+		t.Fatalf("no trial request for n001: %+v", probe)
+	}
+	probe.Done(selector.Outcome{Err: errors.New("refused again")})
+	want()
+	s.Mark("greeter", dead, nil)
+	want("greeter/n001/false")
+	s.Mark("greeter", dead, nil)
+	want()
+	s.Mark("greeter", &registry.Node{ID: "n002"}, errors.New("down"))
+	s.Reset("greeter")
+	want("greeter/n002/true", "greeter/n002/false")
+	// An ejected node that leaves the registry is no longer ejected.
+	s.Mark("greeter", &registry.Node{ID: "n000"}, errors.New("down"))
+	want("greeter/n000/true")
+	if err := r.Deregister(ctx, &registry.Service{Name: "greeter", Nodes: []*registry.Node{{ID: "n000"}}}); err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		if _, err := s.Select(ctx, "greeter"); err != nil {
+			return err
+		}
+		p, err := next()
+		if err != nil {
+			return err
+		}
+		p.Done(selector.Outcome{Skipped: true})
+		evMu.Lock()
+		defer evMu.Unlock()
+		if len(events) == 0 {
+			return errors.New("no report yet")
+		}
+		return nil
+	})
+	want("greeter/n000/false")
+}
+
 func TestClose(t *testing.T) {
 	_, s := setup(t, 1)
 	if _, err := s.Select(context.Background(), "greeter"); err != nil {
@@ -400,7 +489,8 @@ func strategies() []selector.Strategy {
 func TestSelectZeroAllocs(t *testing.T) {
 	for _, strat := range strategies() {
 		for _, n := range []int{3, 100} {
-			r, s := setup(t, n, selector.WithStrategy(strat))
+			var ejections atomic.Int32 // an OnEject function costs picking nothing
+			r, s := setup(t, n, selector.WithStrategy(strat), selector.OnEject(func(string, *registry.Node, bool) { ejections.Add(1) }))
 			ctx := context.Background()
 			if _, err := s.Select(ctx, "greeter"); err != nil {
 				t.Fatal(err)

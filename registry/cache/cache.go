@@ -94,6 +94,44 @@ func WithEmptyHold(d time.Duration) Option { return func(c *Cache) { c.emptyHold
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(c *Cache) { c.log = l } }
 
+// The operations OnError names.
+const (
+	// OpFetch: a full fetch of a service (GetService) failed: the first
+	// lookup, the resync after a watch opened, or a periodic refresh.
+	OpFetch = "fetch"
+	// OpWatch: opening a service's watch failed, or the watch ended with
+	// an error (the cache opens it again).
+	OpWatch = "watch"
+)
+
+// OnEvent adds f, called with each event the registry's watch of a cached
+// service delivers, before it is applied: the first ones (one Create per
+// node the registry has when the watch opens) included. It runs in the
+// goroutine that follows the service, so it must not block: it delays the
+// service's updates. It must be safe for concurrent use (services are
+// followed concurrently). Package otelbeacon counts events with it; give it
+// to a selector's cache with selector.WithCacheOptions.
+func OnEvent(f func(service string, t registry.EventType)) Option {
+	return func(c *Cache) {
+		if f != nil {
+			c.onEvent = append(c.onEvent, f)
+		}
+	}
+}
+
+// OnError adds f, called when the registry fails the cache: op is OpFetch
+// or OpWatch, err the registry's error (the cache's own shutdown is not
+// reported). The cache keeps serving the last nodes meanwhile. It runs in
+// the goroutine that follows the service or in a first lookup's, must be
+// safe for concurrent use and must not block.
+func OnError(f func(service, op string, err error)) Option {
+	return func(c *Cache) {
+		if f != nil {
+			c.onError = append(c.onError, f)
+		}
+	}
+}
+
 // Node is one node of a snapshot with the service version it belongs to.
 type Node struct {
 	*registry.Node
@@ -171,6 +209,8 @@ type Cache struct {
 	refresh      time.Duration
 	fetchTimeout time.Duration
 	emptyHold    time.Duration
+	onEvent      []func(service string, t registry.EventType)
+	onError      []func(service, op string, err error)
 
 	entries atomic.Pointer[map[string]*Entry] // copy on write
 	mu      sync.Mutex                        // serialises writers of entries
@@ -247,6 +287,9 @@ func (c *Cache) miss(ctx context.Context, name string) (*Entry, error) {
 		defer cancel()
 		svcs, err := c.reg.GetService(fctx, name)
 		if err != nil && !errors.Is(err, registry.ErrNotFound) {
+			if c.ctx.Err() == nil {
+				c.failed(name, OpFetch, err)
+			}
 			return nil, fmt.Errorf("cache: fetch %s: %w", name, err)
 		}
 		return c.add(name, registry.Flatten(svcs), time.Time{})
@@ -259,6 +302,13 @@ func (c *Cache) miss(ctx context.Context, name string) (*Entry, error) {
 		return res.Val.(*Entry), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// failed tells the OnError functions.
+func (c *Cache) failed(service, op string, err error) {
+	for _, f := range c.onError {
+		f(service, op, err)
 	}
 }
 
@@ -398,6 +448,9 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedA
 		if ev == nil {
 			return false
 		}
+		for _, f := range c.onEvent {
+			f(e.name, ev.Type)
+		}
 		if !ev.Timestamp.Equal(batch) {
 			batch, gone = ev.Timestamp, 0
 		}
@@ -427,6 +480,7 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedA
 				return
 			}
 			failed()
+			c.failed(e.name, OpWatch, err)
 			log.Warn("cache: watch failed; serving the last snapshot", "err", err, "retry_in", bo.Peek())
 			if !backoff.Sleep(ctx, bo.Next()) {
 				return
@@ -524,6 +578,7 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedA
 		case err := <-werr:
 			if ctx.Err() == nil {
 				failed()
+				c.failed(e.name, OpWatch, err)
 				log.Warn("cache: watch ended; serving the last snapshot and re-watching", "err", err, "retry_in", bo.Peek())
 			}
 		default:
@@ -546,6 +601,7 @@ func (c *Cache) fetch(ctx context.Context, name string, log *slog.Logger) (regis
 	case ctx.Err() != nil:
 		return nil, false
 	default:
+		c.failed(name, OpFetch, err)
 		log.Warn("cache: refresh failed; serving the last snapshot", "err", err)
 		return nil, false
 	}

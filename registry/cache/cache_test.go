@@ -497,3 +497,88 @@ func TestEmptyHoldBridgesARestart(t *testing.T) {
 		return nil
 	})
 }
+
+// hooks records what the OnEvent and OnError functions hear.
+type hooks struct {
+	mu     sync.Mutex
+	events map[string]int // "service/type"
+	errs   map[string]int // "service/op"
+}
+
+func (h *hooks) options() []cache.Option {
+	h.events, h.errs = map[string]int{}, map[string]int{}
+	return []cache.Option{
+		cache.OnEvent(func(service string, t registry.EventType) {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			h.events[service+"/"+t.String()]++
+		}),
+		cache.OnError(func(service, op string, err error) {
+			if err == nil {
+				panic("OnError without an error")
+			}
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			h.errs[service+"/"+op]++
+		}),
+		cache.OnEvent(nil), cache.OnError(nil),
+	}
+}
+
+// wait polls until cond holds for what the hooks heard.
+func (h *hooks) wait(t *testing.T, what string, cond func(events, errs map[string]int) bool) {
+	t.Helper()
+	registrytest.Eventually(t, 10*time.Second, func() error {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if !cond(h.events, h.errs) {
+			return fmt.Errorf("%s: events %v, errors %v", what, h.events, h.errs)
+		}
+		return nil
+	})
+}
+
+// TestHooks: OnEvent hears every event of a cached service's watch (the
+// first Create per node included), OnError every failed fetch and watch,
+// and nothing of the cache's own shutdown.
+func TestHooks(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	b := &broken{Registry: mem}
+	var h hooks
+	c := cache.New(b, append(h.options(), cache.WithRefreshInterval(time.Hour), cache.WithEmptyHold(0))...)
+	defer c.Close()
+	ctx := context.Background()
+	mem.Register(ctx, svc("a", "b"))
+	e, err := c.Entry(ctx, "greeter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.wait(t, "first creates", func(ev, _ map[string]int) bool { return ev["greeter/create"] == 2 })
+	mem.Register(ctx, svc("a", "b", "c")) // c appears
+	mem.Register(ctx, svc("b"))           // b moves to another address
+	mem.Deregister(ctx, svc("a"))
+	h.wait(t, "changes", func(ev, _ map[string]int) bool {
+		return ev["greeter/create"] == 3 && ev["greeter/update"] == 1 && ev["greeter/delete"] == 1
+	})
+	wantIDs(t, e, "[b c]")
+
+	b.down() // the open watch ends with an error; opening another fails
+	h.wait(t, "watch errors", func(_, errs map[string]int) bool { return errs["greeter/watch"] >= 2 })
+	if _, err := c.Entry(ctx, "other"); !errors.Is(err, errDown) {
+		t.Fatalf("lookup while down: %v", err)
+	}
+	h.wait(t, "fetch error", func(_, errs map[string]int) bool { return errs["other/fetch"] == 1 })
+	b.fail.Store(false)
+	b.flaky.Store(true) // the watch opens again, its resync fetch fails
+	h.wait(t, "resync error", func(_, errs map[string]int) bool { return errs["greeter/fetch"] >= 1 })
+	b.flaky.Store(false)
+	c.Close()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k := range h.errs {
+		if !strings.HasPrefix(k, "greeter/") && k != "other/fetch" {
+			t.Errorf("unexpected error report %s", k)
+		}
+	}
+}
