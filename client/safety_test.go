@@ -704,7 +704,17 @@ func TestPublishedIdempotentEndpointIsRetried(t *testing.T) {
 			t.Fatalf("endpoint %s metadata %v, want %v", ep.Name, ep.Metadata, want)
 		}
 	}
-	_, err := call(e, &HelloReq{Delay: time.Second}, client.WithRequestTimeout(50*time.Millisecond), client.WithRetries(1))
+	// Connect to both nodes first: under load a dial could outlast the
+	// attempt's timeout, which is a (not run) wait rather than the timeout
+	// after sending that this test is about.
+	for _, s := range e.servers {
+		if _, err := call(e, &HelloReq{}, client.WithAddress(s.Addr().String())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.greet[0].calls.Store(0)
+	e.greet[1].calls.Store(0)
+	_, err := call(e, &HelloReq{Delay: time.Second}, client.WithRequestTimeout(150*time.Millisecond), client.WithRetries(1))
 	var te *client.TransportError
 	if !errors.As(err, &te) || te.Op != "timeout" {
 		t.Fatalf("err = %v", err)
