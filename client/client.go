@@ -121,6 +121,7 @@ type options struct {
 	dial            DialFunc
 	codecs          *codec.Set
 	log             *slog.Logger
+	tls             *tlsSetup // nil: no TLS (tls.go)
 }
 
 // DialFunc opens a connection to a node, like net.Dialer.DialContext. It
@@ -478,6 +479,7 @@ func checkEndpoint(endpoint string) error {
 func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []string) (selector.Pick, error) {
 	var first, fresh selector.Pick
 	var foreign *registry.Node
+	var refused error // a node the client's TLS setup does not call (tls.go)
 	skip := func(p selector.Pick) {
 		if p.Done != nil {
 			p.Done(selector.Outcome{Skipped: true})
@@ -503,6 +505,11 @@ func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []st
 				p.Done(selector.Outcome{Skipped: true})
 			}
 			foreign = p.Node
+			continue
+		}
+		if err := c.o.tls.admit(p.Node); err != nil {
+			skip(p)
+			refused = err
 			continue
 		}
 		if p.Probe {
@@ -541,6 +548,9 @@ func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []st
 		p := first
 		first = selector.Pick{}
 		return p, nil
+	}
+	if refused != nil {
+		return selector.Pick{}, refused
 	}
 	if foreign != nil {
 		return selector.Pick{}, fmt.Errorf("%w: node %s at %s speaks %q, not %q (registry.MetaProtocol)", ErrProtocol,

@@ -124,6 +124,7 @@ type options struct {
 	frameTimeout         time.Duration
 	writeTimeout         time.Duration
 	noHTTP               bool
+	tls                  *tlsConfig // nil: plain TCP (tls.go)
 	codecs               *codec.Set
 	log                  *slog.Logger
 }
@@ -292,6 +293,9 @@ func New(opts ...Option) (*Server, error) {
 	if err := checkLimits(&o); err != nil {
 		return nil, err
 	}
+	if err := checkTLS(&o); err != nil {
+		return nil, err
+	}
 	s := &Server{o: o, handlers: map[string]*handler{}, conns: map[*conn]struct{}{}}
 	s.streams = o.maxStreams
 	if o.maxConcurrent > 0 {
@@ -428,6 +432,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if _, ok := md[registry.MetaProtocol]; !ok {
 		md[registry.MetaProtocol] = registry.ProtocolBeacon
 	}
+	s.advertiseTLS(md)
 	svc := &registry.Service{Name: s.o.name, Version: s.o.version, Nodes: []*registry.Node{{ID: s.o.id, Address: adv, Metadata: md}}}
 	for _, name := range slices.Sorted(maps.Keys(s.handlers)) {
 		svc.Endpoints = append(svc.Endpoints, s.handlers[name].endpoint)
@@ -642,7 +647,7 @@ func (s *Server) accept(ln net.Listener) {
 				continue
 			}
 		}
-		c := newConn(s, nc)
+		c := newConn(s, s.secure(nc))
 		s.conns[c] = struct{}{}
 		s.connWG.Add(1)
 		s.mu.Unlock()
@@ -672,8 +677,10 @@ func (s *Server) refuseConn(nc net.Conn) {
 	if n := s.refused.Add(1); n&(n-1) == 0 { // log the 1st, 2nd, 4th, 8th, ... refusal
 		s.o.log.Warn("server: connection limit reached; refusing connections", "remote", nc.RemoteAddr(), "limit", s.o.maxConns, "refused", n)
 	}
-	_ = nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	_, _ = nc.Write(wire.AppendGoAway(nil))
+	if s.o.tls == nil { // a TLS client would read the frame as a bad handshake
+		_ = nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		_, _ = nc.Write(wire.AppendGoAway(nil))
+	}
 	nc.Close()
 }
 
