@@ -186,6 +186,12 @@ func NewService(opts ...Option) (*Service, error) {
 	if help {
 		return nil, ErrHelp
 	}
+	// TLS flags (cmd/tls.go): after the options given in code, which they
+	// override.
+	tlsServer, tlsClient, err := cfg.TLS.Options(o.name != "", o.log)
+	if err != nil {
+		return nil, err
+	}
 	s := &Service{o: o, cfg: cfg}
 	// Explicit flags/env override code, code overrides defaults.
 	pick := func(flag string, code, fromFlags time.Duration) time.Duration {
@@ -235,7 +241,7 @@ func NewService(opts ...Option) (*Service, error) {
 		s.ownsSel = true
 	}
 	s.cli = client.New(s.sel, append([]client.Option{client.Retries(cfg.ClientRetries),
-		client.RequestTimeout(cfg.ClientRequestTimeout), client.Logger(o.log)}, o.clientOpts...)...)
+		client.RequestTimeout(cfg.ClientRequestTimeout), client.Logger(o.log)}, append(o.clientOpts, tlsClient...)...)...)
 	if o.name != "" {
 		sopts := []server.Option{server.Name(o.name), server.Version(o.version), server.Metadata(o.metadata),
 			server.Address(address), server.Registry(s.reg), server.RegisterTTL(ttl), server.RegisterInterval(interval),
@@ -243,7 +249,7 @@ func NewService(opts ...Option) (*Service, error) {
 		if o.advertise != "" {
 			sopts = append(sopts, server.Advertise(o.advertise))
 		}
-		if s.srv, err = server.New(append(sopts, o.serverOpts...)...); err != nil {
+		if s.srv, err = server.New(append(append(sopts, o.serverOpts...), tlsServer...)...); err != nil {
 			s.closeOwned()
 			return nil, err
 		}

@@ -97,6 +97,9 @@ type Config struct {
 	// RegistryEmptyHold is the selector cache's empty hold; unless set
 	// explicitly it is RegisterTTL.
 	RegistryEmptyHold time.Duration
+	// TLS holds the TLS flags (tls.go); TLS.Options turns them into
+	// server and client options.
+	TLS TLSConfig
 	// Set tells which settings were given explicitly (flag or env), by flag
 	// name; the others hold defaults.
 	Set map[string]bool
@@ -109,7 +112,7 @@ func envs(name string) []string {
 
 // Flags returns the standard flags. Each call returns new values.
 func Flags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: FlagRegistry, EnvVars: envs(FlagRegistry), Value: DefaultRegistry,
 			Usage: "service registry: " + strings.Join(RegistryNames(), ", ")},
 		&cli.StringFlag{Name: FlagRegistryAddress, EnvVars: envs(FlagRegistryAddress),
@@ -129,7 +132,7 @@ func Flags() []cli.Flag {
 		&cli.GenericFlag{Name: FlagRegistryEmptyHold, EnvVars: envs(FlagRegistryEmptyHold), Value: newDuration(server.DefaultRegisterTTL, server.MaxRegisterTTL),
 			DefaultText: "the register TTL",
 			Usage:       "how long the last nodes of a service keep serving when the registry may have restarted empty; 0: not at all (duration, or seconds)"},
-	}
+	}, tlsFlags()...)
 }
 
 // ConfigFrom reads the standard settings from a parsed context and checks
@@ -159,6 +162,9 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 	cfg.Set[FlagRegistryEmptyHold] = c.IsSet(FlagRegistryEmptyHold)
 	if !cfg.Set[FlagRegistryEmptyHold] {
 		cfg.RegistryEmptyHold = cfg.RegisterTTL
+	}
+	if err := tlsFrom(c, &cfg); err != nil {
+		return cfg, err
 	}
 	if _, ok := registries()[cfg.Registry]; !ok {
 		return cfg, fmt.Errorf("%w %q: valid registries are %s", ErrUnknownRegistry, cfg.Registry, strings.Join(RegistryNames(), ", "))
