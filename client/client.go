@@ -31,6 +31,10 @@
 // alone. Each connection carries at most as many requests as the node
 // advertises; past that the client opens another connection (up to
 // MaxConnsPerNode) rather than queue or be refused.
+//
+// With TLS (client.TLS) each connection does a TLS handshake after the
+// dial, within the dial timeout, and nodes are picked by whether they
+// advertise TLS (registry.MetaTLS); see TLS.
 package client
 
 import (

@@ -24,6 +24,10 @@
 // a timeout for a started request's bytes (FrameTimeout), and a write
 // timeout for a client that stops reading. The server's own refusals are
 // marked "not run" on the wire, distinct from a handler's answer.
+//
+// With TLS (server.TLS) every connection starts with a TLS handshake, run in
+// the connection's goroutine within the frame timeout, and the node
+// advertises registry.MetaTLS; see TLS.
 package server
 
 import (
