@@ -419,3 +419,23 @@ func TestTLSLargeConcurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Read deadlines do not break TLS: a connection idle past the server's idle
+// timeout is told to go away (a read timeout on both sides first), and the
+// next calls work; so do calls whose handler takes longer than the client's
+// probes of its read deadline.
+func TestTLSIdleAndSlow(t *testing.T) {
+	p := newPKI(t)
+	e := newEnv(t, 1, server.TLS(p.server(t, false)), server.IdleTimeout(50*time.Millisecond))
+	c := newTLSClient(t, e, client.TLS(p.client(t, tlsconfig.Files{CA: p.caFile})))
+	for i := range 3 {
+		if _, err := callWith(c); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	rsp := new(HelloRsp)
+	if err := c.Call(context.Background(), "greeter", "Greeter.Hello", &HelloReq{Name: "slow", Delay: 120 * time.Millisecond}, rsp); err != nil || rsp.Msg != "Hello slow" {
+		t.Fatalf("slow call: %v %+v", err, rsp)
+	}
+}
