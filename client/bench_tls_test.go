@@ -24,7 +24,9 @@ import (
 func benchTLS(b *testing.B, conc int) {
 	ca := testcert.NewCA(b, "bench CA")
 	cert := ca.Server(b, "bench").TLS(b)
-	srvCfg := func() *tls.Config { return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12} }
+	srvCfg := func() *tls.Config {
+		return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	cliCfg := func() *tls.Config { return &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12} }
 	b.Run(fmt.Sprintf("beacon-tls/c=%d", conc), func(b *testing.B) {
 		e := newEnv(b, 3, server.TLS(srvCfg()))
