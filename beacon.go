@@ -197,6 +197,12 @@ func NewService(opts ...Option) (*Service, error) {
 			return nil, err
 		}
 	}
+	// TLS flags (cmd/tls.go): after the options given in code, which they
+	// override.
+	tlsServer, tlsClient, err := cfg.TLS.Options(o.name != "", o.log)
+	if err != nil {
+		return nil, err
+	}
 	s := &Service{o: o, cfg: cfg}
 	// Explicit flags/env override code, code overrides defaults.
 	pick := func(flag string, code, fromFlags time.Duration) time.Duration {
@@ -250,7 +256,7 @@ func NewService(opts ...Option) (*Service, error) {
 	if debug { // one line per call and per attempt
 		copts = append(copts, client.WithInterceptors(middleware.ClientLog(o.log)), client.WithAttemptInterceptors(middleware.AttemptLog(o.log)))
 	}
-	s.cli = client.New(s.sel, append(copts, o.clientOpts...)...)
+	s.cli = client.New(s.sel, append(copts, append(o.clientOpts, tlsClient...)...)...)
 	if o.name != "" {
 		sopts := []server.Option{server.Name(o.name), server.Version(o.version), server.Metadata(o.metadata),
 			server.Address(address), server.Registry(s.reg), server.RegisterTTL(ttl), server.RegisterInterval(interval),
@@ -261,7 +267,7 @@ func NewService(opts ...Option) (*Service, error) {
 		if debug { // one line per request
 			sopts = append(sopts, server.WithInterceptors(middleware.ServerLog(o.log)))
 		}
-		if s.srv, err = server.New(append(sopts, o.serverOpts...)...); err != nil {
+		if s.srv, err = server.New(append(append(sopts, o.serverOpts...), tlsServer...)...); err != nil {
 			s.closeOwned()
 			return nil, err
 		}

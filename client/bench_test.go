@@ -25,7 +25,8 @@ var benchReq = &HelloReq{Name: "Ann"}
 func hello(req *HelloReq, rsp *HelloRsp) { rsp.Msg, rsp.Node = "Hello "+req.Name, "bench" }
 
 // BenchmarkCall compares a Beacon call by name with raw net/http and raw
-// grpc-go carrying the same JSON payload, at concurrency 1 and 64.
+// grpc-go carrying the same JSON payload, at concurrency 1 and 64, in
+// plaintext and with TLS (Beacon against grpc-go, bench_tls_test.go).
 // b.SetParallelism(32) on 2 CPUs gives 64 goroutines.
 func BenchmarkCall(b *testing.B) {
 	for _, conc := range []int{1, 64} {
@@ -87,6 +88,7 @@ func BenchmarkCall(b *testing.B) {
 				return cc.Invoke(ctx, "/bench.Greeter/Hello", benchReq, &rsp, grpc.ForceCodec(jsonCodec{}))
 			})
 		})
+		benchTLS(b, conc) // beacon-tls and grpc-tls (bench_tls_test.go)
 	}
 }
 

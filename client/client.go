@@ -31,6 +31,10 @@
 // alone. Each connection carries at most as many requests as the node
 // advertises; past that the client opens another connection (up to
 // MaxConnsPerNode) rather than queue or be refused.
+//
+// With TLS (client.TLS) each connection does a TLS handshake after the
+// dial, within the dial timeout, and nodes are picked by whether they
+// advertise TLS (registry.MetaTLS); see TLS.
 package client
 
 import (
@@ -126,6 +130,7 @@ type options struct {
 	interceptors        []Interceptor
 	attemptInterceptors []AttemptInterceptor
 	callers             map[string]transport.Caller
+	tls             *tlsSetup // nil: no TLS (tls.go)
 }
 
 // DialFunc opens a connection to a node, like net.Dialer.DialContext. It
@@ -547,6 +552,7 @@ func checkEndpoint(endpoint string) error {
 func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []string) (selector.Pick, error) {
 	var first, fresh selector.Pick
 	var foreign *registry.Node
+	var refused error // a node the client's TLS setup does not call (tls.go)
 	skip := func(p selector.Pick) {
 		if p.Done != nil {
 			p.Done(selector.Outcome{Skipped: true})
@@ -573,6 +579,12 @@ func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []st
 				p.Done(selector.Outcome{Skipped: true})
 			}
 			foreign = p.Node
+			continue
+		}
+		if err := c.o.tls.admit(p.Node); err != nil && c.callerFor(p.Node) == transport.Caller(c.wire) {
+			// TLS rules are the wire's; another Caller brings its own.
+			skip(p)
+			refused = err
 			continue
 		}
 		if p.Probe {
@@ -611,6 +623,9 @@ func (c *Client) pickUntried(ctx context.Context, next selector.Next, tried []st
 		p := first
 		first = selector.Pick{}
 		return p, nil
+	}
+	if refused != nil {
+		return selector.Pick{}, refused
 	}
 	if foreign != nil {
 		return selector.Pick{}, fmt.Errorf("%w: node %s at %s speaks %q, and the client has no caller for it (client.WithCaller)", ErrProtocol,

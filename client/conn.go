@@ -251,6 +251,9 @@ func (p *pool) handshake(ctx context.Context) (*conn, error) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	if nc, err = p.c.o.tls.client(ctx, nc, p.addr); err != nil { // TLS (tls.go)
+		return nil, err
+	}
 	if d, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(d)
 	}
@@ -274,7 +277,7 @@ func (p *pool) handshake(ctx context.Context) (*conn, error) {
 	}
 	if err != nil {
 		nc.Close()
-		return nil, err
+		return nil, p.c.o.tls.explain(p.addr, err, &f)
 	}
 	_ = nc.SetDeadline(time.Time{})
 	c := &conn{p: p, nc: nc, w: wire.NewWriter(nc, p.c.o.writeStall, p.c.goTracked), pending: map[uint64]*call{}, done: make(chan struct{})}

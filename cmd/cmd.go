@@ -100,6 +100,9 @@ type Config struct {
 	// LogLevel and LogFormat: see NewLogger.
 	LogLevel  slog.Level
 	LogFormat string
+	// TLS holds the TLS flags (tls.go); TLS.Options turns them into
+	// server and client options.
+	TLS TLSConfig
 	// Set tells which settings were given explicitly (flag or env), by flag
 	// name; the others hold defaults.
 	Set map[string]bool
@@ -132,7 +135,7 @@ func Flags() []cli.Flag {
 		&cli.GenericFlag{Name: FlagRegistryEmptyHold, EnvVars: envs(FlagRegistryEmptyHold), Value: newDuration(server.DefaultRegisterTTL, server.MaxRegisterTTL),
 			DefaultText: "the register TTL",
 			Usage:       "how long the last nodes of a service keep serving when the registry may have restarted empty; 0: not at all (duration, or seconds)"},
-	}, logFlags()...)
+	}, append(logFlags(), tlsFlags()...)...)
 }
 
 // ConfigFrom reads the standard settings from a parsed context and checks
@@ -170,6 +173,9 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 	cfg.Set[FlagRegistryEmptyHold] = c.IsSet(FlagRegistryEmptyHold)
 	if !cfg.Set[FlagRegistryEmptyHold] {
 		cfg.RegistryEmptyHold = cfg.RegisterTTL
+	}
+	if err := tlsFrom(c, &cfg); err != nil {
+		return cfg, err
 	}
 	if _, ok := registries()[cfg.Registry]; !ok {
 		return cfg, fmt.Errorf("%w %q: valid registries are %s", ErrUnknownRegistry, cfg.Registry, strings.Join(RegistryNames(), ", "))

@@ -72,6 +72,12 @@ const MetaProtocol = "protocol"
 // ProtocolBeacon is the MetaProtocol value of Beacon's wire.
 const ProtocolBeacon = "beacon"
 
+// MetaTLS is the node metadata key by which a Beacon server publishes that
+// it serves TLS only (value "true"; see server.TLS). Beacon's client calls
+// such a node only with a TLS config, and a client with a TLS config calls
+// only such nodes (unless client.AllowPlaintext).
+const MetaTLS = "tls"
+
 // MetaIdempotent is the endpoint metadata key by which a server publishes
 // that an endpoint may safely run more than once (value "true"): clients then
 // retry it on another node after failures after which it may have run.

@@ -78,6 +78,9 @@ func (c *conn) serve() {
 	defer c.s.connWG.Done()
 	defer c.s.removeConn(c)
 	defer c.close()
+	if !c.handshake() { // TLS (tls.go)
+		return
+	}
 	log := c.s.o.log
 	r := wire.NewReader(c.nc, c.s.o.maxMessage, wire.IdleTimeout(c.s.o.idleTimeout), wire.FrameTimeout(c.s.o.frameTimeout))
 	if err := r.ReadPreface(); err != nil {

@@ -24,6 +24,10 @@
 // a timeout for a started request's bytes (FrameTimeout), and a write
 // timeout for a client that stops reading. The server's own refusals are
 // marked "not run" on the wire, distinct from a handler's answer.
+//
+// With TLS (server.TLS) every connection starts with a TLS handshake, run in
+// the connection's goroutine within the frame timeout, and the node
+// advertises registry.MetaTLS; see TLS.
 package server
 
 import (
@@ -125,6 +129,7 @@ type options struct {
 	frameTimeout         time.Duration
 	writeTimeout         time.Duration
 	noHTTP               bool
+	tls                  *tlsConfig // nil: plain TCP (tls.go)
 	codecs               *codec.Set
 	log                  *slog.Logger
 	interceptors         []Interceptor
@@ -298,6 +303,9 @@ func New(opts ...Option) (*Server, error) {
 	if err := checkLimits(&o); err != nil {
 		return nil, err
 	}
+	if err := checkTLS(&o); err != nil {
+		return nil, err
+	}
 	s := &Server{o: o, handlers: map[string]*handler{}, conns: map[*conn]struct{}{}}
 	s.streams = o.maxStreams
 	if o.maxConcurrent > 0 {
@@ -445,6 +453,7 @@ func (s *Server) Start(ctx context.Context) error {
 			md[registry.MetaProtocol] = s.o.transportProto
 		}
 	}
+	s.advertiseTLS(md)
 	svc := &registry.Service{Name: s.o.name, Version: s.o.version, Nodes: []*registry.Node{{ID: s.o.id, Address: adv, Metadata: md}}}
 	for _, name := range slices.Sorted(maps.Keys(s.handlers)) {
 		svc.Endpoints = append(svc.Endpoints, s.handlers[name].endpoint)
@@ -675,7 +684,7 @@ func (s *Server) accept(ln net.Listener) {
 				continue
 			}
 		}
-		c := newConn(s, nc)
+		c := newConn(s, s.secure(nc))
 		s.conns[c] = struct{}{}
 		s.connWG.Add(1)
 		s.mu.Unlock()
@@ -705,8 +714,10 @@ func (s *Server) refuseConn(nc net.Conn) {
 	if n := s.refused.Add(1); n&(n-1) == 0 { // log the 1st, 2nd, 4th, 8th, ... refusal
 		s.o.log.Warn("server: connection limit reached; refusing connections", "remote", nc.RemoteAddr(), "limit", s.o.maxConns, "refused", n)
 	}
-	_ = nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	_, _ = nc.Write(wire.AppendGoAway(nil))
+	if s.o.tls == nil { // a TLS client would read the frame as a bad handshake
+		_ = nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		_, _ = nc.Write(wire.AppendGoAway(nil))
+	}
 	nc.Close()
 }
 

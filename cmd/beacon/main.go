@@ -199,7 +199,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 						defer s.Close()
 						sel = s
 					}
-					cl := client.New(sel, client.Retries(cfg.ClientRetries), client.RequestTimeout(cfg.ClientRequestTimeout), client.Logger(log))
+					_, tlsOpts, err := cfg.TLS.Options(false, log) // --tls_ca, --tls_cert, --tls_key
+					if err != nil {
+						return &exitError{code: 2, err: err}
+					}
+					cl := client.New(sel, append([]client.Option{client.Retries(cfg.ClientRetries), client.RequestTimeout(cfg.ClientRequestTimeout), client.Logger(log)}, tlsOpts...)...)
 					defer cl.Close()
 					cctx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
 					defer cancel()

@@ -164,6 +164,7 @@ func (w *Writer) flush(p []byte, deadline time.Time, done <-chan struct{}) error
 // and a stall timeout. It is not safe for concurrent use.
 type stream struct {
 	w     io.Writer
+	bw    BoundedWriter  // set: w applies the bounds itself (TLS; see tls.go)
 	dl    writeDeadliner // nil: the stream has no deadlines (and no bounds)
 	stall time.Duration
 	dlAt  time.Time // the write deadline set on the stream (zero: none)
@@ -171,6 +172,7 @@ type stream struct {
 
 func newStream(w io.Writer, stall time.Duration) stream {
 	s := stream{w: w, stall: stall}
+	s.bw, _ = w.(BoundedWriter)
 	s.dl, _ = w.(writeDeadliner)
 	if s.dl == nil {
 		s.stall = 0
@@ -186,6 +188,9 @@ func newStream(w io.Writer, stall time.Duration) stream {
 // and still ahead is kept when it is earlier than needed; a write it ends
 // early carries on after the checks below.
 func (s *stream) write(p []byte, deadline time.Time, done <-chan struct{}) (int, error) {
+	if s.bw != nil {
+		return s.bw.WriteBounded(p, deadline, s.stall, done)
+	}
 	var progress time.Time // when the write last moved (for the stall bound)
 	total := 0
 	for len(p) > 0 {
