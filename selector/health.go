@@ -148,14 +148,14 @@ func (s *Cached) viewOf(st *state, snap *cache.Snapshot) *view {
 		ns.node = n.Node
 		ns.weight.Store(int32(weightOf(n.Node)))
 		ns.foreign = false
-		if p := n.Metadata[registry.MetaProtocol]; p != "" && !slices.Contains(s.o.protocols, p) {
+		if p := n.Metadata[registry.MetaProtocol]; p != "" && !s.o.anyProto && !slices.Contains(s.o.protocols, p) {
 			ns.foreign = true
 		}
 		v.stats[i] = ns
 		live[n.ID] = true
 	}
 	for id := range st.stats {
-		if !live[id] {
+		if !live[id] && !st.keep {
 			delete(st.stats, id)
 		}
 	}
