@@ -42,7 +42,7 @@ type node struct {
 	addr  string
 	srv   *grpc.Server
 	calls atomic.Int64
-	delay atomic.Int64 // ns per call
+	delay atomic.Int64  // ns per call
 	code  atomic.Uint32 // status code Check returns (0: OK)
 
 	healthpb.UnimplementedHealthServer
