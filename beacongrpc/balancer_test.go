@@ -17,12 +17,12 @@ import (
 	"github.com/beacon-go/beacon/registry/memory"
 )
 
-// balancers are the policies every balancing test runs with: Beacon's and
+// lbPolicies are the policies every balancing test runs with: Beacon's and
 // grpc-go's own (which must work with the resolver). weighted_round_robin
 // is left out: importing it (it is not registered by default) pulls the
 // cncf/xds ORCA protos into go.mod; like round_robin it shards endpoints
 // into pick_first children, which is what the resolver feeds.
-var balancers = []string{beacongrpc.LeastLoaded, beacongrpc.RoundRobin, beacongrpc.Random, "round_robin"}
+var lbPolicies = []string{beacongrpc.LeastLoaded, beacongrpc.RoundRobin, beacongrpc.Random, "round_robin"}
 
 func TestRegisterBalancers(t *testing.T) {
 	var wg sync.WaitGroup
@@ -56,31 +56,31 @@ func TestBalancesAcrossThreeNodes(t *testing.T) {
 	defer mem.Close()
 	b := beacongrpc.NewBuilder(mem)
 	defer b.Close()
-	nodes := startNodes(t, "a", "b", "c")
-	register(t, mem, service("greeter", "1", nil, nodes...))
-	for _, lb := range balancers {
+	nodes := startLBNodes(t, "a", "b", "c")
+	lbRegister(t, mem, lbService("greeter", "1", nil, nodes...))
+	for _, lb := range lbPolicies {
 		t.Run(lb, func(t *testing.T) {
-			conn := dial(t, b, "beacon:///greeter", lb)
-			ctx := ctxT(t, 10*time.Second)
+			conn := lbDial(t, b, "beacon:///greeter", lb)
+			ctx := lbCtx(t, 10*time.Second)
 			// Until every connection is up, some policies use fewer nodes.
-			eventually(t, 5*time.Second, func() error {
-				counts(nodes...)
+			lbEventually(t, 5*time.Second, func() error {
+				lbCounts(nodes...)
 				for range 30 {
-					if err := check(ctx, conn); err != nil {
+					if err := lbCheck(ctx, conn); err != nil {
 						return err
 					}
 				}
-				for id, n := range counts(nodes...) {
+				for id, n := range lbCounts(nodes...) {
 					if n == 0 {
 						return fmt.Errorf("node %s got no call", id)
 					}
 				}
 				return nil
 			})
-			l := startLoad(conn, 4, 75)
+			l := startLBLoad(conn, 4, 75)
 			l.wg.Wait()
 			ok, fail, err := l.Stop()
-			got := counts(nodes...)
+			got := lbCounts(nodes...)
 			if fail != 0 || ok != 300 {
 				t.Fatalf("%d ok, %d failed: %v", ok, fail, err)
 			}
@@ -107,22 +107,22 @@ func TestNodesRemovedAndAddedUnderLoad(t *testing.T) {
 			defer mem.Close()
 			b := beacongrpc.NewBuilder(mem)
 			defer b.Close()
-			nodes := startNodes(t, "a", "b", "c")
-			d := startNode(t, "d")
+			nodes := startLBNodes(t, "a", "b", "c")
+			d := startLBNode(t, "d")
 			for _, n := range nodes {
-				register(t, mem, service("greeter", "1", nil, n))
+				lbRegister(t, mem, lbService("greeter", "1", nil, n))
 			}
-			conn := dial(t, b, "beacon:///greeter", lb)
-			if err := check(ctxT(t, 5*time.Second), conn, grpc.WaitForReady(true)); err != nil {
+			conn := lbDial(t, b, "beacon:///greeter", lb)
+			if err := lbCheck(lbCtx(t, 5*time.Second), conn, grpc.WaitForReady(true)); err != nil {
 				t.Fatal(err)
 			}
-			l := startLoad(conn, 8, 100000)
+			l := startLBLoad(conn, 8, 100000)
 			time.Sleep(100 * time.Millisecond)
 
 			// a leaves: deregistered, then stopped once its calls moved on.
-			deregister(t, mem, service("greeter", "1", nil, nodes[0]))
+			lbDeregister(t, mem, lbService("greeter", "1", nil, nodes[0]))
 			time.Sleep(100 * time.Millisecond)
-			counts(nodes[0])
+			lbCounts(nodes[0])
 			time.Sleep(100 * time.Millisecond)
 			if n := nodes[0].calls.Load(); n != 0 {
 				t.Errorf("a got %d calls after it was deregistered", n)
@@ -130,17 +130,17 @@ func TestNodesRemovedAndAddedUnderLoad(t *testing.T) {
 			nodes[0].srv.GracefulStop()
 
 			// d joins and gets calls.
-			register(t, mem, service("greeter", "1", nil, d))
-			eventually(t, 5*time.Second, func() error {
+			lbRegister(t, mem, lbService("greeter", "1", nil, d))
+			lbEventually(t, 5*time.Second, func() error {
 				if d.calls.Load() < 50 {
 					return fmt.Errorf("d got %d calls", d.calls.Load())
 				}
 				return nil
 			})
 			// b is replaced by a node at a new address under the same ID.
-			b2 := startNode(t, "b")
-			register(t, mem, service("greeter", "1", nil, b2))
-			eventually(t, 5*time.Second, func() error {
+			b2 := startLBNode(t, "b")
+			lbRegister(t, mem, lbService("greeter", "1", nil, b2))
+			lbEventually(t, 5*time.Second, func() error {
 				if b2.calls.Load() < 50 {
 					return fmt.Errorf("the new b got %d calls", b2.calls.Load())
 				}
@@ -165,31 +165,31 @@ func TestRegistryFailureKeepsCalling(t *testing.T) {
 		t.Run(lb, func(t *testing.T) {
 			mem := memory.New()
 			defer mem.Close()
-			f := &failing{Registry: mem}
+			f := &lbFailing{Registry: mem}
 			b := beacongrpc.NewBuilder(f, beacongrpc.WithCacheOptions(cache.WithRefreshInterval(20*time.Millisecond)))
 			defer b.Close()
-			nodes := startNodes(t, "a", "b", "c")
-			register(t, mem, service("greeter", "1", nil, nodes...))
-			conn := dial(t, b, "beacon:///greeter", lb)
-			if err := check(ctxT(t, 5*time.Second), conn, grpc.WaitForReady(true)); err != nil {
+			nodes := startLBNodes(t, "a", "b", "c")
+			lbRegister(t, mem, lbService("greeter", "1", nil, nodes...))
+			conn := lbDial(t, b, "beacon:///greeter", lb)
+			if err := lbCheck(lbCtx(t, 5*time.Second), conn, grpc.WaitForReady(true)); err != nil {
 				t.Fatal(err)
 			}
-			l := startLoad(conn, 4, 100000)
+			l := startLBLoad(conn, 4, 100000)
 			time.Sleep(50 * time.Millisecond)
 			f.fail()
 			fails := f.fails.Load()
-			eventually(t, 10*time.Second, func() error {
+			lbEventually(t, 10*time.Second, func() error {
 				if f.fails.Load() < fails+3 { // the cache's re-watches back off
 					return fmt.Errorf("%d failed registry calls", f.fails.Load()-fails)
 				}
 				return nil
 			})
-			counts(nodes...)
+			lbCounts(nodes...)
 			time.Sleep(200 * time.Millisecond)
-			got := counts(nodes...)
+			got := lbCounts(nodes...)
 			// A client made now resolves from the cache.
-			conn2 := dial(t, b, "beacon:///greeter", lb)
-			if err := check(ctxT(t, 5*time.Second), conn2); err != nil {
+			conn2 := lbDial(t, b, "beacon:///greeter", lb)
+			if err := lbCheck(lbCtx(t, 5*time.Second), conn2); err != nil {
 				t.Fatalf("new client while the registry fails: %v", err)
 			}
 			ok, fail, err := l.Stop()
@@ -212,13 +212,13 @@ func TestFiltersOverGRPC(t *testing.T) {
 	defer mem.Close()
 	b := beacongrpc.NewBuilder(mem)
 	defer b.Close()
-	n := startNodes(t, "old", "new-a", "new-b", "beacon")
-	register(t, mem, service("greeter", "1.0.0", map[string]string{"zone": "a"}, n[0]))
-	register(t, mem, service("greeter", "1.2.0", map[string]string{"zone": "a"}, n[1]))
-	register(t, mem, service("greeter", "1.2.0", map[string]string{"zone": "b"}, n[2]))
-	bcn := service("greeter", "1.2.0", nil, n[3])
+	n := startLBNodes(t, "old", "new-a", "new-b", "beacon")
+	lbRegister(t, mem, lbService("greeter", "1.0.0", map[string]string{"zone": "a"}, n[0]))
+	lbRegister(t, mem, lbService("greeter", "1.2.0", map[string]string{"zone": "a"}, n[1]))
+	lbRegister(t, mem, lbService("greeter", "1.2.0", map[string]string{"zone": "b"}, n[2]))
+	bcn := lbService("greeter", "1.2.0", nil, n[3])
 	bcn.Nodes[0].Metadata[registry.MetaProtocol] = registry.ProtocolBeacon
-	register(t, mem, bcn)
+	lbRegister(t, mem, bcn)
 	for _, tc := range []struct {
 		target string
 		want   []string
@@ -230,16 +230,16 @@ func TestFiltersOverGRPC(t *testing.T) {
 		{"beacon:///greeter?protocol=beacon", []string{"beacon"}},
 	} {
 		t.Run(tc.target, func(t *testing.T) {
-			conn := dial(t, b, tc.target, beacongrpc.RoundRobin)
-			ctx := ctxT(t, 10*time.Second)
-			counts(n...)
-			eventually(t, 5*time.Second, func() error {
+			conn := lbDial(t, b, tc.target, beacongrpc.RoundRobin)
+			ctx := lbCtx(t, 10*time.Second)
+			lbCounts(n...)
+			lbEventually(t, 5*time.Second, func() error {
 				for range 20 {
-					if err := check(ctx, conn, grpc.WaitForReady(true)); err != nil {
+					if err := lbCheck(ctx, conn, grpc.WaitForReady(true)); err != nil {
 						return err
 					}
 				}
-				got := counts(n...)
+				got := lbCounts(n...)
 				for _, id := range tc.want {
 					if got[id] == 0 {
 						return fmt.Errorf("%s got no call: %v", id, got)
@@ -267,19 +267,19 @@ func TestLeastLoadedAvoidsSlowNode(t *testing.T) {
 	defer mem.Close()
 	b := beacongrpc.NewBuilder(mem)
 	defer b.Close()
-	nodes := startNodes(t, "fast1", "fast2", "slow")
+	nodes := startLBNodes(t, "fast1", "fast2", "slow")
 	nodes[2].delay.Store(int64(100 * time.Millisecond))
-	register(t, mem, service("greeter", "1", nil, nodes...))
+	lbRegister(t, mem, lbService("greeter", "1", nil, nodes...))
 	for _, lb := range []string{beacongrpc.LeastLoaded, beacongrpc.RoundRobin} {
-		conn := dial(t, b, "beacon:///greeter", lb)
-		if err := check(ctxT(t, 5*time.Second), conn, grpc.WaitForReady(true)); err != nil {
+		conn := lbDial(t, b, "beacon:///greeter", lb)
+		if err := lbCheck(lbCtx(t, 5*time.Second), conn, grpc.WaitForReady(true)); err != nil {
 			t.Fatal(err)
 		}
-		counts(nodes...)
-		l := startLoad(conn, 4, 150)
+		lbCounts(nodes...)
+		l := startLBLoad(conn, 4, 150)
 		l.wg.Wait()
 		ok, fail, err := l.Stop()
-		got := counts(nodes...)
+		got := lbCounts(nodes...)
 		if fail != 0 {
 			t.Fatalf("%s: %d failed: %v", lb, fail, err)
 		}
@@ -306,26 +306,26 @@ func TestUnavailableEjectsAppErrorsDoNot(t *testing.T) {
 	defer mem.Close()
 	b := beacongrpc.NewBuilder(mem)
 	defer b.Close()
-	nodes := startNodes(t, "ok", "unavailable", "notfound")
+	nodes := startLBNodes(t, "ok", "unavailable", "notfound")
 	nodes[1].code.Store(uint32(codes.Unavailable))
 	nodes[2].code.Store(uint32(codes.NotFound))
-	register(t, mem, service("greeter", "1", nil, nodes...))
-	conn := dial(t, b, "beacon:///greeter", beacongrpc.RoundRobin)
-	ctx := ctxT(t, 10*time.Second)
+	lbRegister(t, mem, lbService("greeter", "1", nil, nodes...))
+	conn := lbDial(t, b, "beacon:///greeter", beacongrpc.RoundRobin)
+	ctx := lbCtx(t, 10*time.Second)
 	// Every connection up first (round-robin over fewer nodes otherwise).
-	eventually(t, 5*time.Second, func() error {
-		check(ctx, conn)
+	lbEventually(t, 5*time.Second, func() error {
+		lbCheck(ctx, conn)
 		if nodes[0].calls.Load() == 0 || nodes[1].calls.Load() == 0 || nodes[2].calls.Load() == 0 {
 			return fmt.Errorf("waiting for every node: %v", []int64{nodes[0].calls.Load(), nodes[1].calls.Load(), nodes[2].calls.Load()})
 		}
 		return nil
 	})
-	counts(nodes...)
+	lbCounts(nodes...)
 	codesSeen := map[codes.Code]int{}
 	for range 300 {
-		codesSeen[status.Code(check(ctx, conn))]++
+		codesSeen[status.Code(lbCheck(ctx, conn))]++
 	}
-	got := counts(nodes...)
+	got := lbCounts(nodes...)
 	if got["unavailable"] > 3 {
 		t.Errorf("a node answering Unavailable got %d of 300 calls (not ejected): %v", got["unavailable"], got)
 	}
@@ -343,19 +343,19 @@ func TestScaleToZeroFailsFast(t *testing.T) {
 	defer mem.Close()
 	b := beacongrpc.NewBuilder(mem)
 	defer b.Close()
-	n := startNode(t, "a")
-	s := service("greeter", "1", nil, n)
-	register(t, mem, s)
+	n := startLBNode(t, "a")
+	s := lbService("greeter", "1", nil, n)
+	lbRegister(t, mem, s)
 	for _, lb := range []string{beacongrpc.LeastLoaded, "round_robin", ""} {
-		register(t, mem, s)
-		conn := dial(t, b, "beacon:///greeter", lb)
-		if err := check(ctxT(t, 5*time.Second), conn, grpc.WaitForReady(true)); err != nil {
+		lbRegister(t, mem, s)
+		conn := lbDial(t, b, "beacon:///greeter", lb)
+		if err := lbCheck(lbCtx(t, 5*time.Second), conn, grpc.WaitForReady(true)); err != nil {
 			t.Fatal(err)
 		}
-		deregister(t, mem, s)
-		eventually(t, 5*time.Second, func() error {
+		lbDeregister(t, mem, s)
+		lbEventually(t, 5*time.Second, func() error {
 			start := time.Now()
-			err := check(ctxT(t, 5*time.Second), conn)
+			err := lbCheck(lbCtx(t, 5*time.Second), conn)
 			if status.Code(err) != codes.Unavailable {
 				return fmt.Errorf("%q: call after scale to zero: %v", lb, err)
 			}

@@ -23,38 +23,38 @@ import (
 	"github.com/beacon-go/beacon/registry/memory"
 )
 
-// fakeCC records what a resolver reports.
-type fakeCC struct {
+// lbFakeCC records what a resolver reports.
+type lbFakeCC struct {
 	mu     sync.Mutex
 	states []resolver.State
 	errs   []error
 }
 
-func (f *fakeCC) UpdateState(s resolver.State) error {
+func (f *lbFakeCC) UpdateState(s resolver.State) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.states = append(f.states, s)
 	return nil
 }
 
-func (f *fakeCC) ReportError(err error) {
+func (f *lbFakeCC) ReportError(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.errs = append(f.errs, err)
 }
 
-func (f *fakeCC) NewAddress([]resolver.Address) {}
+func (f *lbFakeCC) NewAddress([]resolver.Address) {}
 
-func (f *fakeCC) ParseServiceConfig(string) *serviceconfig.ParseResult { return nil }
+func (f *lbFakeCC) ParseServiceConfig(string) *serviceconfig.ParseResult { return nil }
 
-func (f *fakeCC) snapshot() ([]resolver.State, []error) {
+func (f *lbFakeCC) snapshot() ([]resolver.State, []error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.states), slices.Clone(f.errs)
 }
 
 // lastIDs returns the node IDs of the last state (sorted), or "none".
-func (f *fakeCC) lastIDs() string {
+func (f *lbFakeCC) lastIDs() string {
 	states, _ := f.snapshot()
 	if len(states) == 0 {
 		return "none"
@@ -71,9 +71,9 @@ func (f *fakeCC) lastIDs() string {
 	return fmt.Sprint(ids)
 }
 
-func (f *fakeCC) wantIDs(t *testing.T, want string) {
+func (f *lbFakeCC) wantIDs(t *testing.T, want string) {
 	t.Helper()
-	eventually(t, 5*time.Second, func() error {
+	lbEventually(t, 5*time.Second, func() error {
 		if got := f.lastIDs(); got != want {
 			return fmt.Errorf("last state %s, want %s", got, want)
 		}
@@ -81,7 +81,7 @@ func (f *fakeCC) wantIDs(t *testing.T, want string) {
 	})
 }
 
-func target(t testing.TB, s string) resolver.Target {
+func lbTarget(t testing.TB, s string) resolver.Target {
 	t.Helper()
 	u, err := url.Parse(s)
 	if err != nil {
@@ -90,10 +90,10 @@ func target(t testing.TB, s string) resolver.Target {
 	return resolver.Target{URL: *u}
 }
 
-func build(t *testing.T, b *beacongrpc.Builder, tg string) *fakeCC {
+func lbBuild(t *testing.T, b *beacongrpc.Builder, tg string) *lbFakeCC {
 	t.Helper()
-	cc := &fakeCC{}
-	r, err := b.Build(target(t, tg), cc, resolver.BuildOptions{})
+	cc := &lbFakeCC{}
+	r, err := b.Build(lbTarget(t, tg), cc, resolver.BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func build(t *testing.T, b *beacongrpc.Builder, tg string) *fakeCC {
 }
 
 // fake registry records (no server behind them) for resolver-only tests.
-func rec(name, version string, ids ...string) *registry.Service {
+func lbRec(name, version string, ids ...string) *registry.Service {
 	s := &registry.Service{Name: name, Version: version}
 	for i, id := range ids {
 		md := map[string]string{registry.MetaProtocol: registry.ProtocolGRPC, "zone": "a"}
@@ -138,7 +138,7 @@ func TestParseTarget(t *testing.T) {
 		{in: "beacon:///", err: "invalid"},
 		{in: "beacon:///greeter?version=%zz", err: "invalid URL escape"},
 	} {
-		tg, err := beacongrpc.ParseTarget(target(t, tc.in))
+		tg, err := beacongrpc.ParseTarget(lbTarget(t, tc.in))
 		switch {
 		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
 			t.Errorf("%s: error %v, want one with %q", tc.in, err, tc.err)
@@ -153,7 +153,7 @@ func TestParseTarget(t *testing.T) {
 	defer mem.Close()
 	b := beacongrpc.NewBuilder(mem)
 	defer b.Close()
-	if _, err := b.Build(target(t, "beacon:///greeter?x=1"), &fakeCC{}, resolver.BuildOptions{}); err == nil {
+	if _, err := b.Build(lbTarget(t, "beacon:///greeter?x=1"), &lbFakeCC{}, resolver.BuildOptions{}); err == nil {
 		t.Fatal("Build accepted an unknown query key")
 	}
 }
@@ -166,14 +166,14 @@ func TestResolverFollowsTheRegistry(t *testing.T) {
 	defer mem.Close()
 	b := beacongrpc.NewBuilder(mem, beacongrpc.WithCacheOptions(cache.WithEmptyHold(0)))
 	defer b.Close()
-	register(t, mem, rec("greeter", "1.0.0", "a", "b", "bcn1", "none1"))
-	register(t, mem, rec("greeter", "1.2.0", "c", "d"))
+	lbRegister(t, mem, lbRec("greeter", "1.0.0", "a", "b", "bcn1", "none1"))
+	lbRegister(t, mem, lbRec("greeter", "1.2.0", "c", "d"))
 
-	all := build(t, b, "beacon:///greeter")
-	v12 := build(t, b, "beacon:///greeter?version=1.2.0")
-	zoneA := build(t, b, "beacon:///greeter?md.zone=a")
-	anyP := build(t, b, "beacon:///greeter?protocol=any")
-	bcn := build(t, b, "beacon:///greeter?protocol=beacon")
+	all := lbBuild(t, b, "beacon:///greeter")
+	v12 := lbBuild(t, b, "beacon:///greeter?version=1.2.0")
+	zoneA := lbBuild(t, b, "beacon:///greeter?md.zone=a")
+	anyP := lbBuild(t, b, "beacon:///greeter?protocol=any")
+	bcn := lbBuild(t, b, "beacon:///greeter?protocol=beacon")
 	all.wantIDs(t, "[a b c d]")
 	v12.wantIDs(t, "[c d]")
 	zoneA.wantIDs(t, "[a c]") // a, c are first of their versions: zone a
@@ -204,24 +204,24 @@ func TestResolverFollowsTheRegistry(t *testing.T) {
 	}
 
 	// Changes.
-	register(t, mem, rec("greeter", "1.2.0", "c", "d", "e"))
+	lbRegister(t, mem, lbRec("greeter", "1.2.0", "c", "d", "e"))
 	all.wantIDs(t, "[a b c d e]")
 	v12.wantIDs(t, "[c d e]")
-	deregister(t, mem, rec("greeter", "1.2.0", "c"))
+	lbDeregister(t, mem, lbRec("greeter", "1.2.0", "c"))
 	v12.wantIDs(t, "[d e]")
 	// A change that a target does not see pushes nothing to it.
 	n := len(func() []resolver.State { s, _ := bcn.snapshot(); return s }())
-	register(t, mem, rec("greeter", "1.2.0", "c"))
+	lbRegister(t, mem, lbRec("greeter", "1.2.0", "c"))
 	all.wantIDs(t, "[a b c d e]")
 	if s, _ := bcn.snapshot(); len(s) != n {
 		t.Fatal("a change of other nodes pushed a state")
 	}
 	// The nodes of a target leave one by one: an empty state and an error.
-	deregister(t, mem, rec("greeter", "1.2.0", "c"))
-	deregister(t, mem, rec("greeter", "1.2.0", "d"))
-	deregister(t, mem, rec("greeter", "1.2.0", "e"))
+	lbDeregister(t, mem, lbRec("greeter", "1.2.0", "c"))
+	lbDeregister(t, mem, lbRec("greeter", "1.2.0", "d"))
+	lbDeregister(t, mem, lbRec("greeter", "1.2.0", "e"))
 	v12.wantIDs(t, "[]")
-	eventually(t, 5*time.Second, func() error {
+	lbEventually(t, 5*time.Second, func() error {
 		_, errs := v12.snapshot()
 		if len(errs) == 0 || !strings.Contains(errs[0].Error(), "no node that passes the filters") {
 			return fmt.Errorf("errors %v", errs)
@@ -237,26 +237,26 @@ func TestResolverFollowsTheRegistry(t *testing.T) {
 func TestResolverNeverEmptiesOnRegistryFailure(t *testing.T) {
 	mem := memory.New()
 	defer mem.Close()
-	f := &failing{Registry: mem}
+	f := &lbFailing{Registry: mem}
 	b := beacongrpc.NewBuilder(f, beacongrpc.WithCacheOptions(cache.WithRefreshInterval(20*time.Millisecond)))
 	defer b.Close()
-	register(t, mem, rec("greeter", "1", "a", "b"))
-	cc := build(t, b, "beacon:///greeter")
+	lbRegister(t, mem, lbRec("greeter", "1", "a", "b"))
+	cc := lbBuild(t, b, "beacon:///greeter")
 	cc.wantIDs(t, "[a b]")
 
 	f.fail()
-	deregister(t, mem, rec("greeter", "1", "a", "b")) // unheard while failing
+	lbDeregister(t, mem, lbRec("greeter", "1", "a", "b")) // unheard while lbFailing
 	fails := f.fails.Load()
-	eventually(t, 10*time.Second, func() error {
+	lbEventually(t, 10*time.Second, func() error {
 		if f.fails.Load() < fails+5 {
 			return errors.New("waiting for failed refreshes")
 		}
 		return nil
 	})
 	// A new target's first lookup fails: reported, then retried.
-	other := build(t, b, "beacon:///other")
-	eventually(t, 5*time.Second, func() error {
-		if _, errs := other.snapshot(); len(errs) == 0 || !strings.Contains(errs[0].Error(), errDown.Error()) {
+	other := lbBuild(t, b, "beacon:///other")
+	lbEventually(t, 5*time.Second, func() error {
+		if _, errs := other.snapshot(); len(errs) == 0 || !strings.Contains(errs[0].Error(), errLBDown.Error()) {
 			return fmt.Errorf("errors %v", errs)
 		}
 		return nil
@@ -271,11 +271,11 @@ func TestResolverNeverEmptiesOnRegistryFailure(t *testing.T) {
 		}
 	}
 	if got := cc.lastIDs(); got != "[a b]" {
-		t.Fatalf("state while failing %s", got)
+		t.Fatalf("state while lbFailing %s", got)
 	}
 	// Back: news flows again.
-	register(t, mem, rec("greeter", "1", "c"))
-	register(t, mem, rec("other", "1", "x"))
+	lbRegister(t, mem, lbRec("greeter", "1", "c"))
+	lbRegister(t, mem, lbRec("other", "1", "x"))
 	f.down.Store(false)
 	cc.wantIDs(t, "[c]")
 	other.wantIDs(t, "[x]")
@@ -289,23 +289,23 @@ func TestResolverNotFoundThenAppears(t *testing.T) {
 	defer mem.Close()
 	b := beacongrpc.NewBuilder(mem)
 	defer b.Close()
-	cc := build(t, b, "beacon:///greeter")
-	eventually(t, 5*time.Second, func() error {
+	cc := lbBuild(t, b, "beacon:///greeter")
+	lbEventually(t, 5*time.Second, func() error {
 		if _, errs := cc.snapshot(); len(errs) == 0 || !strings.Contains(errs[0].Error(), "not found") {
 			return fmt.Errorf("errors %v", errs)
 		}
 		return nil
 	})
-	conn := dial(t, b, "beacon:///greeter", beacongrpc.LeastLoaded)
-	err := check(ctxT(t, 5*time.Second), conn)
+	conn := lbDial(t, b, "beacon:///greeter", beacongrpc.LeastLoaded)
+	err := lbCheck(lbCtx(t, 5*time.Second), conn)
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("call to an unknown service: %v", err)
 	}
-	n := startNode(t, "a")
+	n := startLBNode(t, "a")
 	done := make(chan error, 1)
-	go func() { done <- check(ctxT(t, 10*time.Second), conn, grpc.WaitForReady(true)) }()
+	go func() { done <- lbCheck(lbCtx(t, 10*time.Second), conn, grpc.WaitForReady(true)) }()
 	time.Sleep(50 * time.Millisecond)
-	register(t, mem, service("greeter", "1", nil, n))
+	lbRegister(t, mem, lbService("greeter", "1", nil, n))
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -323,10 +323,10 @@ func TestBuilderFromCache(t *testing.T) {
 	if b.Scheme() != "reg2" || b.Cache() != c {
 		t.Fatal("options not applied")
 	}
-	n := startNode(t, "a")
-	register(t, mem, service("greeter", "1", nil, n))
-	conn := dial(t, b, "reg2:///greeter", "")
-	if err := check(ctxT(t, 5*time.Second), conn); err != nil {
+	n := startLBNode(t, "a")
+	lbRegister(t, mem, lbService("greeter", "1", nil, n))
+	conn := lbDial(t, b, "reg2:///greeter", "")
+	if err := lbCheck(lbCtx(t, 5*time.Second), conn); err != nil {
 		t.Fatal(err)
 	}
 	b.Close()

@@ -37,7 +37,7 @@ func TestMain(m *testing.M) {
 
 // node is one gRPC server of a test: the standard health service, whose
 // Check counts calls and can be made slow or fail.
-type node struct {
+type lbNode struct {
 	id    string
 	addr  string
 	srv   *grpc.Server
@@ -48,7 +48,7 @@ type node struct {
 	healthpb.UnimplementedHealthServer
 }
 
-func (n *node) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+func (n *lbNode) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	n.calls.Add(1)
 	if d := time.Duration(n.delay.Load()); d > 0 {
 		t := time.NewTimer(d)
@@ -67,13 +67,13 @@ func (n *node) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*heal
 
 // startNode starts a gRPC server on a kernel-chosen loopback port; it is
 // stopped at cleanup.
-func startNode(t testing.TB, id string) *node {
+func startLBNode(t testing.TB, id string) *lbNode {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{id: id, addr: lis.Addr().String(), srv: grpc.NewServer()}
+	n := &lbNode{id: id, addr: lis.Addr().String(), srv: grpc.NewServer()}
 	healthpb.RegisterHealthServer(n.srv, n)
 	done := make(chan struct{})
 	go func() {
@@ -87,17 +87,17 @@ func startNode(t testing.TB, id string) *node {
 	return n
 }
 
-func startNodes(t testing.TB, ids ...string) []*node {
-	var out []*node
+func startLBNodes(t testing.TB, ids ...string) []*lbNode {
+	var out []*lbNode
 	for _, id := range ids {
-		out = append(out, startNode(t, id))
+		out = append(out, startLBNode(t, id))
 	}
 	return out
 }
 
 // service is the registry record of nodes (registered by hand, as a gRPC
 // server would: protocol grpc), with extra metadata as key, value pairs.
-func service(name, version string, md map[string]string, nodes ...*node) *registry.Service {
+func lbService(name, version string, md map[string]string, nodes ...*lbNode) *registry.Service {
 	s := &registry.Service{Name: name, Version: version}
 	for _, n := range nodes {
 		m := map[string]string{registry.MetaProtocol: registry.ProtocolGRPC}
@@ -107,14 +107,14 @@ func service(name, version string, md map[string]string, nodes ...*node) *regist
 	return s
 }
 
-func register(t testing.TB, r registry.Registry, s *registry.Service) {
+func lbRegister(t testing.TB, r registry.Registry, s *registry.Service) {
 	t.Helper()
 	if err := r.Register(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func deregister(t testing.TB, r registry.Registry, s *registry.Service) {
+func lbDeregister(t testing.TB, r registry.Registry, s *registry.Service) {
 	t.Helper()
 	if err := r.Deregister(context.Background(), s); err != nil {
 		t.Fatal(err)
@@ -124,7 +124,7 @@ func deregister(t testing.TB, r registry.Registry, s *registry.Service) {
 // dial makes a client of target through b; lb names the balancer ("" for
 // grpc-go's default, pick_first). Only loopback IP literals are dialled, and
 // never through a proxy.
-func dial(t testing.TB, b *beacongrpc.Builder, target, lb string, opts ...grpc.DialOption) *grpc.ClientConn {
+func lbDial(t testing.TB, b *beacongrpc.Builder, target, lb string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	all := []grpc.DialOption{grpc.WithResolvers(b), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithNoProxy()}
 	if lb != "" {
@@ -138,19 +138,19 @@ func dial(t testing.TB, b *beacongrpc.Builder, target, lb string, opts ...grpc.D
 	return conn
 }
 
-func check(ctx context.Context, conn *grpc.ClientConn, opts ...grpc.CallOption) error {
+func lbCheck(ctx context.Context, conn *grpc.ClientConn, opts ...grpc.CallOption) error {
 	_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, opts...)
 	return err
 }
 
-func ctxT(t testing.TB, d time.Duration) context.Context {
+func lbCtx(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-// eventually polls cond until it returns nil, failing after wait.
-func eventually(t testing.TB, wait time.Duration, cond func() error) {
+// eventually polls cond until it returns nil, lbFailing after wait.
+func lbEventually(t testing.TB, wait time.Duration, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(wait)
 	for {
@@ -166,7 +166,7 @@ func eventually(t testing.TB, wait time.Duration, cond func() error) {
 }
 
 // counts returns each node's calls since the last reset and resets them.
-func counts(nodes ...*node) map[string]int64 {
+func lbCounts(nodes ...*lbNode) map[string]int64 {
 	m := map[string]int64{}
 	for _, n := range nodes {
 		m[n.id] = n.calls.Swap(0)
@@ -176,7 +176,7 @@ func counts(nodes ...*node) map[string]int64 {
 
 // load runs workers that call conn until stop is closed (bounded: at most
 // max calls each, and a deadline per call); it counts calls and failures.
-type load struct {
+type lbLoad struct {
 	wg       sync.WaitGroup
 	stop     chan struct{}
 	ok, fail atomic.Int64
@@ -184,8 +184,8 @@ type load struct {
 	errs     []error
 }
 
-func startLoad(conn *grpc.ClientConn, workers, max int, opts ...grpc.CallOption) *load {
-	l := &load{stop: make(chan struct{})}
+func startLBLoad(conn *grpc.ClientConn, workers, max int, opts ...grpc.CallOption) *lbLoad {
+	l := &lbLoad{stop: make(chan struct{})}
 	for range workers {
 		l.wg.Add(1)
 		go func() {
@@ -197,7 +197,7 @@ func startLoad(conn *grpc.ClientConn, workers, max int, opts ...grpc.CallOption)
 				default:
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				err := check(ctx, conn, opts...)
+				err := lbCheck(ctx, conn, opts...)
 				cancel()
 				if err != nil {
 					l.fail.Add(1)
@@ -215,7 +215,7 @@ func startLoad(conn *grpc.ClientConn, workers, max int, opts ...grpc.CallOption)
 	return l
 }
 
-func (l *load) Stop() (ok, fail int64, err error) {
+func (l *lbLoad) Stop() (ok, fail int64, err error) {
 	close(l.stop)
 	l.wg.Wait()
 	l.mu.Lock()
@@ -223,9 +223,9 @@ func (l *load) Stop() (ok, fail int64, err error) {
 	return l.ok.Load(), l.fail.Load(), errors.Join(l.errs...)
 }
 
-// failing wraps a registry that can be made to fail: GetService and Watch
+// lbFailing wraps a registry that can be made to fail: GetService and Watch
 // return errors and the open watches end.
-type failing struct {
+type lbFailing struct {
 	registry.Registry
 	down atomic.Bool
 	mu   sync.Mutex
@@ -234,9 +234,9 @@ type failing struct {
 	fails atomic.Int64
 }
 
-var errDown = errors.New("registry down (test)")
+var errLBDown = errors.New("registry down (test)")
 
-func (f *failing) fail() {
+func (f *lbFailing) fail() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.down.Store(true)
@@ -246,20 +246,20 @@ func (f *failing) fail() {
 	f.ws = nil
 }
 
-func (f *failing) GetService(ctx context.Context, name string, o ...registry.GetOption) ([]*registry.Service, error) {
+func (f *lbFailing) GetService(ctx context.Context, name string, o ...registry.GetOption) ([]*registry.Service, error) {
 	if f.down.Load() {
 		f.fails.Add(1)
-		return nil, errDown
+		return nil, errLBDown
 	}
 	return f.Registry.GetService(ctx, name, o...)
 }
 
-func (f *failing) Watch(ctx context.Context, o ...registry.WatchOption) (registry.Watcher, error) {
+func (f *lbFailing) Watch(ctx context.Context, o ...registry.WatchOption) (registry.Watcher, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down.Load() {
 		f.fails.Add(1)
-		return nil, errDown
+		return nil, errLBDown
 	}
 	w, err := f.Registry.Watch(ctx, o...)
 	if err == nil {
