@@ -141,3 +141,28 @@ func TestSetPickZeroAllocs(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkSetPick: one Pick and its Done, the cost a gRPC balancer's pick
+// adds to a call (besides grpc-go's own pick_first child).
+func BenchmarkSetPick(b *testing.B) {
+	for _, strategy := range strategies() {
+		s := selector.NewSet(selector.WithStrategy(strategy))
+		s.Update(setNodes("a", "b", "c"))
+		b.Run(strategy.String(), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				p, _ := s.Pick()
+				p.Done(selector.Outcome{Latency: time.Millisecond})
+			}
+		})
+		b.Run(strategy.String()+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					p, _ := s.Pick()
+					p.Done(selector.Outcome{Latency: time.Millisecond})
+				}
+			})
+		})
+	}
+}
