@@ -130,7 +130,7 @@ type options struct {
 	interceptors        []Interceptor
 	attemptInterceptors []AttemptInterceptor
 	callers             map[string]transport.Caller
-	tls             *tlsSetup // nil: no TLS (tls.go)
+	tls                 *tlsSetup // nil: no TLS (tls.go)
 }
 
 // DialFunc opens a connection to a node, like net.Dialer.DialContext. It

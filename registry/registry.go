@@ -78,6 +78,10 @@ const ProtocolBeacon = "beacon"
 // only such nodes (unless client.AllowPlaintext).
 const MetaTLS = "tls"
 
+// ProtocolGRPC is the MetaProtocol value of gRPC servers (go-micro's value
+// too); package beacongrpc resolves only nodes that publish it by default.
+const ProtocolGRPC = "grpc"
+
 // MetaIdempotent is the endpoint metadata key by which a server publishes
 // that an endpoint may safely run more than once (value "true"): clients then
 // retry it on another node after failures after which it may have run.

@@ -160,14 +160,14 @@ func (s *Cached) buildLocked(st *state, snap *cache.Snapshot) (cur *view, back [
 		ns.node = n.Node
 		ns.weight.Store(int32(weightOf(n.Node)))
 		ns.foreign = false
-		if p := n.Metadata[registry.MetaProtocol]; p != "" && !slices.Contains(s.o.protocols, p) {
+		if p := n.Metadata[registry.MetaProtocol]; p != "" && !s.o.anyProto && !slices.Contains(s.o.protocols, p) {
 			ns.foreign = true
 		}
 		v.stats[i] = ns
 		live[n.ID] = true
 	}
 	for id, ns := range st.stats {
-		if !live[id] {
+		if !live[id] && !st.keep {
 			if ns.notified {
 				ns.notified = false
 				back = append(back, ns.node)

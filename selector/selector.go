@@ -103,6 +103,7 @@ type options struct {
 	ejectBase time.Duration
 	ejectMax  time.Duration
 	protocols []string
+	anyProto  bool // a Set: the owner chose its nodes
 	log       *slog.Logger
 	now       func() time.Time
 	onEject   []func(service string, node *registry.Node, ejected bool)
@@ -186,7 +187,9 @@ func WithSelectStrategy(s Strategy) SelectOption { return func(o *SelectOptions)
 // of its service: entry is replaced when the cache drops it.
 type state struct {
 	name    string
-	entry   atomic.Pointer[cache.Entry]
+	entry   atomic.Pointer[cache.Entry]    // nil in a Set
+	own     atomic.Pointer[cache.Snapshot] // a Set's nodes
+	keep    bool                           // a Set: stats outlive absences until Retain
 	view    atomic.Pointer[view]
 	counter atomic.Uint64
 	mu      sync.Mutex
@@ -321,6 +324,14 @@ func (s *Cached) add(ctx context.Context, service string) (*state, error) {
 	return st, nil
 }
 
+// snapshot returns the nodes st picks from: its cache entry's, or a Set's.
+func (st *state) snapshot() *cache.Snapshot {
+	if e := st.entry.Load(); e != nil {
+		return e.Snapshot()
+	}
+	return st.own.Load()
+}
+
 // renew replaces old, the dropped cache entry of st, with a live one and
 // returns its snapshot.
 func (s *Cached) renew(ctx context.Context, st *state, old *cache.Entry) (*cache.Snapshot, error) {
@@ -343,7 +354,7 @@ func (s *Cached) renew(ctx context.Context, st *state, old *cache.Entry) (*cache
 func (s *Cached) pick(st *state, strategy Strategy, v *view) (Pick, error) {
 	all := v == nil // a filtered view takes no probe: the node may not pass
 	if all {
-		v = s.viewOf(st, st.entry.Load().Snapshot())
+		v = s.viewOf(st, st.snapshot())
 	}
 	if len(v.nodes) == 0 {
 		return Pick{}, ErrNoneAvailable
@@ -368,7 +379,7 @@ func (s *Cached) Mark(service string, node *registry.Node, err error) {
 	if !ok || node == nil {
 		return
 	}
-	s.viewOf(st, st.entry.Load().Snapshot()) // the node's stats exist once a view does
+	s.viewOf(st, st.snapshot()) // the node's stats exist once a view does
 	st.mu.Lock()
 	ns := st.stats[node.ID]
 	st.mu.Unlock()

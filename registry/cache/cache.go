@@ -45,7 +45,19 @@
 // its last snapshot and says that it was dropped (Entry.Load,
 // Entry.Dropped): a holder of entries, such as the selector, looks the name
 // up again (Cache.Renew) rather than serve nodes that no longer follow the
-// registry. Close stops every watch.
+// registry. An entry with a subscriber (see below) is never dropped. Close
+// stops every watch.
+//
+// # Subscriptions
+//
+// Cache.Subscribe hands a consumer (a gRPC resolver, say) a service's
+// current snapshot and then each new one: the same snapshots that Entry and
+// GetService serve, so a registry failure never delivers an empty list, and
+// news of no nodes is held as described above. Deliveries never block the
+// cache: each subscription runs its callback on a goroutine of its own, one
+// call at a time, and when snapshots come faster than the callback returns
+// it gets the latest one next (intermediate ones are skipped, never
+// queued).
 package cache
 
 import (
@@ -166,6 +178,46 @@ type Entry struct {
 	state atomic.Int32 // entryIdle, entryUsed or entryDropped
 	stop  context.CancelFunc
 	done  chan struct{}
+
+	nsubs atomic.Int32 // subscribers; an entry that has some is never dropped
+	subMu sync.Mutex
+	subs  map[chan struct{}]struct{} // each subscriber's wake-up (capacity 1)
+}
+
+// store publishes s and wakes the entry's subscribers without waiting for
+// any of them.
+func (e *Entry) store(s *Snapshot) {
+	e.snap.Store(s)
+	if e.nsubs.Load() == 0 {
+		return
+	}
+	e.subMu.Lock()
+	for wake := range e.subs {
+		select {
+		case wake <- struct{}{}:
+		default: // already woken: it reads the latest snapshot anyway
+		}
+	}
+	e.subMu.Unlock()
+}
+
+func (e *Entry) subscribe(wake chan struct{}) {
+	e.subMu.Lock()
+	if e.subs == nil {
+		e.subs = map[chan struct{}]struct{}{}
+	}
+	e.subs[wake] = struct{}{}
+	e.nsubs.Add(1)
+	e.subMu.Unlock()
+}
+
+func (e *Entry) unsubscribe(wake chan struct{}) {
+	e.subMu.Lock()
+	if _, ok := e.subs[wake]; ok {
+		delete(e.subs, wake)
+		e.nsubs.Add(-1)
+	}
+	e.subMu.Unlock()
 }
 
 // Entry states.
@@ -369,9 +421,97 @@ func (c *Cache) GetService(ctx context.Context, name string) ([]*registry.Servic
 	return s.Services, nil
 }
 
-// Close stops every watch and waits for the cache's goroutines. Lookups
-// after Close fail with ErrClosed; entries already handed out keep their
-// last snapshot.
+// Subscribe calls f with the current snapshot of the service name, then with
+// every new snapshot of it, until cancel is called, ctx is done or the cache
+// is closed.
+//
+// It looks the service up like Entry: it blocks only on a miss (a registry
+// fetch bounded by ctx), and when that fails it returns the error and
+// subscribes nothing. A service the registry does not know yet is
+// subscribed to all the same: f first gets its empty snapshot, then its
+// nodes when they appear.
+//
+// f runs on a goroutine of the subscription (never on the caller's), one
+// call at a time, with snapshots in the order the cache made them. The
+// cache never waits for f: snapshots that arrive while f runs are
+// coalesced, and f next gets the latest one, so a slow f skips intermediate
+// states but always ends on the current one. f never gets the same snapshot
+// twice in a row. The snapshots are those that Entry and GetService serve,
+// with the same guarantees (a registry failure never brings an empty one;
+// see the package doc); they are shared and read-only.
+//
+// While subscribed, the service's entry is kept live (never dropped as
+// idle) and watched.
+//
+// cancel ends the subscription and waits for a call of f in progress to
+// return; after it returns f is not called again. It is idempotent and safe
+// to call from any goroutine but f's own (from f, cancel ctx instead: that
+// ends the subscription without waiting). Close ends every subscription and
+// waits for their calls of f in progress to return, so f must not wait for
+// Close.
+func (c *Cache) Subscribe(ctx context.Context, name string, f func(*Snapshot)) (cancel func(), err error) {
+	wake := make(chan struct{}, 1)
+	var e *Entry
+	for {
+		if e, err = c.Entry(ctx, name); err != nil {
+			return nil, err
+		}
+		e.subscribe(wake)
+		// Reading the entry marks it used, so a refresh tick that did not
+		// see the subscriber cannot drop it any more; if the drop came
+		// first, the name is looked up again.
+		if _, live := e.Load(); live {
+			break
+		}
+		e.unsubscribe(wake)
+	}
+	c.mu.Lock()
+	if c.closed.Load() {
+		c.mu.Unlock()
+		e.unsubscribe(wake)
+		return nil, ErrClosed
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer c.wg.Done()
+		defer close(done)
+		defer e.unsubscribe(wake)
+		var last *Snapshot
+		for {
+			if s := e.snap.Load(); s != last {
+				last = s
+				f(s)
+			}
+			select {
+			case <-wake:
+				select {
+				case <-stop: // canceled meanwhile: no further call
+					return
+				default:
+				}
+			case <-stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-c.ctx.Done():
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(stop) })
+		<-done
+	}, nil
+}
+
+// Close stops every watch and subscription and waits for the cache's
+// goroutines, and for the subscriptions' calls in progress. Lookups after
+// Close fail with ErrClosed; entries already handed out keep their last
+// snapshot.
 func (c *Cache) Close() error {
 	c.mu.Lock()
 	if c.closed.Swap(true) {
@@ -434,7 +574,7 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedA
 			hold.Stop()
 			holdC = nil
 		}
-		e.snap.Store(build(set))
+		e.store(build(set))
 	}
 
 	// The events of one registry change carry one Timestamp (backends
@@ -544,10 +684,13 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedA
 				holdC = nil
 				if len(set) == 0 {
 					log.Info("cache: no nodes after the hold; the service is gone")
-					e.snap.Store(build(set))
+					e.store(build(set))
 				}
 			case <-refresh.C:
-				if e.state.CompareAndSwap(entryUsed, entryIdle) {
+				if e.nsubs.Load() > 0 || e.state.CompareAndSwap(entryUsed, entryIdle) {
+					// Subscribed, or read since the last tick. (A subscriber
+					// that arrives after this check reads the entry, which
+					// marks it used, before it relies on it: see Subscribe.)
 					idle = 0
 				} else if idle++; idle >= 2 && lastFetchOK && c.drop(e) {
 					log.Debug("cache: dropping idle entry")

@@ -1,0 +1,5 @@
+//go:build race
+
+package beacongrpc_test
+
+const raceEnabled = true
