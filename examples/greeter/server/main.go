@@ -1,12 +1,12 @@
 // Command server runs one greeter node. Flags and environment choose the
 // registry (default mdns), e.g. `server --registry etcd --registry_address
-// 127.0.0.1:2379`; --node names the node in answers.
+// 127.0.0.1:2379`; --node names the node in answers; --log_level debug logs
+// one line per request.
 package main
 
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 
 	"github.com/urfave/cli/v2"
@@ -18,12 +18,10 @@ import (
 )
 
 func main() {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	g := &greeter.Greeter{}
 	svc, err := beacon.NewService(
 		beacon.Name("greeter"),
 		beacon.Version("1.0.0"),
-		beacon.Logger(log),
 		beacon.Flags(&cli.StringFlag{Name: "node", EnvVars: []string{"GREETER_NODE"}, Usage: "node name shown in answers"},
 			&cli.DurationFlag{Name: "delay", Usage: "answer each call after this delay (to watch load balancing)"}),
 		beacon.Action(func(c *cmd.Context) error {
