@@ -72,6 +72,10 @@ const MetaProtocol = "protocol"
 // ProtocolBeacon is the MetaProtocol value of Beacon's wire.
 const ProtocolBeacon = "beacon"
 
+// ProtocolGRPC is the MetaProtocol value of gRPC nodes (go-micro's grpc
+// servers, and grpc-go servers registered by package beacongrpc).
+const ProtocolGRPC = "grpc"
+
 // MetaIdempotent is the endpoint metadata key by which a server publishes
 // that an endpoint may safely run more than once (value "true"): clients then
 // retry it on another node after failures after which it may have run.
