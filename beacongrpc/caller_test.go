@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
 
 	"github.com/beacon-go/beacon/beacongrpc"
 	"github.com/beacon-go/beacon/client"

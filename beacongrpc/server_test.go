@@ -55,7 +55,7 @@ func TestRegistration(t *testing.T) {
 	}
 	want := map[string]string{
 		"helloworld.Greeter.Chat":     "map[grpc_method:/helloworld.Greeter/Chat grpc_stream:bidi]",
-		"helloworld.Greeter.Lookup":   "map[grpc_method:/helloworld.Greeter/Lookup idempotent:true]", // from idempotency_level
+		"helloworld.Greeter.Lookup":   "map[grpc_method:/helloworld.Greeter/Lookup idempotent:true]",   // from idempotency_level
 		"helloworld.Greeter.SayHello": "map[grpc_method:/helloworld.Greeter/SayHello idempotent:true]", // from the option
 	}
 	for _, e := range s.Endpoints {
