@@ -34,9 +34,9 @@ var errUnknownSymbol = errors.New("beacongrpc: unknown to the node's reflection"
 // each ask); what they learn is kept until the connection is closed.
 type reflCache struct {
 	mu       sync.Mutex
-	none     bool     // the node does not serve reflection
-	services []string // nil: not listed yet
-	files    *protoregistry.Files
+	none     bool                    // the node does not serve reflection
+	services []string                // nil: not listed yet
+	files    *protoregistry.Files    // never changed once set: replaced
 	methods  map[string]*methodTypes // by full method
 }
 
@@ -210,13 +210,24 @@ func (r *reflCache) fetch(ctx context.Context, cc grpc.ClientConnInterface, symb
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.files == nil {
-		r.files = new(protoregistry.Files)
+	// Copy on write: a Files is read without the lock (lookups, and the
+	// dynamicpb types of the methods found), so the new files go into a
+	// new one that replaces it.
+	next := new(protoregistry.Files)
+	if r.files != nil {
+		var err error
+		r.files.RangeFiles(func(f protoreflect.FileDescriptor) bool {
+			err = next.RegisterFile(f)
+			return err == nil
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	// Build the files in dependency order; a dependency the node did not
 	// send (it sent it before, or lacks it) is looked up among those known,
 	// then among the program's own (protoregistry.GlobalFiles).
-	res := resolver{r.files}
+	res := resolver{next}
 	var build func(name string, depth int) error
 	build = func(name string, depth int) error {
 		fd, ok := got[name]
@@ -224,7 +235,7 @@ func (r *reflCache) fetch(ctx context.Context, cc grpc.ClientConnInterface, symb
 			return nil
 		}
 		delete(got, name)
-		if _, err := r.files.FindFileByPath(name); err == nil {
+		if _, err := next.FindFileByPath(name); err == nil {
 			return nil
 		}
 		if depth > 100 {
@@ -239,7 +250,7 @@ func (r *reflCache) fetch(ctx context.Context, cc grpc.ClientConnInterface, symb
 		if err != nil {
 			return fmt.Errorf("beacongrpc: reflection: file %s: %w", name, err)
 		}
-		return r.files.RegisterFile(f)
+		return next.RegisterFile(f)
 	}
 	for len(got) > 0 {
 		var name string
@@ -250,7 +261,8 @@ func (r *reflCache) fetch(ctx context.Context, cc grpc.ClientConnInterface, symb
 			return nil, err
 		}
 	}
-	return r.files, nil
+	r.files = next
+	return next, nil
 }
 
 // resolver finds files among those learnt, then the program's own.

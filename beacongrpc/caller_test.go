@@ -156,6 +156,28 @@ func TestReflectionTranslation(t *testing.T) {
 	if err := cl.Call(ctx, "greeter", "helloworld.Greeter.Nope", map[string]any{}, new(map[string]any)); status.Code(err) != status.NotFound {
 		t.Fatalf("unknown method: %v", err)
 	}
+	// Concurrent first calls on a fresh Caller: each may ask the node's
+	// reflection; all succeed (and -race checks the cache).
+	fresh, _ := newClient(t, reg, []beacongrpc.CallerOption{beacongrpc.WithReflection()})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := range 16 {
+		wg.Go(func() {
+			ep := "helloworld.Greeter.SayHello"
+			if i%2 == 1 {
+				ep = "Greeter.Lookup"
+			}
+			var js map[string]any
+			if err := fresh.Call(ctx, "greeter", ep, map[string]any{"name": "Ann"}, &js); err != nil || js["message"] != "Hello Ann" {
+				errs <- fmt.Errorf("%s: %v %v", ep, js, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 	// Protobuf calls are sent as they are.
 	rsp := reply()
 	if err := cl.Call(ctx, "greeter", "helloworld.Greeter.SayHello", hello("Bo"), rsp); err != nil || message(rsp) != "Hello Bo" {

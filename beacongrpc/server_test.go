@@ -95,6 +95,44 @@ func TestRegistration(t *testing.T) {
 	}
 }
 
+// TestServe: Serve blocks until Stop has finished, and returns nil.
+func TestServe(t *testing.T) {
+	setup(t)
+	reg := memory.New()
+	defer reg.Close()
+	ctx := ctxT(t)
+	gs := grpc.NewServer()
+	s, err := beacongrpc.NewServer(gs, reg, beacongrpc.Name("empty"), beacongrpc.Logger(quiet), beacongrpc.DrainGrace(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	registrytest.Eventually(t, 5*time.Second, func() error {
+		_, err := reg.GetService(ctx, "empty")
+		return err
+	})
+	if got := s.Service(); got == nil || len(got.Endpoints) != 0 || got.Nodes[0].Address != ln.Addr().String() || s.Addr().String() != ln.Addr().String() {
+		t.Fatalf("service %+v (a server of the health service only publishes no endpoint)", got)
+	}
+	start := time.Now()
+	go s.Stop(ctx)
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	// Serve returned after the deregistration and the drain grace.
+	if _, err := reg.GetService(ctx, "empty"); !errors.Is(err, registry.ErrNotFound) || time.Since(start) < 100*time.Millisecond {
+		t.Fatalf("Serve returned after %v, registry: %v", time.Since(start), err)
+	}
+	if err := s.Start(ctx, ln); !errors.Is(err, beacongrpc.ErrRunning) {
+		t.Fatalf("Start after Stop: %v", err)
+	}
+}
+
 // TestServerOptions: invalid options and misuse fail with errors that say
 // what is wrong.
 func TestServerOptions(t *testing.T) {
