@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -101,5 +102,86 @@ func BenchmarkCallGRPC(b *testing.B) {
 				})
 			})
 		}
+	}
+}
+
+// BenchmarkCallGRPCInterleaved makes the same calls as BenchmarkCallGRPC,
+// alternating a call by name through Beacon and a plain grpc-go call with a
+// deadline in every goroutine, so that both see the same load of the
+// machine (figures from a shared machine stay comparable); it reports the
+// mean latency of each kind (beacon-µs, grpc-µs) and, at concurrency c,
+// the time per call of each kind as throughput (latency / c).
+//
+//	go test -run X -bench CallGRPCInterleaved -benchtime 3s ./beacongrpc
+func BenchmarkCallGRPCInterleaved(b *testing.B) {
+	setup(b)
+	reg := memory.New()
+	defer reg.Close()
+	n := startNode(b, reg, "bench")
+	cl, _ := newClient(b, reg, nil)
+	cc, err := grpc.NewClient("passthrough:///"+n.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Close()
+	req := wrapperspb.String("Ann")
+	calls := [2]func() error{
+		func() error {
+			rsp := new(wrapperspb.StringValue)
+			return cl.Call(context.Background(), "greeter", "helloworld.Greeter.SayHello", req, rsp)
+		},
+		func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return cc.Invoke(ctx, grpctest.SayHello, req, new(wrapperspb.StringValue))
+		},
+	}
+	for _, c := range []int{1, 64} {
+		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) {
+			for _, call := range calls {
+				if err := call(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var mu sync.Mutex
+			var total [2]time.Duration
+			var count [2]int
+			work := func(next func() bool) {
+				var sum [2]time.Duration
+				var cnt [2]int
+				for i := 0; next(); i++ {
+					k := i % 2
+					start := time.Now()
+					if err := calls[k](); err != nil {
+						b.Error(err)
+						return
+					}
+					sum[k] += time.Since(start)
+					cnt[k]++
+				}
+				mu.Lock()
+				for k := range 2 {
+					total[k] += sum[k]
+					count[k] += cnt[k]
+				}
+				mu.Unlock()
+			}
+			if c == 1 {
+				work(b.Loop)
+			} else {
+				b.SetParallelism(max(1, c/runtime.GOMAXPROCS(0)))
+				b.RunParallel(func(pb *testing.PB) { work(pb.Next) })
+			}
+			for k, name := range []string{"beacon", "grpc"} {
+				if count[k] == 0 {
+					continue
+				}
+				lat := total[k] / time.Duration(count[k])
+				b.ReportMetric(float64(lat.Nanoseconds())/1e3, name+"-µs")
+				if c > 1 {
+					b.ReportMetric(float64(lat.Nanoseconds())/1e3/float64(c), name+"-µs/call")
+				}
+			}
+		})
 	}
 }
