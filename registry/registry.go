@@ -72,8 +72,8 @@ const MetaProtocol = "protocol"
 // ProtocolBeacon is the MetaProtocol value of Beacon's wire.
 const ProtocolBeacon = "beacon"
 
-// ProtocolGRPC is the MetaProtocol value of gRPC nodes (go-micro's grpc
-// servers, and grpc-go servers registered by package beacongrpc).
+// ProtocolGRPC is the MetaProtocol value of gRPC servers (go-micro's value
+// too); package beacongrpc resolves only nodes that publish it by default.
 const ProtocolGRPC = "grpc"
 
 // MetaIdempotent is the endpoint metadata key by which a server publishes
