@@ -227,7 +227,7 @@ func (r *reflCache) fetch(ctx context.Context, cc grpc.ClientConnInterface, symb
 	// Build the files in dependency order; a dependency the node did not
 	// send (it sent it before, or lacks it) is looked up among those known,
 	// then among the program's own (protoregistry.GlobalFiles).
-	res := resolver{next}
+	res := fileResolver{next}
 	var build func(name string, depth int) error
 	build = func(name string, depth int) error {
 		fd, ok := got[name]
@@ -265,17 +265,17 @@ func (r *reflCache) fetch(ctx context.Context, cc grpc.ClientConnInterface, symb
 	return next, nil
 }
 
-// resolver finds files among those learnt, then the program's own.
-type resolver struct{ files *protoregistry.Files }
+// fileResolver finds files among those learnt, then the program's own.
+type fileResolver struct{ files *protoregistry.Files }
 
-func (r resolver) FindFileByPath(path string) (protoreflect.FileDescriptor, error) {
+func (r fileResolver) FindFileByPath(path string) (protoreflect.FileDescriptor, error) {
 	if f, err := r.files.FindFileByPath(path); err == nil {
 		return f, nil
 	}
 	return protoregistry.GlobalFiles.FindFileByPath(path)
 }
 
-func (r resolver) FindDescriptorByName(name protoreflect.FullName) (protoreflect.Descriptor, error) {
+func (r fileResolver) FindDescriptorByName(name protoreflect.FullName) (protoreflect.Descriptor, error) {
 	if d, err := r.files.FindDescriptorByName(name); err == nil {
 		return d, nil
 	}
