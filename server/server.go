@@ -32,8 +32,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,18 +44,19 @@ import (
 	"time"
 
 	"github.com/beacon-go/beacon/codec"
-	"github.com/beacon-go/beacon/internal/backoff"
 	"github.com/beacon-go/beacon/internal/wire"
 	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/registrar"
 	"github.com/beacon-go/beacon/transport"
 )
 
-// Defaults, the one place they are defined; flags and docs read them here.
+// Defaults, the one place they are defined (the registration's are
+// package registrar's); flags and docs read them here.
 const (
 	DefaultAddress          = ":0"
-	DefaultRegisterTTL      = 15 * time.Second
-	DefaultRegisterInterval = 5 * time.Second
-	DefaultDrainGrace       = time.Second
+	DefaultRegisterTTL      = registrar.DefaultTTL
+	DefaultRegisterInterval = registrar.DefaultInterval
+	DefaultDrainGrace       = registrar.DefaultDrainGrace
 	DefaultShutdownTimeout  = 10 * time.Second
 	DefaultMaxMessageSize   = wire.DefaultMaxFrame
 )
@@ -92,9 +91,9 @@ const (
 )
 
 // MaxRegisterTTL bounds the register TTL, and so the register interval,
-// which must be below the TTL. It is the one place the bound is defined:
-// New enforces it, and flags and docs read it here.
-const MaxRegisterTTL = 24 * time.Hour
+// which must be below the TTL (registrar.MaxTTL): New enforces it, and
+// flags and docs read it here.
+const MaxRegisterTTL = registrar.MaxTTL
 
 // Errors.
 var (
@@ -255,8 +254,7 @@ type Server struct {
 
 	baseCtx    context.Context
 	cancelBase context.CancelCauseFunc
-	hbCancel   context.CancelFunc
-	hbDone     chan struct{}
+	rg         *registrar.Registrar // nil: no registry
 	acceptDone chan struct{}
 }
 
@@ -290,9 +288,7 @@ func New(opts ...Option) (*Server, error) {
 		return nil, fmt.Errorf("%w (interval %v, TTL %v)", ErrBadInterval, o.interval, o.ttl)
 	}
 	if o.id == "" {
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		o.id = o.name + "-" + hex.EncodeToString(b[:])
+		o.id = registrar.NewID(o.name)
 	}
 	if err := registry.ValidateNodeID("server id", o.id); err != nil {
 		return nil, err
@@ -479,8 +475,12 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 
 	if s.o.reg != nil {
-		err := s.o.reg.Register(ctx, svc, registry.RegisterTTL(s.o.ttl))
-		if errors.Is(err, registry.ErrInvalid) {
+		rg, err := registrar.New(s.o.reg, svc, registrar.TTL(s.o.ttl), registrar.Interval(s.o.interval),
+			registrar.DrainGrace(s.o.drainGrace), registrar.Logger(s.o.log), registrar.LogPrefix("server"))
+		if err == nil {
+			err = rg.Start(ctx) // logs a failure other than invalid input; the heartbeat retries
+		}
+		if err != nil {
 			s.state = stateStopped
 			ln.Close()
 			<-s.acceptDone
@@ -489,14 +489,7 @@ func (s *Server) Start(ctx context.Context) error {
 			}
 			return err
 		}
-		if err != nil {
-			s.o.log.Error("server: register failed; the heartbeat will retry", "service", s.o.name, "node", s.o.id, "err", err)
-		} else {
-			s.o.log.Info("server: registered", "service", s.o.name, "version", s.o.version, "node", s.o.id, "address", adv, "registry", s.o.reg.String())
-		}
-		hctx, cancel := context.WithCancel(context.Background())
-		s.hbCancel, s.hbDone = cancel, make(chan struct{})
-		go s.heartbeat(hctx, svc, err == nil)
+		s.rg = rg
 	}
 	return nil
 }
@@ -516,39 +509,6 @@ func (s *Server) Service() *registry.Service {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.svc.Copy()
-}
-
-// heartbeat re-registers every interval; after a failure it retries with
-// jittered backoff (from 100 ms, doubling, up to the interval) until it
-// succeeds.
-func (s *Server) heartbeat(ctx context.Context, svc *registry.Service, ok bool) {
-	defer close(s.hbDone)
-	log := s.o.log.With("service", svc.Name, "node", s.o.id)
-	bo := backoff.New(100*time.Millisecond, s.o.interval)
-	failing := !ok
-	wait := s.o.interval
-	if failing {
-		wait = bo.Next()
-	}
-	for backoff.Sleep(ctx, wait) {
-		rctx, cancel := context.WithTimeout(ctx, s.o.interval)
-		err := s.o.reg.Register(rctx, svc, registry.RegisterTTL(s.o.ttl))
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil:
-			wait = bo.Next()
-			log.Warn("server: heartbeat failed; retrying", "err", err, "retry_in", wait)
-			failing = true
-			continue
-		case failing:
-			log.Info("server: registered again after failures")
-			failing = false
-		}
-		bo.Reset()
-		wait = s.o.interval
-	}
 }
 
 // Stop deregisters, drains and stops the server; see the package doc for
@@ -571,22 +531,10 @@ func (s *Server) Stop(ctx context.Context) error {
 	s.mu.Unlock()
 
 	var derr error
-	if s.o.reg != nil {
-		s.hbCancel()
-		<-s.hbDone
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		derr = s.o.reg.Deregister(dctx, svc)
-		cancel()
-		if derr != nil {
-			s.o.log.Warn("server: deregister failed", "service", svc.Name, "err", derr)
-		}
-		// Keep serving while callers' caches learn that the node left.
-		t := time.NewTimer(s.o.drainGrace)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
+	if s.rg != nil {
+		// Deregister, then keep serving for the drain grace while callers'
+		// caches learn that the node left.
+		derr = s.rg.Stop(ctx)
 	}
 
 	s.refusing.Store(true)
@@ -728,39 +676,4 @@ func (s *Server) removeConn(c *conn) {
 }
 
 // advertiseAddr turns a listen address into one that others can reach.
-func advertiseAddr(a net.Addr) string {
-	host, port, err := net.SplitHostPort(a.String())
-	if err != nil {
-		return a.String()
-	}
-	ip := net.ParseIP(host)
-	if ip != nil && !ip.IsUnspecified() {
-		return a.String()
-	}
-	return net.JoinHostPort(hostIP(), port)
-}
-
-// hostIP returns the first up, non-loopback IPv4 address, or 127.0.0.1.
-func hostIP() string {
-	ifaces, err := net.Interfaces()
-	if err != nil {
-		return "127.0.0.1"
-	}
-	for _, ifc := range ifaces {
-		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
-			continue
-		}
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if ipn, ok := a.(*net.IPNet); ok {
-				if ip4 := ipn.IP.To4(); ip4 != nil && !ip4.IsLinkLocalUnicast() {
-					return ip4.String()
-				}
-			}
-		}
-	}
-	return "127.0.0.1"
-}
+func advertiseAddr(a net.Addr) string { return registrar.AdvertiseAddr(a) }

@@ -4,6 +4,17 @@
 //	beacon describe greeter                versions, nodes, addresses, metadata, endpoints
 //	beacon watch [greeter]                 live registry events until interrupted
 //	beacon call greeter Greeter.Hello '{"name":"Ann"}'
+//	beacon call greeter helloworld.Greeter.SayHello '{"name":"Ann"}'   a gRPC node
+//
+// call reaches Beacon nodes and gRPC nodes (registry.ProtocolGRPC, e.g.
+// grpc-go servers registered with package beacongrpc): the JSON request is
+// turned into the method's protobuf request with the descriptors of the
+// node's server reflection (grpc.reflection.v1), and the response back into
+// JSON; a gRPC node without reflection gets the JSON as it is (it must
+// accept JSON: beacongrpc.JSONCodec). gRPC endpoints are named
+// package.Service.Method; Service.Method works too when the node serves
+// reflection. --address calls one node directly (--protocol grpc for a
+// gRPC node).
 //
 // The registry is chosen like a service's: --registry / BEACON_REGISTRY /
 // MICRO_REGISTRY (default mdns) and --registry_address. Output is a
@@ -29,11 +40,13 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/beacon-go/beacon/beacongrpc"
 	"github.com/beacon-go/beacon/client"
 	"github.com/beacon-go/beacon/cmd"
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/selector"
 	"github.com/beacon-go/beacon/status"
+	"github.com/beacon-go/beacon/transport"
 )
 
 func main() {
@@ -169,7 +182,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			},
 			{
 				Name: "call", Usage: "call an endpoint of a service by name with a JSON request", ArgsUsage: "NAME ENDPOINT [JSON]",
-				Flags: []cli.Flag{&cli.StringFlag{Name: "address", Usage: "call this node address directly"}},
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "address", Usage: "call this node address directly"},
+					&cli.StringFlag{Name: "protocol", Value: registry.ProtocolBeacon, Usage: "the protocol of the node called with --address: beacon or grpc"},
+				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 || c.NArg() > 3 {
 						return fail(2, "usage: beacon call NAME ENDPOINT [JSON]")
@@ -187,7 +203,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					}
 					var sel selector.Selector
 					var opts []client.CallOption
-					if addr := c.String("address"); addr != "" {
+					addr := c.String("address")
+					switch proto := c.String("protocol"); {
+					case proto != registry.ProtocolBeacon && proto != registry.ProtocolGRPC:
+						return fail(2, "--protocol %q: want %s or %s", proto, registry.ProtocolBeacon, registry.ProtocolGRPC)
+					case proto == registry.ProtocolGRPC && addr == "":
+						return fail(2, "--protocol is for --address; nodes found in the registry say their protocol")
+					}
+					if addr != "" {
 						opts = append(opts, client.WithAddress(addr))
 					} else {
 						r, err := open(c)
@@ -195,7 +218,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 							return err
 						}
 						strategy, _ := cmd.NewStrategy(cfg.Selector)
-						s := selector.New(r, selector.WithStrategy(strategy), selector.WithLogger(log))
+						s := selector.New(r, selector.WithStrategy(strategy), selector.WithLogger(log),
+							selector.WithProtocols(registry.ProtocolBeacon, registry.ProtocolGRPC))
 						defer s.Close()
 						sel = s
 					}
@@ -203,12 +227,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					if err != nil {
 						return &exitError{code: 2, err: err}
 					}
-					cl := client.New(sel, append([]client.Option{client.Retries(cfg.ClientRetries), client.RequestTimeout(cfg.ClientRequestTimeout), client.Logger(log)}, tlsOpts...)...)
+					grpcCaller := beacongrpc.NewCaller(beacongrpc.WithReflection())
+					cl := client.New(sel, append([]client.Option{client.Retries(cfg.ClientRetries), client.RequestTimeout(cfg.ClientRequestTimeout), client.Logger(log),
+						client.WithCaller(registry.ProtocolGRPC, grpcCaller)}, tlsOpts...)...)
 					defer cl.Close()
 					cctx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
 					defer cancel()
 					var rsp json.RawMessage
-					if err := cl.Call(cctx, c.Args().Get(0), c.Args().Get(1), json.RawMessage(body), &rsp, opts...); err != nil {
+					if addr != "" && c.String("protocol") == registry.ProtocolGRPC {
+						err = callDirect(cctx, grpcCaller, addr, c.Args().Get(0), c.Args().Get(1), body, &rsp, cfg.ClientRequestTimeout)
+					} else {
+						err = cl.Call(cctx, c.Args().Get(0), c.Args().Get(1), json.RawMessage(body), &rsp, opts...)
+					}
+					if err != nil {
 						if c.Bool("json") {
 							out, _ := json.Marshal(map[string]any{"error": err.Error(), "code": status.Code(err)})
 							fmt.Fprintln(stdout, string(out))
@@ -240,6 +271,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	return 0
+}
+
+// callDirect calls a node at addr with a transport.Caller, once, without
+// the client's selection and retries (a client calls addresses directly
+// only over Beacon's wire).
+func callDirect(ctx context.Context, caller transport.Caller, addr, service, endpoint, body string, out *json.RawMessage, timeout time.Duration) error {
+	req := &transport.Request{Service: service, Endpoint: endpoint, ContentType: "application/json", Body: []byte(body)}
+	if timeout > 0 {
+		req.Deadline = time.Now().Add(timeout)
+	}
+	var rsp transport.Response
+	if err := caller.Call(ctx, addr, req, &rsp); err != nil {
+		code := status.Unavailable
+		if te := (*transport.Error)(nil); errors.As(err, &te) && te.Op == "timeout" {
+			code = status.Timeout
+		}
+		return &status.Error{Code: code, Detail: fmt.Sprintf("call %s %s at %s", service, endpoint, addr), Causes: []error{err}}
+	}
+	if rsp.Status != status.OK {
+		return status.New(rsp.Status, rsp.Detail)
+	}
+	*out = append((*out)[:0], rsp.Body...)
+	return nil
 }
 
 type serviceRow struct {
@@ -292,9 +346,18 @@ func printDescribe(c *cli.Context, w io.Writer, svcs []*registry.Service) error 
 		if len(s.Endpoints) > 0 {
 			fmt.Fprintln(w)
 			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ENDPOINT\tREQUEST\tRESPONSE")
+			withMeta := slices.ContainsFunc(s.Endpoints, func(e *registry.Endpoint) bool { return len(e.Metadata) > 0 })
+			if withMeta {
+				fmt.Fprintln(tw, "ENDPOINT\tREQUEST\tRESPONSE\tMETADATA")
+			} else {
+				fmt.Fprintln(tw, "ENDPOINT\tREQUEST\tRESPONSE")
+			}
 			for _, e := range s.Endpoints {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", e.Name, shape(e.Request), shape(e.Response))
+				if withMeta {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Name, shape(e.Request), shape(e.Response), orDash(kv(e.Metadata)))
+				} else {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", e.Name, shape(e.Request), shape(e.Response))
+				}
 			}
 			tw.Flush()
 		}
