@@ -1,8 +1,33 @@
-// Package beacongrpc lets grpc-go clients find and balance gRPC servers
-// through a Beacon registry: a resolver (scheme "beacon") fed by the
-// registry cache, and balancers built on Beacon's strategies. It is the only
+// Package beacongrpc makes every Beacon registry a gRPC discovery system:
+// grpc-go clients find and balance gRPC servers through a Beacon registry
+// (a resolver, scheme "beacon", fed by the registry cache, and balancers
+// built on Beacon's strategies); gRPC servers register themselves, heartbeat,
+// serve the standard health service and drain (Server); and Beacon's client
+// calls gRPC nodes by name (Caller, a transport.Caller for
+// registry.ProtocolGRPC, with JSON through server reflection). It is the only
 // package of Beacon that imports grpc-go; the core (client, server,
 // selector, registry, registry/cache) does not.
+//
+// # Servers
+//
+//	gs := grpc.NewServer()
+//	pb.RegisterGreeterServer(gs, impl)
+//	srv, err := beacongrpc.NewServer(gs, reg, beacongrpc.Name("greeter"))
+//	err = srv.Start(ctx, ln) // registers every method as an endpoint, protocol=grpc
+//	defer srv.Stop(ctx)      // health NOT_SERVING, deregister, drain grace, GracefulStop
+//
+// Endpoints are the methods' protobuf full names ("helloworld.Greeter.SayHello"
+// for /helloworld.Greeter/SayHello), with the full method in the endpoint's
+// metadata (MetaMethod).
+//
+// # Calling gRPC nodes by name
+//
+//	sel := selector.New(reg, selector.WithProtocols(registry.ProtocolBeacon, registry.ProtocolGRPC))
+//	cli := client.New(sel, client.WithCaller(registry.ProtocolGRPC, beacongrpc.NewCaller()))
+//	err := cli.Call(ctx, "greeter", "helloworld.Greeter.SayHello", req, rsp)
+//
+// Selection, retries (a node that provably did not run the call is retried
+// elsewhere), deadlines and metadata are the client's, unchanged.
 //
 // # Resolver
 //
