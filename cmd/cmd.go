@@ -144,13 +144,13 @@ func Flags() []cli.Flag {
 func ConfigFrom(c *cli.Context) (Config, error) {
 	cfg := Config{
 		Registry:             c.String(FlagRegistry),
-		RegisterTTL:          c.Generic(FlagRegisterTTL).(*durationValue).d,
-		RegisterInterval:     c.Generic(FlagRegisterInterval).(*durationValue).d,
+		RegisterTTL:          durationOf(c, FlagRegisterTTL, server.DefaultRegisterTTL),
+		RegisterInterval:     durationOf(c, FlagRegisterInterval, server.DefaultRegisterInterval),
 		ServerAddress:        c.String(FlagServerAddress),
 		ClientRetries:        c.Int(FlagClientRetries),
-		ClientRequestTimeout: c.Generic(FlagClientRequestTimeout).(*durationValue).d,
+		ClientRequestTimeout: durationOf(c, FlagClientRequestTimeout, client.DefaultRequestTimeout),
 		Selector:             c.String(FlagSelector),
-		RegistryEmptyHold:    c.Generic(FlagRegistryEmptyHold).(*durationValue).d,
+		RegistryEmptyHold:    durationOf(c, FlagRegistryEmptyHold, server.DefaultRegisterTTL),
 		LogFormat:            c.String(FlagLogFormat),
 		Set:                  map[string]bool{},
 	}
@@ -298,11 +298,34 @@ func NewStrategy(name string) (selector.Strategy, error) {
 	return f(), nil
 }
 
-// durationValue is a cli.Generic duration from 0 to max that also accepts
-// whole seconds.
-type durationValue struct{ d, max time.Duration }
+// durationValue is a cli.Generic duration from 0 (or above 0: positive) to
+// max that also accepts whole seconds.
+type durationValue struct {
+	d, max   time.Duration
+	positive bool
+}
 
 func newDuration(d, max time.Duration) *durationValue { return &durationValue{d: d, max: max} }
+
+// DurationFlag returns a duration flag like the standard ones: Go syntax
+// ("15s") or whole seconds ("15"), at most max, and above zero when
+// positive; read it with DurationOf.
+func DurationFlag(name string, def, max time.Duration, positive bool, usage string) cli.Flag {
+	return &cli.GenericFlag{Name: name, EnvVars: envs(name), Value: &durationValue{d: def, max: max, positive: positive}, Usage: usage}
+}
+
+// DurationOf reads a flag made by DurationFlag (or a standard duration
+// flag); def when the context has no such flag.
+func DurationOf(c *cli.Context, name string, def time.Duration) time.Duration {
+	return durationOf(c, name, def)
+}
+
+func durationOf(c *cli.Context, name string, def time.Duration) time.Duration {
+	if v, ok := c.Generic(name).(*durationValue); ok && v != nil {
+		return v.d
+	}
+	return def
+}
 
 // Set parses a duration ("15s") or a whole number of seconds ("15"). A
 // negative value, or one above the maximum (a number of seconds too large
@@ -314,6 +337,8 @@ func (v *durationValue) Set(s string) error {
 		switch {
 		case n < 0:
 			return fmt.Errorf("negative duration %q", s)
+		case n == 0 && v.positive:
+			return fmt.Errorf("%w: %q, want more than 0", ErrOutOfRange, s)
 		case err != nil || n > int64(v.max/time.Second):
 			return fmt.Errorf("%w: %s seconds, want at most %v", ErrOutOfRange, s, v.max)
 		}
@@ -327,6 +352,9 @@ func (v *durationValue) Set(s string) error {
 	if d < 0 {
 		return fmt.Errorf("negative duration %q", s)
 	}
+	if d == 0 && v.positive {
+		return fmt.Errorf("%w: %q, want more than 0", ErrOutOfRange, s)
+	}
 	if d > v.max {
 		return fmt.Errorf("%w: %v, want at most %v", ErrOutOfRange, d, v.max)
 	}
@@ -339,4 +367,23 @@ func (v *durationValue) String() string {
 		return ""
 	}
 	return v.d.String()
+}
+
+// serverOnly are the standard flags that only a server uses.
+var serverOnly = map[string]bool{
+	FlagServerAddress: true, FlagRegisterTTL: true, FlagRegisterInterval: true, FlagTLSClientAuth: true,
+}
+
+// ClientFlags returns the standard flags a program that only calls and
+// inspects (a CLI) uses: Flags without the server's (--server_address,
+// --register_ttl, --register_interval, --tls_client_auth). ConfigFrom reads
+// a context parsed with them; the server's settings then hold defaults.
+func ClientFlags() []cli.Flag {
+	var out []cli.Flag
+	for _, f := range Flags() {
+		if !serverOnly[f.Names()[0]] {
+			out = append(out, f)
+		}
+	}
+	return out
 }
