@@ -29,12 +29,12 @@ func (Greeter) Hello(ctx context.Context, req *HelloReq, rsp *HelloRsp) error {
 
 // A service and a call to it by name. Programs usually call Run, which
 // starts, waits for SIGINT/SIGTERM and stops; the registry is usually chosen
-// by flags (--registry etcd); here it is an in-process one, and Args() keeps
-// the test binary's flags away.
+// by flags (--registry etcd, with cmd.NewService); here it is an
+// in-process one.
 func ExampleNewService() {
 	reg := memory.New()
 	defer reg.Close()
-	svc, err := beacon.NewService(beacon.Name("greeter"), beacon.Registry(reg), beacon.Args(),
+	svc, err := beacon.NewService(beacon.Name("greeter"), beacon.Registry(reg),
 		beacon.Address("127.0.0.1:0"), beacon.Logger(slog.New(slog.DiscardHandler)),
 		beacon.ServerOptions(server.DrainGrace(time.Millisecond)))
 	if err != nil {

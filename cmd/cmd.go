@@ -100,6 +100,10 @@ type Config struct {
 	// LogLevel and LogFormat: see NewLogger.
 	LogLevel  slog.Level
 	LogFormat string
+	// go-micro's server flags and the drain grace.
+	ServerAdvertise, ServerID, ServerName, ServerVersion string
+	ServerMetadata                                       map[string]string
+	DrainGrace                                           time.Duration
 	// TLS holds the TLS flags (tls.go); TLS.Options turns them into
 	// server and client options.
 	TLS TLSConfig
@@ -135,7 +139,7 @@ func Flags() []cli.Flag {
 		&cli.GenericFlag{Name: FlagRegistryEmptyHold, EnvVars: envs(FlagRegistryEmptyHold), Value: newDuration(server.DefaultRegisterTTL, server.MaxRegisterTTL),
 			DefaultText: "the register TTL",
 			Usage:       "how long the last nodes of a service keep serving when the registry may have restarted empty; 0: not at all (duration, or seconds)"},
-	}, append(logFlags(), tlsFlags()...)...)
+	}, append(append(serverFlags(), logFlags()...), tlsFlags()...)...)
 }
 
 // ConfigFrom reads the standard settings from a parsed context and checks
@@ -177,6 +181,9 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 	if err := tlsFrom(c, &cfg); err != nil {
 		return cfg, err
 	}
+	if err := serverFrom(c, &cfg); err != nil {
+		return cfg, err
+	}
 	if _, ok := registries()[cfg.Registry]; !ok {
 		return cfg, fmt.Errorf("%w %q: valid registries are %s", ErrUnknownRegistry, cfg.Registry, strings.Join(RegistryNames(), ", "))
 	}
@@ -189,11 +196,26 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 	return cfg, nil
 }
 
-// App describes the program for Parse's help text.
+// App describes the program for Parse and NewService.
 type App struct {
+	// Name, Usage and Version head the help text (--help); Version also
+	// answers --version. Name defaults to the program's file name.
 	Name, Usage, Version string
 	// Output receives help text (default: stdout of the process via cli).
 	Output io.Writer
+	// Flags are the program's own flags (NewService), parsed with Beacon's;
+	// Action runs after the parse with the parsed context.
+	Flags  []cli.Flag
+	Action func(*cli.Context) error
+	// Args are the arguments NewService parses, without the program name:
+	// nil means os.Args[1:], an empty non-nil slice none (the environment
+	// still applies).
+	Args []string
+	// Registry and RegistryAddress are the program's choice of registry
+	// (NewService), which --registry and --registry_address override
+	// (default mdns).
+	Registry        string
+	RegistryAddress []string
 }
 
 // Parse parses args (args[0] is the program name) with the standard flags
@@ -372,6 +394,7 @@ func (v *durationValue) String() string {
 // serverOnly are the standard flags that only a server uses.
 var serverOnly = map[string]bool{
 	FlagServerAddress: true, FlagRegisterTTL: true, FlagRegisterInterval: true, FlagTLSClientAuth: true,
+	FlagServerAdvertise: true, FlagServerID: true, FlagServerName: true, FlagServerVersion: true, FlagServerMetadata: true, FlagServerDrainGrace: true,
 }
 
 // ClientFlags returns the standard flags a program that only calls and
