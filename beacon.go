@@ -158,7 +158,9 @@ func RegisterInterval(d time.Duration) Option { return func(o *options) { o.inte
 // DrainGrace sets how long Stop keeps serving after deregistering, while
 // callers' caches learn that the node left (--server_drain_grace; default
 // server.DefaultDrainGrace). Tests usually want 0.
-func DrainGrace(d time.Duration) Option { return func(o *options) { o.drainGrace, o.drainSet = d, true } }
+func DrainGrace(d time.Duration) Option {
+	return func(o *options) { o.drainGrace, o.drainSet = d, true }
+}
 
 // Retries sets the client's retries of a call on another node
 // (--client_retries; default client.DefaultRetries).
@@ -252,7 +254,7 @@ type Service struct {
 // can change, to tell which ones it set.
 type snapshot struct {
 	name, version, id, address, advertise, logFormat string
-	ttl, interval, drain, reqTimeout, hold          time.Duration
+	ttl, interval, drain, reqTimeout, hold           time.Duration
 	retries                                          int
 	md                                               int
 	tls                                              tlsconfig.Files
