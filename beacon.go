@@ -554,7 +554,11 @@ func (s *Service) Run() error {
 	<-ctx.Done()
 	stop()
 	s.o.log.Info("beacon: signal received; stopping", "service", s.o.name)
-	sctx, cancel := context.WithTimeout(context.Background(), server.DefaultShutdownTimeout+server.DefaultDrainGrace+5*time.Second)
+	grace := server.DefaultDrainGrace
+	if s.o.drainSet {
+		grace = s.o.drainGrace
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), server.DefaultShutdownTimeout+grace+5*time.Second)
 	defer cancel()
 	return s.Stop(sctx)
 }
