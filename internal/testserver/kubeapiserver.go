@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,7 +65,8 @@ const KubeAPIServerAdmin = "beacon-test-admin"
 // reconciler publishes the API server's own loopback address), static token
 // auth (--token-auth-file) and client certificates (--client-ca-file),
 // service-account tokens (issuer https://kubernetes.default.svc). WithArgs
-// appends flags; a later flag wins, e.g. WithArgs("--authorization-mode=RBAC").
+// adds flags; one given as --name=value replaces the default of that name,
+// e.g. WithArgs("--authorization-mode=RBAC").
 //
 // Callers must call Stop; MustStartKubeAPIServer does.
 func StartKubeAPIServer(dir, etcdURL string, opts ...Option) (*KubeAPIServer, error) {
@@ -139,6 +141,12 @@ func newKubeAPIServer(bin, dir, etcdURL string, o options) (*KubeAPIServer, erro
 		"--authorization-mode=AlwaysAllow",
 		"--endpoint-reconciler-type=none",
 		"--profiling=false",
+	}
+	// An extra flag replaces the default of the same name (list flags such
+	// as --authorization-mode would otherwise add to it).
+	for _, a := range o.args {
+		name, _, _ := strings.Cut(a, "=")
+		k.args = slices.DeleteFunc(k.args, func(d string) bool { return strings.HasPrefix(d, name+"=") })
 	}
 	k.args = append(k.args, o.args...)
 	return k, nil
