@@ -77,8 +77,7 @@ func (r *Registry) collect(g *garbage) {
 	defer cancel()
 	log := r.log.With("service", g.service, "node", g.node, "endpointslice", g.slice, "cause", g.cause)
 	if g.hasLease {
-		err := r.client.CoordinationV1().Leases(r.ns).Delete(ctx, g.lease, metav1.DeleteOptions{
-			Preconditions: &metav1.Preconditions{UID: &g.leaseUID, ResourceVersion: &g.leaseRV}})
+		err := r.api.delete(ctx, resLeases, g.lease, &metav1.Preconditions{UID: &g.leaseUID, ResourceVersion: &g.leaseRV})
 		if err != nil && !apierrors.IsNotFound(err) {
 			if apierrors.IsConflict(err) {
 				log.Debug("kubernetes registry: expired node came back; not collected")
@@ -88,8 +87,7 @@ func (r *Registry) collect(g *garbage) {
 			return
 		}
 	}
-	err := r.client.DiscoveryV1().EndpointSlices(r.ns).Delete(ctx, g.slice, metav1.DeleteOptions{
-		Preconditions: &metav1.Preconditions{UID: &g.sliceUID, ResourceVersion: &g.sliceRV}})
+	err := r.api.delete(ctx, resEndpointSlices, g.slice, &metav1.Preconditions{UID: &g.sliceUID, ResourceVersion: &g.sliceRV})
 	switch {
 	case err == nil:
 		log.Info("kubernetes registry: collected an expired node")

@@ -18,8 +18,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	clientset "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
@@ -103,14 +101,13 @@ type Registry struct {
 	o          options
 	log        *slog.Logger
 	ns         string
-	client     clientset.Interface
+	api        *api
 	httpc      *http.Client
 	closeConns func()
 
 	startMu   sync.Mutex
 	started   bool
-	factory   informers.SharedInformerFactory
-	cancel    context.CancelFunc
+	cancel    context.CancelFunc // stops the informers and waits for them
 	slices    cache.SharedIndexInformer
 	services  cache.SharedIndexInformer
 	leases    cache.SharedIndexInformer
@@ -160,15 +157,15 @@ func New(opts ...Option) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes registry: %w", err)
 	}
-	cs, err := clientset.NewForConfigAndClient(cfg, httpc)
+	a, err := newAPI(cfg, httpc, ns)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes registry: %w", err)
 	}
 	r := &Registry{
 		o:          o,
-		log:        o.log.With("registry", "kubernetes", "namespace", ns),
+		log:        log,
 		ns:         ns,
-		client:     cs,
+		api:        a,
 		httpc:      httpc,
 		closeConns: closeConns,
 		stop:       make(chan struct{}),
@@ -190,26 +187,13 @@ func (r *Registry) String() string { return "kubernetes" }
 // Namespace returns the namespace the registry reads and writes.
 func (r *Registry) Namespace() string { return r.ns }
 
-// Client returns the Kubernetes client the registry uses.
-func (r *Registry) Client() clientset.Interface { return r.client }
-
 // start starts the informers once and waits, within ctx, until their
 // caches hold the namespace's objects and every handler has seen them.
 func (r *Registry) start(ctx context.Context) error {
-	r.startMu.Lock()
-	if r.isClosed() {
-		r.startMu.Unlock()
-		return registry.ErrClosed
+	synced, err := r.startOnce()
+	if err != nil {
+		return err
 	}
-	if !r.started {
-		if err := r.startInformers(); err != nil {
-			r.startMu.Unlock()
-			return err
-		}
-		r.started = true
-	}
-	synced := r.synced
-	r.startMu.Unlock()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -240,25 +224,33 @@ func (r *Registry) start(ctx context.Context) error {
 	}
 }
 
+func (r *Registry) startOnce() ([]func() bool, error) {
+	r.startMu.Lock()
+	defer r.startMu.Unlock()
+	if r.isClosed() {
+		return nil, registry.ErrClosed
+	}
+	if !r.started {
+		if err := r.startInformers(); err != nil {
+			return nil, err
+		}
+		r.started = true
+	}
+	return r.synced, nil
+}
+
 func (r *Registry) startInformers() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	ctx = klog.NewContext(ctx, logr.FromSlogHandler(r.log.Handler()))
-	r.factory = informers.NewSharedInformerFactoryWithOptions(r.client, 0, informers.WithNamespace(r.ns))
-	r.slices = r.factory.Discovery().V1().EndpointSlices().Informer()
-	r.services = r.factory.Core().V1().Services().Informer()
-	// Leases: Beacon's only. A separate factory, for its label selector.
-	leaseFactory := informers.NewSharedInformerFactoryWithOptions(r.client, 0, informers.WithNamespace(r.ns),
-		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = LabelAppManagedBy + "=" + ManagedBy }))
-	r.leases = leaseFactory.Coordination().V1().Leases().Informer()
-	if err := r.slices.AddIndexers(cache.Indexers{indexService: func(obj any) ([]string, error) {
+	r.slices = r.api.informer(resEndpointSlices, nil, cache.Indexers{indexService: func(obj any) ([]string, error) {
 		if s := sliceService(obj); s != "" {
 			return []string{s}, nil
 		}
 		return nil, nil
-	}}); err != nil {
-		cancel()
-		return fmt.Errorf("kubernetes registry: %w", err)
-	}
+	}})
+	r.services = r.api.informer(resServices, nil, nil)
+	// Leases: Beacon's only.
+	r.leases = r.api.informer(resLeases, func(lo *metav1.ListOptions) { lo.LabelSelector = LabelAppManagedBy + "=" + ManagedBy }, nil)
 	for _, inf := range []cache.SharedIndexInformer{r.slices, r.services, r.leases} {
 		_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, rf *cache.Reflector, err error) {
 			r.log.Warn("kubernetes registry: watch failed; retrying", "reflector", rf.Name(), "err", err)
@@ -309,13 +301,14 @@ func (r *Registry) startInformers() error {
 		}
 		r.synced = append(r.synced, h.inf.HasSynced, reg.HasSynced)
 	}
+	var wg sync.WaitGroup
+	for _, inf := range []cache.SharedIndexInformer{r.slices, r.services, r.leases} {
+		wg.Go(func() { inf.RunWithContext(ctx) })
+	}
 	r.cancel = func() {
 		cancel()
-		r.factory.Shutdown()
-		leaseFactory.Shutdown()
+		wg.Wait()
 	}
-	r.factory.StartWithContext(ctx)
-	leaseFactory.StartWithContext(ctx)
 	r.loopDone = make(chan struct{})
 	go r.expireLoop()
 	return nil

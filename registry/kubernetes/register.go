@@ -13,14 +13,11 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
-	coordinationac "k8s.io/client-go/applyconfigurations/coordination/v1"
-	discoveryac "k8s.io/client-go/applyconfigurations/discovery/v1"
-	metaac "k8s.io/client-go/applyconfigurations/meta/v1"
 
 	"github.com/beacon-go/beacon/registry"
 )
@@ -105,34 +102,35 @@ func (r *Registry) registerNode(ctx context.Context, one *registry.Service, ttl 
 		labels[LabelService] = one.Name
 	}
 	annotations := map[string]string{AnnotationService: one.Name, AnnotationNode: string(record)}
-	slice := discoveryac.EndpointSlice(name, r.ns)
+	meta := map[string]any{"name": name, "namespace": r.ns, "labels": labels, "annotations": annotations}
 	if ttl > 0 {
 		secs := int32(min(math.Ceil(ttl.Seconds()), math.MaxInt32))
-		lease := coordinationac.Lease(name, r.ns).
-			WithLabels(map[string]string{LabelAppManagedBy: ManagedBy}).
-			WithAnnotations(map[string]string{AnnotationService: one.Name}).
-			WithSpec(coordinationac.LeaseSpec().
-				WithHolderIdentity(n.ID).
-				WithLeaseDurationSeconds(max(secs, 1)).
-				WithRenewTime(metav1.NewMicroTime(r.o.now())))
-		l, err := r.client.CoordinationV1().Leases(r.ns).Apply(ctx, lease, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
-		if err != nil {
+		lease := map[string]any{
+			"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+			"metadata": map[string]any{"name": name, "namespace": r.ns,
+				"labels": map[string]string{LabelAppManagedBy: ManagedBy}, "annotations": map[string]string{AnnotationService: one.Name}},
+			"spec": map[string]any{"holderIdentity": n.ID, "leaseDurationSeconds": max(secs, 1), "renewTime": metav1.NewMicroTime(r.o.now())},
+		}
+		var l coordinationv1.Lease
+		if err := r.api.apply(ctx, resLeases, name, lease, &l); err != nil {
 			return apiErr("apply Lease", name, err)
 		}
 		annotations[AnnotationLease] = name
-		slice.WithOwnerReferences(metaac.OwnerReference().
-			WithAPIVersion("coordination.k8s.io/v1").WithKind("Lease").WithName(l.Name).WithUID(l.UID))
+		meta["ownerReferences"] = []map[string]any{{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": l.Name, "uid": l.UID}}
 	}
-	addrType, ep, port := sliceEndpoint(n)
-	p := discoveryac.EndpointPort().WithPort(int32(port)).WithProtocol(corev1.ProtocolTCP)
+	addrType, ip, port := sliceEndpoint(n)
+	p := map[string]any{"port": port, "protocol": "TCP"}
 	if proto := n.Metadata[registry.MetaProtocol]; proto != "" && len(validation.IsDNS1123Label(proto)) == 0 {
-		p.WithName(proto)
+		p["name"] = proto
 	}
-	slice.WithLabels(labels).WithAnnotations(annotations).WithAddressType(addrType).WithPorts(p)
-	if ep != nil {
-		slice.WithEndpoints(ep)
+	slice := map[string]any{
+		"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": meta,
+		"addressType": addrType, "ports": []any{p},
 	}
-	if _, err := r.client.DiscoveryV1().EndpointSlices(r.ns).Apply(ctx, slice, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
+	if ip != "" {
+		slice["endpoints"] = []any{map[string]any{"addresses": []string{ip}, "conditions": map[string]any{"ready": true}}}
+	}
+	if err := r.api.apply(ctx, resEndpointSlices, name, slice, &discoveryv1.EndpointSlice{}); err != nil {
 		return apiErr("apply EndpointSlice", name, err)
 	}
 	return nil
@@ -143,21 +141,21 @@ func (r *Registry) registerNode(ctx context.Context, one *registry.Service, ttl 
 // link-local or unspecified), the endpoint that shows it to kubectl and
 // other tools. Readers go by the node record, so a node on 127.0.0.1 or on a
 // DNS name (FQDN endpoints are deprecated) works the same without one.
-func sliceEndpoint(n *registry.Node) (discoveryv1.AddressType, *discoveryac.EndpointApplyConfiguration, int) {
+func sliceEndpoint(n *registry.Node) (typ discoveryv1.AddressType, ip string, port int) {
 	host, portStr, _ := net.SplitHostPort(n.Address) // validated
-	port, _ := strconv.Atoi(portStr)
-	ip, err := netip.ParseAddr(host)
-	if err != nil || ip.Zone() != "" {
-		return discoveryv1.AddressTypeIPv4, nil, port
+	port, _ = strconv.Atoi(portStr)
+	addr, err := netip.ParseAddr(host)
+	if err != nil || addr.Zone() != "" {
+		return discoveryv1.AddressTypeIPv4, "", port
 	}
-	typ := discoveryv1.AddressTypeIPv4
-	if ip.Is6() && !ip.Is4In6() {
+	typ = discoveryv1.AddressTypeIPv4
+	if addr.Is6() && !addr.Is4In6() {
 		typ = discoveryv1.AddressTypeIPv6
 	}
-	if ip.String() != host || ip.Is4In6() || ip.IsUnspecified() || ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() {
-		return typ, nil, port
+	if addr.String() != host || addr.Is4In6() || addr.IsUnspecified() || addr.IsLoopback() || addr.IsLinkLocalUnicast() || addr.IsLinkLocalMulticast() {
+		return typ, "", port
 	}
-	return typ, discoveryac.Endpoint().WithAddresses(host).WithConditions(discoveryac.EndpointConditions().WithReady(true)), port
+	return typ, host, port
 }
 
 // Deregister implements registry.Registry: it deletes the nodes'
@@ -174,10 +172,10 @@ func (r *Registry) Deregister(ctx context.Context, s *registry.Service, _ ...reg
 	}
 	for _, n := range s.Nodes {
 		name := ObjectName(s.Name, n.ID)
-		if err := r.client.DiscoveryV1().EndpointSlices(r.ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		if err := r.api.delete(ctx, resEndpointSlices, name, nil); err != nil && !apierrors.IsNotFound(err) {
 			return apiErr("delete EndpointSlice", name, err)
 		}
-		if err := r.client.CoordinationV1().Leases(r.ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		if err := r.api.delete(ctx, resLeases, name, nil); err != nil && !apierrors.IsNotFound(err) {
 			return apiErr("delete Lease", name, err)
 		}
 	}
