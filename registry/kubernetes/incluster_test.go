@@ -250,3 +250,19 @@ func inClusterChild() int {
 	fmt.Println("IN-CLUSTER OK: namespace", ns, "from", NamespaceFile)
 	return 0
 }
+
+// TestREADMEShowsRBAC: the README's RBAC example is rbac.yaml, the file
+// TestInClusterRBAC proves.
+func TestREADMEShowsRBAC(t *testing.T) {
+	yaml, err := os.ReadFile("rbac.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(readme, append(append([]byte("```yaml\n"), yaml...), "```"...)) {
+		t.Error("README.md does not show registry/kubernetes/rbac.yaml verbatim in a yaml block")
+	}
+}
