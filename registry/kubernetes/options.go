@@ -83,9 +83,6 @@ func WithCollectExpiredAfter(d time.Duration) Option {
 	return func(o *options) { o.collectAfter = d }
 }
 
-// withClock replaces time.Now (tests).
-func withClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
-
 // WithAddress applies registry address items, as cmd's --registry_address
 // passes them (split at commas): "namespace=<ns>", "kubeconfig=<path>",
 // "context=<name>", "port=<port name>". Anything else makes New fail with
