@@ -38,8 +38,10 @@ import (
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/consul"
 	"github.com/beacon-go/beacon/registry/etcd"
+	"github.com/beacon-go/beacon/registry/kubernetes"
 	"github.com/beacon-go/beacon/registry/mdns"
 	"github.com/beacon-go/beacon/registry/memory"
+	"github.com/beacon-go/beacon/registry/static"
 	"github.com/beacon-go/beacon/selector"
 	"github.com/beacon-go/beacon/server"
 )
@@ -274,6 +276,19 @@ func registries() map[string]RegistryFactory {
 		},
 		"memory": func(_ context.Context, _ []string, log *slog.Logger) (registry.Registry, error) {
 			return memory.New(memory.WithLogger(log)), nil
+		},
+		// kubernetes: --registry_address items namespace=<ns>, kubeconfig=<path>,
+		// context=<name>, port=<port name>; none: in-cluster or $KUBECONFIG.
+		// Note: this entry makes cmd (and so every Beacon program) link client-go.
+		"kubernetes": func(_ context.Context, addrs []string, log *slog.Logger) (registry.Registry, error) {
+			return kubernetes.New(kubernetes.WithAddress(addrs...), kubernetes.WithLogger(log))
+		},
+		// static: --registry_address is an inline list
+		// ("greeter=127.0.0.1:8001,127.0.0.1:8002;orders=127.0.0.1:9000"; the
+		// commas split above are put back) or a file ("file:<path>", or a path
+		// ending in .json, .yaml or .yml), watched and reloaded.
+		"static": func(_ context.Context, addrs []string, log *slog.Logger) (registry.Registry, error) {
+			return static.New(static.WithAddress(strings.Join(addrs, ",")), static.WithLogger(log))
 		},
 	}
 }

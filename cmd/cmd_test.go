@@ -107,7 +107,7 @@ func TestBadValues(t *testing.T) {
 		want error
 		text string
 	}{
-		{[]string{"--registry", "zookeeper"}, cmd.ErrUnknownRegistry, "consul, etcd, mdns, memory"},
+		{[]string{"--registry", "zookeeper"}, cmd.ErrUnknownRegistry, "consul, etcd, kubernetes, mdns, memory, static"},
 		{[]string{"--selector", "leastconn"}, cmd.ErrUnknownSelector, "random, roundrobin"},
 		{[]string{"--register_ttl", "soon"}, nil, "neither a duration"},
 		{[]string{"--registry_empty_hold", "soon"}, nil, "neither a duration"},

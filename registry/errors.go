@@ -22,6 +22,9 @@ var (
 	// ErrMalformed: a record read from the backend could not be decoded
 	// (written by another tool, truncated, or hostile).
 	ErrMalformed = errors.New("registry: malformed record")
+	// ErrReadOnly: the backend serves nodes it does not own (a static list,
+	// a file) and refuses Register and Deregister.
+	ErrReadOnly = errors.New("registry: read-only")
 )
 
 // ValidationError says which field of which input is invalid and why. It

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's quick start runs it:
-#   1. installs the real test servers (etcd, consul) into .bin/ when missing,
+#   1. installs the real test servers (etcd, consul, kube-apiserver) into .bin/ when missing,
 #   2. go vet ./...
 #   3. go test -race ./... (mdns tests re-run themselves inside private
 #      network namespaces they create; nothing multicasts on your network).

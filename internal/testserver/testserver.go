@@ -1,5 +1,5 @@
-// Package testserver starts real etcd and consul servers for integration
-// tests.
+// Package testserver starts real etcd, consul and kube-apiserver servers
+// for integration tests.
 //
 // The binaries are built from pinned versions into <repo root>/.bin by
 // scripts/install-test-servers.sh (directory overridable with the
