@@ -94,11 +94,12 @@ type Registrar struct {
 	svc *registry.Service
 	o   options
 
-	mu      sync.Mutex
-	started bool
-	stopped bool
-	cancel  context.CancelFunc
-	done    chan struct{}
+	mu       sync.Mutex
+	started  bool
+	stopped  bool
+	readOnly bool // the registry refused the node as read-only: no heartbeat
+	cancel   context.CancelFunc
+	done     chan struct{}
 }
 
 // New returns a Registrar of svc (a copy is kept; it should hold exactly
@@ -146,6 +147,13 @@ func (r *Registrar) Start(ctx context.Context) error {
 	err := r.reg.Register(ctx, r.svc, registry.RegisterTTL(r.o.ttl))
 	if errors.Is(err, registry.ErrInvalid) {
 		return err
+	}
+	if errors.Is(err, registry.ErrReadOnly) {
+		// A read-only registry (static): the node is listed there by its
+		// operator, or not at all; nothing to heartbeat or deregister.
+		r.o.log.Info(r.o.prefix+": the registry is read-only; not registering (list the node in it)", "service", r.svc.Name, "node", r.node(), "registry", r.reg.String())
+		r.started, r.readOnly = true, true
+		return nil
 	}
 	if err != nil {
 		r.o.log.Error(r.o.prefix+": register failed; the heartbeat will retry", "service", r.svc.Name, "node", r.node(), "err", err)
@@ -209,7 +217,7 @@ func (r *Registrar) Deregister(ctx context.Context) error {
 	r.stopped = true
 	started := r.started
 	r.mu.Unlock()
-	if !started {
+	if !started || r.readOnly {
 		return nil
 	}
 	r.cancel()
