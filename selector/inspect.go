@@ -34,8 +34,10 @@ type NodeHealth struct {
 
 // Health returns what the selector knows of the nodes of service, sorted by
 // node ID: nil until the service was selected (a selector knows only the
-// services it is asked for). It takes the service's lock briefly and
-// changes nothing: Select and picking are unaffected.
+// services it is asked for). It changes nothing and holds the service's
+// lock only while it copies the figures; a usual pick takes no lock (only
+// a new view, a trial request or a failure does), so Select and Next stay
+// lock-free and allocation-free.
 func (s *Cached) Health(service string) []NodeHealth {
 	st, ok := (*s.states.Load())[service]
 	if !ok {

@@ -16,6 +16,7 @@ import (
 	"github.com/beacon-go/beacon/examples/greeter"
 	"github.com/beacon-go/beacon/internal/browsertest"
 	"github.com/beacon-go/beacon/internal/testserver"
+	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/etcd"
 	"github.com/beacon-go/beacon/server"
 )
@@ -165,6 +166,32 @@ func TestUI(t *testing.T) {
 	if crsp.StatusCode != 200 || !strings.Contains(string(body), `"ok":true`) || !strings.Contains(string(body), `"msg":"Hello Ann"`) {
 		t.Fatalf("call: %d %s", crsp.StatusCode, body)
 	}
+	// A grpc-go node (beacongrpc, with reflection): JSON in and out, as
+	// with beacon call.
+	grpcGreeter(t, reg, "grpcgreeter", true)
+	var sv struct {
+		Versions []struct {
+			Nodes []struct {
+				Metadata map[string]string `json:"metadata"`
+			} `json:"nodes"`
+		} `json:"versions"`
+	}
+	get("/api/service?name=grpcgreeter", &sv)
+	if len(sv.Versions) != 1 || len(sv.Versions[0].Nodes) != 1 || sv.Versions[0].Nodes[0].Metadata[registry.MetaProtocol] != registry.ProtocolGRPC {
+		t.Fatalf("grpc service: %+v", sv)
+	}
+	creq, _ = http.NewRequest("POST", base+"/api/call", strings.NewReader(`{"service":"grpcgreeter","endpoint":"helloworld.Greeter.SayHello","request":{"name":"Gu"}}`))
+	creq.Header.Set("Content-Type", "application/json")
+	creq.Header.Set("X-Beacon-UI", "1")
+	if crsp, err = hc.Do(creq); err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(crsp.Body)
+	crsp.Body.Close()
+	if crsp.StatusCode != 200 || !strings.Contains(string(body), `"ok":true`) || !strings.Contains(string(body), `"message":"Hello Gu"`) {
+		t.Fatalf("call of a gRPC node: %d %s", crsp.StatusCode, body)
+	}
+
 	// Cross-site: refused.
 	creq, _ = http.NewRequest("POST", base+"/api/call", strings.NewReader(`{"service":"greeter","endpoint":"Greeter.Hello"}`))
 	creq.Header.Set("Content-Type", "text/plain")

@@ -124,7 +124,10 @@
     const t = String(v.type || '');
     if (v.values && v.values.length && !/^(\[\]|repeated |map)/.test(t)) {
       const o = {};
-      for (const c of v.values) if (c && c.name) o[c.name] = skeleton(c, depth + 1);
+      for (const c of v.values) {
+        // defineProperty: a field named __proto__ is a field, not a prototype.
+        if (c && c.name) Object.defineProperty(o, c.name, { value: skeleton(c, depth + 1), enumerable: true, writable: true, configurable: true });
+      }
       return o;
     }
     if (/^(\[\]|repeated )/.test(t)) return [];
