@@ -152,6 +152,9 @@ func (h *hub) subscribe(after uint64, max int) chan message {
 	if h.closed || len(h.subs) >= max {
 		return nil
 	}
+	if after >= h.nextID {
+		after = 0 // an ID of an earlier server (restarted): all we have
+	}
 	c := make(chan message, h.max+64)
 	c <- h.status
 	for _, m := range h.ring {

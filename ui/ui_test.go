@@ -378,6 +378,10 @@ func TestEvents(t *testing.T) {
 	if m := waitEvent(t, resumed, "registry", nil); !strings.Contains(m.data, `"type":"delete"`) {
 		t.Fatalf("resumed stream starts with %+v", m)
 	}
+	restarted := e.stream(http.Header{"Last-Event-Id": {"999999"}}) // an ID of an earlier server
+	if m := waitEvent(t, restarted, "registry", nil); m.id != fmt.Sprint(firstID) {
+		t.Fatalf("stream after a server restart starts with %+v", m)
+	}
 }
 
 func TestStreamsBounded(t *testing.T) {
