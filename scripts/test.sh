@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's quick start runs it:
 #   1. installs the real test servers (etcd, consul, kube-apiserver) into .bin/ when missing,
+#      and Chromium for the browser tests (apt-get, as root) when missing,
 #   2. go vet ./...
 #   3. go test -race ./... (mdns tests re-run themselves inside private
 #      network namespaces they create; nothing multicasts on your network).
@@ -21,6 +22,7 @@ for tool in ip unshare; do
 done
 
 scripts/install-test-servers.sh
+scripts/install-chromium.sh # the dashboard's browser tests (ui, cmd/beacon)
 echo "==> go vet ./..."
 go vet ./...
 echo "==> go test -race ./..."

@@ -53,6 +53,7 @@ import (
 	"github.com/beacon-go/beacon/selector"
 	"github.com/beacon-go/beacon/status"
 	"github.com/beacon-go/beacon/transport"
+	"github.com/beacon-go/beacon/ui"
 )
 
 func main() {
@@ -382,6 +383,48 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 						fmt.Fprintln(stdout, string(out))
 					} else {
 						fmt.Fprintln(stdout, string(rsp))
+					}
+					return nil
+				},
+			},
+			{
+				Name: "ui", Usage: "serve a web dashboard of the registry: services, nodes and their health, endpoints, live events, calls",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "listen", Value: ui.DefaultListen, Usage: "address of the dashboard: an IP address and a port"},
+					&cli.BoolFlag{Name: "allow_remote", Usage: "allow a listen address that is not loopback (whoever reaches the dashboard reads the registry and calls every service)"},
+					&cli.StringSliceFlag{Name: "allow_host", Usage: "a host name by which the dashboard may be reached (IP addresses and localhost always may)"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 0 {
+						return fail(2, "usage: beacon ui [--listen 127.0.0.1:8082]")
+					}
+					cfg, err := cmd.ConfigFrom(c)
+					if err != nil {
+						return &exitError{code: 2, err: err}
+					}
+					ln, err := ui.Listen(c.String("listen"), c.Bool("allow_remote"))
+					if errors.Is(err, ui.ErrNotLoopback) {
+						return fail(2, "%w; pass --allow_remote to serve other hosts", err)
+					} else if err != nil {
+						return fail(2, "%w", err)
+					}
+					defer ln.Close()
+					r, err := open(c)
+					if err != nil {
+						return err
+					}
+					_, tlsOpts, err := cfg.TLS.Options(false, log) // --tls_ca, --tls_cert, --tls_key
+					if err != nil {
+						return &exitError{code: 2, err: err}
+					}
+					strategy, _ := cmd.NewStrategy(cfg.Selector)
+					srv := ui.New(r, ui.WithLogger(log), ui.Timeout(c.Duration("timeout")), ui.AllowHosts(c.StringSlice("allow_host")...),
+						ui.WithSelectorOptions(selector.WithStrategy(strategy), selector.WithProtocols(registry.ProtocolBeacon, registry.ProtocolGRPC)),
+						ui.WithClientOptions(append([]client.Option{client.Retries(cfg.ClientRetries), client.RequestTimeout(cfg.ClientRequestTimeout),
+							client.WithCaller(registry.ProtocolGRPC, beacongrpc.NewCaller(beacongrpc.WithReflection()))}, tlsOpts...)...))
+					fmt.Fprintf(stdout, "beacon ui: the %s registry on http://%s/ (until interrupted)\n", r, ln.Addr())
+					if err := srv.Serve(ctx, ln); err != nil {
+						return fail(1, "ui: %w", err)
 					}
 					return nil
 				},
