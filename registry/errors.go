@@ -22,6 +22,12 @@ var (
 	// ErrMalformed: a record read from the backend could not be decoded
 	// (written by another tool, truncated, or hostile).
 	ErrMalformed = errors.New("registry: malformed record")
+	// ErrPermission: the backend refused the credentials (a wrong password,
+	// an unknown or missing ACL token, a client certificate it does not
+	// accept as a user) or denied the operation to them. Backends wrap their
+	// cause with it, never with ErrUnavailable as well: retrying does not
+	// help until the credentials or the backend's grants change.
+	ErrPermission = errors.New("registry: permission denied")
 )
 
 // ValidationError says which field of which input is invalid and why. It
