@@ -19,7 +19,16 @@
 // The registry is chosen like a service's: --registry / BEACON_REGISTRY /
 // MICRO_REGISTRY (default mdns) and --registry_address. Output is a
 // human-readable table; --json prints JSON for scripts. The exit code is 0 on
-// success, 1 on a failed call or lookup, 2 on bad usage.
+// success, 1 on a failed call or lookup, 2 on bad usage (bad registry TLS
+// or credential settings included), 3 when the registry refused the
+// credentials (registry.ErrPermission: a wrong or missing consul ACL token,
+// etcd user or password, or a user without permission on the prefix).
+//
+// TLS to the registry and its credentials come from --registry_tls_ca,
+// --registry_tls_cert, --registry_tls_key, --registry_tls_server_name,
+// --registry_username, --registry_password and --registry_token (with
+// BEACON_* and MICRO_* variables), else from the registry's own variables
+// (ETCDCTL_*, CONSUL_*): see package cmd, RegistrySecurity.Resolve.
 package main
 
 import (
@@ -69,6 +78,21 @@ func fail(code int, format string, args ...any) error {
 	return &exitError{code: code, err: fmt.Errorf(format, args...)}
 }
 
+// exitPermission is the exit code when the registry refused the
+// credentials (registry.ErrPermission).
+const exitPermission = 3
+
+// registryFail is the error of a failed registry operation: exit code 1,
+// or exitPermission with a hint on the credential flags when the registry
+// refused them.
+func registryFail(op string, err error) error {
+	if errors.Is(err, registry.ErrPermission) {
+		return &exitError{code: exitPermission, err: fmt.Errorf("%s: %w\n  the registry refused the credentials: check --%s (consul), --%s/--%s (etcd), --%s/--%s/--%s or the registry's own variables (CONSUL_HTTP_TOKEN, ETCDCTL_USER, ...)",
+			op, err, cmd.FlagRegistryToken, cmd.FlagRegistryUsername, cmd.FlagRegistryPassword, cmd.FlagRegistryTLSCA, cmd.FlagRegistryTLSCert, cmd.FlagRegistryTLSKey)}
+	}
+	return fail(1, "%s: %w", op, err)
+}
+
 // run is the whole program; it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// The CLI logs like a service (cmd.NewLogger: --log_format), at warn
@@ -92,9 +116,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		octx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
 		defer cancel()
-		r, err := cmd.NewRegistry(octx, cfg.Registry, cfg.RegistryAddress, log)
-		if err != nil {
-			return nil, fail(1, "registry %s: %w", cfg.Registry, err)
+		r, err := cmd.NewRegistry(octx, cfg.Registry, cfg.RegistryAddress, log, cmd.WithRegistrySecurity(cfg.RegistrySecurity))
+		switch {
+		case errors.Is(err, cmd.ErrRegistrySecurity):
+			return nil, &exitError{code: 2, err: fmt.Errorf("registry %s: %w", cfg.Registry, err)}
+		case err != nil:
+			return nil, registryFail("registry "+cfg.Registry, err)
 		}
 		reg = r
 		return r, nil
@@ -128,7 +155,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					defer cancel()
 					list, err := r.ListServices(lctx)
 					if err != nil {
-						return fail(1, "list services: %w", err)
+						return registryFail("list services", err)
 					}
 					return printServices(c, stdout, list)
 				},
@@ -147,7 +174,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					defer cancel()
 					svcs, err := r.GetService(gctx, c.Args().First())
 					if err != nil {
-						return fail(1, "describe %s: %w", c.Args().First(), err)
+						return registryFail("describe "+c.Args().First(), err)
 					}
 					return printDescribe(c, stdout, svcs)
 				},
@@ -165,7 +192,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					}
 					w, err := r.Watch(ctx, opts...)
 					if err != nil {
-						return fail(1, "watch: %w", err)
+						return registryFail("watch", err)
 					}
 					defer w.Stop()
 					for {
