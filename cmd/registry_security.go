@@ -68,6 +68,22 @@ type RegistrySecurity struct {
 	Source             map[string]string
 }
 
+// String describes the settings without the secrets (the password and the
+// token print as "<set>"), so that %v and %+v of a Config leak nothing.
+func (s RegistrySecurity) String() string {
+	secret := func(v string) string {
+		if v == "" {
+			return ""
+		}
+		return "<set>"
+	}
+	return fmt.Sprintf("{TLS:%t CA:%s Cert:%s Key:%s ServerName:%s Username:%s Password:%s Token:%s}",
+		s.TLS, s.CA, s.Cert, s.Key, s.ServerName, s.Username, secret(s.Password), secret(s.Token))
+}
+
+// GoString is String, for %#v.
+func (s RegistrySecurity) GoString() string { return "cmd.RegistrySecurity" + s.String() }
+
 // given lists the settings that came from Beacon's own flags or variables.
 func (s RegistrySecurity) given() []string {
 	var out []string

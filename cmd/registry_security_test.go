@@ -3,6 +3,7 @@ package cmd_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,6 +162,18 @@ func TestRegistrySecurityErrors(t *testing.T) {
 	_, err := cmd.NewRegistry(context.Background(), "etcd", []string{"127.0.0.1:1"}, quietLog)
 	if !errors.Is(err, cmd.ErrRegistrySecurity) || !strings.Contains(err.Error(), "ETCDCTL_CACERT") {
 		t.Errorf("NewRegistry with a missing ETCDCTL_CACERT file: err = %v", err)
+	}
+}
+
+func TestRegistrySecurityRedacted(t *testing.T) {
+	cfg, _, err := parse(t, map[string]string{"BEACON_REGISTRY": "etcd", "BEACON_REGISTRY_USERNAME": "u", "BEACON_REGISTRY_PASSWORD": "s3cret", "BEACON_REGISTRY_TOKEN": "t0ken"})
+	if err == nil {
+		t.Fatal("a token for etcd accepted")
+	}
+	for _, f := range []string{"%v", "%+v", "%#v", "%s"} {
+		if out := fmt.Sprintf(f, cfg); strings.Contains(out, "s3cret") || strings.Contains(out, "t0ken") {
+			t.Errorf("%s of the Config shows a secret: %s", f, out)
+		}
 	}
 }
 

@@ -271,7 +271,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 							out, _ := json.Marshal(map[string]any{"error": err.Error(), "code": status.Code(err)})
 							fmt.Fprintln(stdout, string(out))
 						}
-						return fail(1, "call %s %s: %w", c.Args().Get(0), c.Args().Get(1), err)
+						return registryFail(fmt.Sprintf("call %s %s", c.Args().Get(0), c.Args().Get(1)), err)
 					}
 					if c.Bool("json") {
 						fmt.Fprintln(stdout, string(rsp))

@@ -52,6 +52,10 @@ node_prefix "" { policy = "read" }`)
 	if code != exitPermission || !strings.Contains(errs, "ACL not found") {
 		t.Errorf("services with a wrong token: code %d, stderr %q", code, errs)
 	}
+	_, errs, code = beacon(t, append(flags, "--registry_token", "00000000-0000-0000-0000-000000000bad", "call", "greeter", "Greeter.Hello", "{}")...)
+	if code != exitPermission {
+		t.Errorf("call with a wrong token: code %d, stderr %q", code, errs)
+	}
 	_, errs, code = beacon(t, append(flags, "describe", "greeter")...)
 	if code == 0 || !strings.Contains(errs, "anonymous") {
 		t.Errorf("describe without a token: code %d, stderr %q; want a failure naming the anonymous token", code, errs)
