@@ -109,6 +109,10 @@ type Config struct {
 	// TLS holds the TLS flags (tls.go); TLS.Options turns them into
 	// server and client options.
 	TLS TLSConfig
+	// RegistrySecurity holds the registry's TLS and credential flags
+	// (registry_security.go); pass it to NewRegistry with
+	// WithRegistrySecurity.
+	RegistrySecurity RegistrySecurity
 	// Set tells which settings were given explicitly (flag or env), by flag
 	// name; the others hold defaults.
 	Set map[string]bool
@@ -141,7 +145,7 @@ func Flags() []cli.Flag {
 		&cli.GenericFlag{Name: FlagRegistryEmptyHold, EnvVars: envs(FlagRegistryEmptyHold), Value: newDuration(server.DefaultRegisterTTL, server.MaxRegisterTTL),
 			DefaultText: "the register TTL",
 			Usage:       "how long the last nodes of a service keep serving when the registry may have restarted empty; 0: not at all (duration, or seconds)"},
-	}, append(append(serverFlags(), logFlags()...), tlsFlags()...)...)
+	}, append(append(append(serverFlags(), logFlags()...), tlsFlags()...), registrySecurityFlags()...)...)
 }
 
 // ConfigFrom reads the standard settings from a parsed context and checks
@@ -184,6 +188,9 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 		return cfg, err
 	}
 	if err := serverFrom(c, &cfg); err != nil {
+		return cfg, err
+	}
+	if err := registrySecurityFrom(c, &cfg); err != nil {
 		return cfg, err
 	}
 	if _, ok := registries()[cfg.Registry]; !ok {
@@ -314,14 +321,32 @@ func SelectorNames() []string {
 }
 
 // NewRegistry makes the named registry. An unknown name is an error matching
-// ErrUnknownRegistry that lists the valid names.
-func NewRegistry(ctx context.Context, name string, addrs []string, log *slog.Logger) (registry.Registry, error) {
+// ErrUnknownRegistry that lists the valid names. etcd and consul get their
+// TLS settings and credentials from WithRegistrySecurity and, for what it
+// leaves unset, from their own environment variables
+// (RegistrySecurity.Resolve); settings that do not fit the registry are an
+// error matching ErrRegistrySecurity.
+func NewRegistry(ctx context.Context, name string, addrs []string, log *slog.Logger, opts ...RegistryOption) (registry.Registry, error) {
 	f, ok := registries()[name]
 	if !ok {
 		return nil, fmt.Errorf("%w %q: valid registries are %s", ErrUnknownRegistry, name, strings.Join(RegistryNames(), ", "))
 	}
 	if log == nil {
 		log = slog.Default()
+	}
+	var o registryOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	sec, err := o.sec.Resolve(name, addrs)
+	if err != nil {
+		return nil, err
+	}
+	if sf, ok := securedRegistries()[name]; ok {
+		if src := sec.redacted(); len(src) > 0 {
+			log.Debug("registry TLS and credentials", append([]any{"registry", name}, src...)...)
+		}
+		return sf(ctx, addrs, sec, log)
 	}
 	return f(ctx, addrs, log)
 }

@@ -25,6 +25,16 @@
 // request as an argument, from a file (@file) or from stdin (-).
 // --timeout bounds lookups and calls (a duration or whole seconds, above
 // zero). beacon help [COMMAND] and beacon --version work as usual.
+// Exit code 3: the registry refused the credentials (registry.ErrPermission:
+// a wrong or missing consul ACL token, etcd user or password, or a user
+// without permission on the prefix); bad registry TLS or credential settings
+// are usage errors (2).
+//
+// TLS to the registry and its credentials come from --registry_tls_ca,
+// --registry_tls_cert, --registry_tls_key, --registry_tls_server_name,
+// --registry_username, --registry_password and --registry_token (with
+// BEACON_* and MICRO_* variables), else from the registry's own variables
+// (ETCDCTL_*, CONSUL_*): see package cmd, RegistrySecurity.Resolve.
 package main
 
 import (
@@ -172,6 +182,21 @@ func fail(code int, format string, args ...any) error {
 	return &exitError{code: code, err: fmt.Errorf(format, args...)}
 }
 
+// exitPermission is the exit code when the registry refused the
+// credentials (registry.ErrPermission).
+const exitPermission = 3
+
+// registryFail is the error of a failed registry operation: exit code 1,
+// or exitPermission with a hint on the credential flags when the registry
+// refused them.
+func registryFail(op string, err error) error {
+	if errors.Is(err, registry.ErrPermission) {
+		return &exitError{code: exitPermission, err: fmt.Errorf("%s: %w\n  the registry refused the credentials: check --%s (consul), --%s/--%s (etcd), --%s/--%s/--%s or the registry's own variables (CONSUL_HTTP_TOKEN, ETCDCTL_USER, ...)",
+			op, err, cmd.FlagRegistryToken, cmd.FlagRegistryUsername, cmd.FlagRegistryPassword, cmd.FlagRegistryTLSCA, cmd.FlagRegistryTLSCert, cmd.FlagRegistryTLSKey)}
+	}
+	return fail(1, "%s: %w", op, err)
+}
+
 // run is the whole program with an empty stdin; it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return runIO(ctx, args, strings.NewReader(""), stdout, stderr)
@@ -200,9 +225,12 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		}
 		octx, cancel := context.WithTimeout(ctx, timeout(c))
 		defer cancel()
-		r, err := cmd.NewRegistry(octx, cfg.Registry, cfg.RegistryAddress, log)
-		if err != nil {
-			return nil, fail(1, "registry %s: %w", cfg.Registry, err)
+		r, err := cmd.NewRegistry(octx, cfg.Registry, cfg.RegistryAddress, log, cmd.WithRegistrySecurity(cfg.RegistrySecurity))
+		switch {
+		case errors.Is(err, cmd.ErrRegistrySecurity):
+			return nil, &exitError{code: 2, err: fmt.Errorf("registry %s: %w", cfg.Registry, err)}
+		case err != nil:
+			return nil, registryFail("registry "+cfg.Registry, err)
 		}
 		reg = r
 		return r, nil
@@ -239,7 +267,7 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 					defer cancel()
 					list, err := r.ListServices(lctx)
 					if err != nil {
-						return fail(1, "list services: %w", err)
+						return registryFail("list services", err)
 					}
 					return printServices(c, stdout, list)
 				},
@@ -261,7 +289,7 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 					defer cancel()
 					svcs, err := r.GetService(gctx, c.Args().First())
 					if err != nil {
-						return fail(1, "describe %s: %w", c.Args().First(), err)
+						return registryFail("describe "+c.Args().First(), err)
 					}
 					return printDescribe(c, stdout, svcs)
 				},
@@ -285,7 +313,7 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 					}
 					w, err := r.Watch(ctx, opts...)
 					if err != nil {
-						return fail(1, "watch: %w", err)
+						return registryFail("watch", err)
 					}
 					defer w.Stop()
 					for {
@@ -371,7 +399,7 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 						if status.Code(err) == status.NotFound && reg != nil {
 							err = listEndpoints(cctx, reg, c.Args().Get(0), c.Args().Get(1), err)
 						}
-						return fail(1, "call %s %s: %w", c.Args().Get(0), c.Args().Get(1), err)
+						return registryFail(fmt.Sprintf("call %s %s", c.Args().Get(0), c.Args().Get(1)), err)
 					}
 					if c.Bool("json") {
 						fmt.Fprintln(stdout, string(rsp))

@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 
@@ -123,7 +124,9 @@ func (c *decodeCache) decode(cd *codec, name string, e *entry, next map[cacheKey
 // GetService implements registry.Registry: one health query (stale if
 // WithStale), nodes with a critical check left out. It returns
 // registry.ErrNotFound when no node is visible, an error matching
-// registry.ErrUnavailable when consul fails. The result is the caller's.
+// registry.ErrPermission when consul refused the ACL token (401, 403) or
+// said that its ACLs hid every node, registry.ErrUnavailable when consul
+// fails otherwise. The result is the caller's.
 func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.GetOption) ([]*registry.Service, error) {
 	if err := registry.ValidateName(name); err != nil {
 		return nil, err
@@ -133,11 +136,17 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 		return nil, err
 	}
 	defer done()
-	set, _, err := r.fetch(ctx, name, 0, nil)
+	set, meta, err := r.fetch(ctx, name, 0, nil)
 	if err != nil {
 		return nil, r.wrap(ctx, "get "+name, err)
 	}
 	if len(set) == 0 {
+		switch {
+		case r.hiddenByACL(meta, false):
+			return nil, r.errHidden("get " + name)
+		case r.anonymous: // consul does not say whether it hid anything
+			return nil, fmt.Errorf("%w (consul: %s; it may hide the service)", registry.ErrNotFound, r.tokenDesc())
+		}
 		return nil, registry.ErrNotFound
 	}
 	return set.Group(), nil
@@ -147,7 +156,9 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 // then one health query per name (at most 8 at a time). Each entry carries
 // its visible nodes and endpoints; services without visible nodes, and
 // names that registry.ValidateName refuses, are left out. Consul failures
-// match registry.ErrUnavailable.
+// match registry.ErrUnavailable; a refused ACL token (401, 403), or a
+// catalog whose every service consul's ACLs hid (it always lists its own
+// "consul" service, so an empty one is hidden), registry.ErrPermission.
 func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) ([]*registry.Service, error) {
 	ctx, done, err := r.begin(ctx)
 	if err != nil {
@@ -155,10 +166,13 @@ func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) (
 	}
 	defer done()
 	c, ci := r.client()
-	catalog, _, err := c.Catalog().Services(r.queryOpts(ctx, 0))
+	catalog, meta, err := c.Catalog().Services(r.queryOpts(ctx, 0))
 	if err != nil {
 		r.fail(ci, err)
 		return nil, r.wrap(ctx, "list", err)
+	}
+	if len(catalog) == 0 && r.hiddenByACL(meta, true) {
+		return nil, r.errHidden("list")
 	}
 	names := r.validNames(catalog)
 	groups := make([][]*registry.Service, len(names))

@@ -271,6 +271,7 @@ func (r *Registry) runService(ctx context.Context, sw *serviceWatch) {
 			continue
 		}
 		l.succeeded()
+		l.hidden(len(set) == 0 && r.hiddenByACL(meta, false))
 		prev := index
 		index = nextIndex(index, meta.LastIndex)
 		w := &r.watch
@@ -309,6 +310,7 @@ func (r *Registry) runCatalog(ctx context.Context, cw *catalogWatch) {
 			continue
 		}
 		l.succeeded()
+		l.hidden(len(catalog) == 0 && r.hiddenByACL(meta, true))
 		prev := index
 		index = nextIndex(index, meta.LastIndex)
 		names := r.validNames(catalog)
@@ -372,10 +374,11 @@ func nextIndex(prev, got uint64) uint64 {
 
 // loop holds the error and pacing state of one watch loop.
 type loop struct {
-	r       *Registry
-	what    string
-	backoff int // consecutive failures or hasty answers
-	failing bool
+	r         *Registry
+	what      string
+	backoff   int // consecutive failures or hasty answers
+	failing   bool
+	aclHidden bool // the last answer was empty because of ACLs
 }
 
 const (
@@ -383,16 +386,30 @@ const (
 	maxBackoff = 5 * time.Second
 )
 
-// failed logs err (Warn on the first failure, Debug while it goes on) and
-// waits the backoff. It returns false when ctx ended.
+// failed logs err (Warn on the first failure, Error when consul refused
+// the ACL token; Debug while it goes on) and waits the backoff. It returns
+// false when ctx ended.
 func (l *loop) failed(ctx context.Context, err error) bool {
-	if !l.failing {
+	switch {
+	case !l.failing && permissionStatus(err):
+		l.r.log.Error("consul watch query failed: permission denied, retrying with backoff", "watch", l.what,
+			"credentials", l.r.tokenDesc(), "err", err)
+	case !l.failing:
 		l.r.log.Warn("consul watch query failed, retrying with backoff", "watch", l.what, "err", err)
-	} else {
+	default:
 		l.r.log.Debug("consul watch query failed again", "watch", l.what, "err", err)
 	}
 	l.failing = true
 	return l.sleep(ctx)
+}
+
+// hidden logs, at Error and once until it changes, that consul's ACLs hide
+// every result of the query: the watch then reports nothing.
+func (l *loop) hidden(h bool) {
+	if h && !l.aclHidden {
+		l.r.log.Error("consul watch: permission denied: consul's ACLs hide every result", "watch", l.what, "credentials", l.r.tokenDesc())
+	}
+	l.aclHidden = h
 }
 
 func (l *loop) succeeded() {

@@ -64,7 +64,23 @@
 //
 // A Registry is safe for concurrent use. Every etcd request is bounded by the
 // caller's context and by WithRequestTimeout. Errors from etcd wrap
-// registry.ErrUnavailable (and the etcd client's error). Per registered node
+// registry.ErrUnavailable (and the etcd client's error), except etcd's
+// refusals of the credentials or of the operation (authentication failed,
+// no user, permission denied), which wrap registry.ErrPermission. As etcd's
+// client hides why it cannot connect behind its timeout, New dials the
+// endpoints itself and fails at once with the cause when none can serve
+// (connection refused, DNS, TLS); a request that times out later names
+// what a short dial of the endpoints finds.
+//
+// # Security
+//
+// TLS: WithTLS or WithTLSFiles (a client certificate for etcd's
+// --client-cert-auth); "https://" endpoints always use TLS. Authentication:
+// WithAuth (user and password; etcd's RBAC then limits the user to the
+// key ranges of its roles: the prefix needs read for New, GetService,
+// ListServices and Watch, and write for Register and Deregister). With
+// --client-cert-auth and no password, etcd takes the client certificate's
+// common name as the user. Per registered node
 // the Registry runs one goroutine; per watch, one; Close stops them all and
 // closes the etcd client.
 package etcd

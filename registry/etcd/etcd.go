@@ -41,6 +41,9 @@ type Registry struct {
 	prefix string
 	reqTO  time.Duration
 	log    *slog.Logger
+	probe  func() error // dials the endpoints after a timeout: the causes found, or nil
+
+	cliCancel context.CancelFunc // ends the client's context (Close)
 
 	ctx    context.Context // canceled by Close; parent of keepers and watches
 	cancel context.CancelFunc
@@ -56,8 +59,18 @@ var _ registry.Registry = (*Registry)(nil)
 // New connects to etcd and checks, within the dial timeout (and ctx), that
 // it answers a linearizable read of the prefix (which also checks the
 // credentials). If it does not, New closes the client and returns an error
-// wrapping registry.ErrUnavailable. Invalid TLS files fail New with an error
-// that does not. ctx bounds only New itself, not the Registry's lifetime.
+// wrapping registry.ErrPermission when etcd refused the credentials or the
+// read (a wrong password, no user, a user without a role on the prefix),
+// else registry.ErrUnavailable. Invalid TLS files fail New with an error
+// that wraps neither. ctx bounds only New itself, not the Registry's
+// lifetime.
+//
+// Meanwhile New dials every endpoint itself (TCP, TLS handshake): when all
+// of them fail in a way that no wait can mend (connection refused, a DNS
+// failure, a TLS failure: an untrusted certificate, a client certificate
+// refused, TLS against plain text or the reverse), New returns at once with
+// that cause instead of waiting out the dial timeout; after a timeout the
+// error names what the dial found.
 func New(ctx context.Context, opts ...Option) (*Registry, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -92,23 +105,22 @@ func New(ctx context.Context, opts ...Option) (*Registry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("etcd: connect to %s: %w", addrs, err)
 	}
-	cli, err := clientv3.New(cfg)
+	cli, cliCancel, err := connect(ctx, cfg, o, tlsCfg)
 	if err != nil {
-		return nil, fmt.Errorf("etcd: connect to %s: %w: %w", addrs, registry.ErrUnavailable, err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, o.dialTimeout)
-	_, err = cli.Get(pctx, o.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
-	cancel()
-	if err != nil {
-		_ = cli.Close()
-		return nil, fmt.Errorf("etcd: connect to %s: %w: %w", addrs, registry.ErrUnavailable, err)
+		return nil, fmt.Errorf("etcd: connect to %s: %w", addrs, err)
 	}
 	r := &Registry{
-		cli:    cli,
-		prefix: o.prefix,
-		reqTO:  o.requestTimeout,
-		log:    o.log,
-		nodes:  make(map[string]*node),
+		cli:       cli,
+		cliCancel: cliCancel,
+		prefix:    o.prefix,
+		reqTO:     o.requestTimeout,
+		log:       o.log,
+		nodes:     make(map[string]*node),
+	}
+	r.probe = func() error {
+		pctx, cancel := context.WithTimeout(context.Background(), min(r.reqTO, failProbeTimeout))
+		defer cancel()
+		return causes(probeEndpoints(pctx, o.addrs, tlsCfg))
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	return r, nil
@@ -294,6 +306,7 @@ func (r *Registry) Close() error {
 	r.mu.Unlock()
 	r.cancel()
 	r.wg.Wait()
+	defer r.cliCancel()
 	if err := r.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("etcd: close client: %w", err)
 	}
@@ -312,13 +325,22 @@ func (r *Registry) reqCtx(ctx context.Context) (context.Context, context.CancelF
 }
 
 // fail wraps an etcd error: registry.ErrClosed after Close, the bare context
-// error when the caller canceled, registry.ErrUnavailable otherwise.
+// error when the caller canceled, registry.ErrPermission when etcd refused
+// the credentials or the operation, registry.ErrUnavailable otherwise. A
+// timeout is followed by what a short direct dial of the endpoints finds
+// (e.g. "connection refused"), since etcd's client hides dial errors.
 func (r *Registry) fail(ctx context.Context, op string, err error) error {
 	switch {
 	case r.isClosed():
 		return fmt.Errorf("etcd: %s: %w", op, registry.ErrClosed)
 	case errors.Is(ctx.Err(), context.Canceled):
 		return fmt.Errorf("etcd: %s: %w", op, ctx.Err())
+	case isPermission(err):
+		return fmt.Errorf("etcd: %s: %w: %w", op, registry.ErrPermission, err)
+	case isTimeout(err) && r.probe != nil:
+		if c := r.probe(); c != nil {
+			return fmt.Errorf("etcd: %s: %w: %w (%w)", op, registry.ErrUnavailable, err, c)
+		}
 	}
 	return fmt.Errorf("etcd: %s: %w: %w", op, registry.ErrUnavailable, err)
 }

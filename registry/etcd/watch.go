@@ -101,6 +101,11 @@ func (w *watcher) run() {
 			} else if w.ctx.Err() == nil {
 				w.r.log.Log(context.Background(), level, "etcd registry: re-listing after compaction failed; retrying", "prefix", w.prefix, "err", err)
 			}
+		} else if isPermission(err) {
+			if fails == 1 {
+				level = slog.LevelError
+			}
+			w.r.log.Log(context.Background(), level, "etcd registry: watch refused: permission denied; retrying", "prefix", w.prefix, "rev", w.rev, "err", err)
 		} else {
 			w.r.log.Log(context.Background(), level, "etcd registry: watch interrupted; resuming from the last revision", "prefix", w.prefix, "rev", w.rev, "err", err)
 		}
