@@ -148,10 +148,14 @@ func TestUI(t *testing.T) {
 	})
 	start := time.Now()
 	n2 := node("n2")
-	wait("n2 create", func(l string) bool { return strings.Contains(l, `"type":"create"`) && strings.Contains(l, `"node":"n2"`) })
+	wait("n2 create", func(l string) bool {
+		return strings.Contains(l, `"type":"create"`) && strings.Contains(l, `"node":"n2"`)
+	})
 	t.Logf("n2 create event after %v", time.Since(start))
 	n2.Stop(context.Background())
-	wait("n2 delete", func(l string) bool { return strings.Contains(l, `"type":"delete"`) && strings.Contains(l, `"node":"n2"`) })
+	wait("n2 delete", func(l string) bool {
+		return strings.Contains(l, `"type":"delete"`) && strings.Contains(l, `"node":"n2"`)
+	})
 
 	// A call through the dashboard.
 	creq, _ := http.NewRequest("POST", base+"/api/call", strings.NewReader(`{"service":"greeter","endpoint":"Greeter.Hello","request":{"name":"Ann"}}`))
