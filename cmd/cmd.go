@@ -232,9 +232,13 @@ type App struct {
 // helpShown is true when --help was asked for: nothing else ran.
 func Parse(app App, args []string, extra []cli.Flag, action func(*cli.Context) error) (cfg Config, helpShown bool, err error) {
 	ran := false
+	usage := app.Usage
+	if usage == "" {
+		usage = "a Beacon service (flags: see below; each also reads BEACON_<NAME> and MICRO_<NAME>)"
+	}
 	a := &cli.App{
 		Name:            app.Name,
-		Usage:           app.Usage,
+		Usage:           usage,
 		Version:         app.Version,
 		HideVersion:     app.Version == "",
 		HideHelpCommand: true,
