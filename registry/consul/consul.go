@@ -10,6 +10,11 @@
 //	Name     the service name
 //	Address  the host of the node address, Port its port
 //	Meta     the record below
+//	Tags     go-micro's record (gomicro.go): "v-" + hex(zlib(version)),
+//	         "t-" + hex(zlib(JSON {key: value})) per node metadata entry,
+//	         "e-" + hex(zlib(JSON endpoint)) per endpoint, which is all
+//	         go-micro's consul registry reads; and "beacon-rev-<hash>", a
+//	         hash of the record that changes with any change of the node
 //	Check    one TTL check "beacon-ttl:<node ID>" with the register TTL,
 //	         initial status passing, DeregisterCriticalServiceAfter (at
 //	         least consul's minimum of one minute)
@@ -33,13 +38,19 @@
 // Register refuses, with a *registry.ValidationError, a record that does not
 // fit even so (about 30 KB of compressed metadata and endpoints).
 //
-// Services registered by other tools (no "beacon" key) are read as nodes
-// with ID "<service ID>@<consul node name>", the service address (or the
-// node's address when empty) and port, the service Meta as node metadata
-// when it passes registry.ValidateMetadata, and an empty version. Entries
-// that cannot be read (no address, a port outside 1-65535, a garbled blob,
-// a Beacon record failing registry.Validate) are skipped with a slog Warn,
-// once per service instance and consul modify index.
+// Services registered by go-micro (no "beacon" key, a "v-" tag that
+// decodes) are read from their tags as go-micro reads them: node ID = the
+// service ID as it is, version, node metadata and endpoints. Services
+// registered by other tools are read as nodes with ID "<service
+// ID>@<consul node name>", the service address (or the node's address when
+// empty) and port, the service Meta as node metadata when it passes
+// registry.ValidateMetadata, and an empty version. The "consul" service of
+// consul's own servers is left out. Entries that cannot be read (no
+// address, a port outside 1-65535, a garbled blob or tag, a record failing
+// registry.Validate) are skipped with a slog Warn, once per service
+// instance and consul modify index. When entries on several consul nodes
+// carry one node ID, the one registered through its agent with its own
+// check is the node and the others are never shown (owner.go).
 //
 // # Health
 //
@@ -130,6 +141,8 @@ type Registry struct {
 
 	nodesMu sync.Mutex
 	nodes   map[string]*nodeState // node ID -> what this Registry registered
+
+	members membersCache // owner.go
 
 	watch watchState
 
