@@ -77,8 +77,14 @@
 //
 // All watchers of one service share one blocking query on
 // /v1/health/service/<name>; watchers of all services share one blocking
-// query on /v1/catalog/services plus the per-service queries of every
-// service it lists. The index is reset to 0 when it goes backwards and
+// query on /v1/catalog/services plus the watches of every service it lists.
+// At most WithServiceQueries services (DefaultServiceQueries, 64) have a
+// blocking query of their own; the watches of further services share two
+// blocking queries, on /v1/catalog/services and /v1/health/state/any, which
+// tell which of them changed and must be fetched again (feed.go). So one
+// Registry watches any number of services within consul's
+// http_max_conns_per_client (200 connections per client address): 1,000
+// services take about 70. The index is reset to 0 when it goes backwards and
 // after every error (the agent may have been replaced); errors back off
 // exponentially (50 ms to 5 s) and keep the last state: nodes are only
 // reported deleted on a successful answer. A query that returns at once
@@ -100,9 +106,11 @@
 // not gzip-compressed (inflating consul's large health answers costs far
 // more than it saves on a local link) and capped at MaxResponseBytes.
 //
-// Limits: the agent refuses more than http_max_conns_per_client (default
-// 200) concurrent connections from one client address, which bounds the
-// number of services one Registry can watch through one agent.
+// Connections: a Registry holds one per blocking query (at most
+// WithServiceQueries, plus the catalog and checks watches and 4 fetchers
+// of fed services) and per call in flight; the agent refuses more than
+// http_max_conns_per_client (default 200) from one client address, shared
+// by every program on that address.
 package consul
 
 import (
