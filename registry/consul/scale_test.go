@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -165,6 +167,18 @@ func TestManyServices(t *testing.T) {
 		len(latFed), percentile(latFed, 50), percentile(latFed, 90), slices.Max(append(latFed, 0)))
 	if len(latFed) == 0 {
 		t.Error("no change of a fed service measured")
+	}
+	if measuring() {
+		for _, path := range []string{"/v1/catalog/services", "/v1/health/state/any"} {
+			resp, err := http.Get(a.URL() + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			t.Logf("the feed reads %s: %d KB per answer", path, len(body)/1000)
+		}
+		http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 	}
 
 	// A fed service's node fails its check, another is deregistered, a
