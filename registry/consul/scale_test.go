@@ -334,3 +334,35 @@ func TestFeedStops(t *testing.T) {
 		return nil
 	})
 }
+
+// TestFeedPeriodicProbe: a change neither feed shows (another tool's
+// check-less, tag-less instance added to a service of Beacon nodes) is
+// seen by the probe of every fed service once per wait time.
+func TestFeedPeriodicProbe(t *testing.T) {
+	t.Parallel()
+	const wait = time.Second
+	r := newRegistry(t, WithServiceQueries(0), WithWaitTime(wait))
+	raw := rawClient(t, agent.Addr())
+	name := uniqueName(t)
+	s := service(name, "1", 0, 1)
+	ev := registrytest.Watch(t, r, registry.WatchService(name))
+	if err := r.Register(ctxT(t), s, registry.RegisterTTL(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Deregister(ctxT(t), s)
+	ev.Expect(t, 5*time.Second, registry.Create, s.Nodes[0].ID)
+	r.watch.mu.Lock()
+	probe := r.watch.services[name].probe
+	r.watch.mu.Unlock()
+	if probe {
+		t.Fatal("a service of Beacon nodes is probed on every catalog change")
+	}
+	reg := &api.AgentServiceRegistration{ID: name + "-plain", Name: name, Address: "127.0.0.11", Port: 80}
+	if err := raw.Agent().ServiceRegister(reg); err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Agent().ServiceDeregister(reg.ID)
+	start := time.Now()
+	ev.Expect(t, 3*wait+2*time.Second, registry.Create, reg.ID+"@"+testserver.ConsulNodeName)
+	t.Logf("seen after %v (wait time %v)", time.Since(start), wait)
+}
