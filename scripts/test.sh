@@ -4,7 +4,8 @@
 #      and Chromium for the browser tests (apt-get, as root) when missing,
 #   2. go vet ./...
 #   3. go test -race ./... (mdns tests re-run themselves inside private
-#      network namespaces they create; nothing multicasts on your network).
+#      network namespaces they create; nothing multicasts on your network),
+#   4. go vet and go test -race in every interop module (interop/*/go.mod).
 # Extra arguments go to `go test` (e.g. scripts/test.sh -run Conformance -v).
 set -euo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
@@ -27,3 +28,13 @@ echo "==> go vet ./..."
 go vet ./...
 echo "==> go test -race ./..."
 go test -race -timeout 30m "$@" ./...
+
+# Interop modules (interop/*/go.mod) are modules of their own, so that
+# Beacon's module does not depend on what they test against (go-micro):
+# ./... above does not reach them.
+for mod in interop/*/go.mod; do
+	[ -e "$mod" ] || continue
+	dir=${mod%/go.mod}
+	echo "==> $dir: go vet ./... && go test -race ./..."
+	(cd "$dir" && go vet ./... && go test -race -timeout 15m "$@" ./...)
+done

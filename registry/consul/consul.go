@@ -10,6 +10,11 @@
 //	Name     the service name
 //	Address  the host of the node address, Port its port
 //	Meta     the record below
+//	Tags     go-micro's record (gomicro.go): "v-" + hex(zlib(version)),
+//	         "t-" + hex(zlib(JSON {key: value})) per node metadata entry,
+//	         "e-" + hex(zlib(JSON endpoint)) per endpoint, which is all
+//	         go-micro's consul registry reads; and "beacon-rev-<hash>", a
+//	         hash of the record that changes with any change of the node
 //	Check    one TTL check "beacon-ttl:<node ID>" with the register TTL,
 //	         initial status passing, DeregisterCriticalServiceAfter (at
 //	         least consul's minimum of one minute)
@@ -33,13 +38,19 @@
 // Register refuses, with a *registry.ValidationError, a record that does not
 // fit even so (about 30 KB of compressed metadata and endpoints).
 //
-// Services registered by other tools (no "beacon" key) are read as nodes
-// with ID "<service ID>@<consul node name>", the service address (or the
-// node's address when empty) and port, the service Meta as node metadata
-// when it passes registry.ValidateMetadata, and an empty version. Entries
-// that cannot be read (no address, a port outside 1-65535, a garbled blob,
-// a Beacon record failing registry.Validate) are skipped with a slog Warn,
-// once per service instance and consul modify index.
+// Services registered by go-micro (no "beacon" key, a "v-" tag that
+// decodes) are read from their tags as go-micro reads them: node ID = the
+// service ID as it is, version, node metadata and endpoints. Services
+// registered by other tools are read as nodes with ID "<service
+// ID>@<consul node name>", the service address (or the node's address when
+// empty) and port, the service Meta as node metadata when it passes
+// registry.ValidateMetadata, and an empty version. The "consul" service of
+// consul's own servers is left out. Entries that cannot be read (no
+// address, a port outside 1-65535, a garbled blob or tag, a record failing
+// registry.Validate) are skipped with a slog Warn, once per service
+// instance and consul modify index. When entries on several consul nodes
+// carry one node ID, the one registered through its agent with its own
+// check is the node and the others are never shown (owner.go).
 //
 // # Health
 //
@@ -66,8 +77,14 @@
 //
 // All watchers of one service share one blocking query on
 // /v1/health/service/<name>; watchers of all services share one blocking
-// query on /v1/catalog/services plus the per-service queries of every
-// service it lists. The index is reset to 0 when it goes backwards and
+// query on /v1/catalog/services plus the watches of every service it lists.
+// At most WithServiceQueries services (DefaultServiceQueries, 64) have a
+// blocking query of their own; the watches of further services share two
+// blocking queries, on /v1/catalog/services and /v1/health/state/any, which
+// tell which of them changed and must be fetched again (feed.go). So one
+// Registry watches any number of services within consul's
+// http_max_conns_per_client (200 connections per client address): 1,000
+// services take about 70. The index is reset to 0 when it goes backwards and
 // after every error (the agent may have been replaced); errors back off
 // exponentially (50 ms to 5 s) and keep the last state: nodes are only
 // reported deleted on a successful answer. A query that returns at once
@@ -103,9 +120,11 @@
 // not gzip-compressed (inflating consul's large health answers costs far
 // more than it saves on a local link) and capped at MaxResponseBytes.
 //
-// Limits: the agent refuses more than http_max_conns_per_client (default
-// 200) concurrent connections from one client address, which bounds the
-// number of services one Registry can watch through one agent.
+// Connections: a Registry holds one per blocking query (at most
+// WithServiceQueries, plus the catalog and checks watches and 4 fetchers
+// of fed services) and per call in flight; the agent refuses more than
+// http_max_conns_per_client (default 200) from one client address, shared
+// by every program on that address.
 package consul
 
 import (
@@ -146,6 +165,8 @@ type Registry struct {
 
 	nodesMu sync.Mutex
 	nodes   map[string]*nodeState // node ID -> what this Registry registered
+
+	members membersCache // owner.go
 
 	watch watchState
 

@@ -42,6 +42,7 @@ type options struct {
 	connectTimeout  time.Duration
 	waitTime        time.Duration
 	deregisterAfter time.Duration
+	serviceQueries  *int // WithServiceQueries (feed.go); nil: the default
 }
 
 func buildOptions(opts []Option) options {

@@ -27,34 +27,40 @@ func (r *Registry) queryOpts(ctx context.Context, index uint64) *api.QueryOption
 // blocking query that returns when the answer may have changed after index.
 // cache, if not nil, carries decoded records from one answer to the next.
 func (r *Registry) fetch(ctx context.Context, name string, index uint64, cache *decodeCache) (registry.NodeSet, *api.QueryMeta, error) {
+	set, _, meta, err := r.fetchEntries(ctx, name, index, cache)
+	return set, meta, err
+}
+
+// fetchEntries is fetch that also returns consul's entries.
+func (r *Registry) fetchEntries(ctx context.Context, name string, index uint64, cache *decodeCache) (registry.NodeSet, []*entry, *api.QueryMeta, error) {
 	c, ci := r.client()
 	var entries []*entry
 	meta, err := c.Raw().Query("/v1/health/service/"+name, &entries, r.queryOpts(ctx, index))
 	if err != nil {
 		r.fail(ci, err)
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return r.nodeSet(name, entries, cache), meta, nil
+	return r.nodeSet(ctx, name, entries, cache), entries, meta, nil
 }
 
-// nodeSet decodes a health answer for service name: entries with a critical
-// check are hidden, unreadable ones are skipped (logged once). When two
-// entries carry the same node ID (one node on two agents after a move) the
-// most recently modified wins. With a cache, entries whose record did not
-// change since the previous answer are not decoded again.
-func (r *Registry) nodeSet(name string, entries []*entry, cache *decodeCache) registry.NodeSet {
-	set := make(registry.NodeSet, len(entries))
-	var mod map[string]uint64
+// nodeSet decodes a health answer for service name: unreadable entries are
+// skipped (logged once), consul's own "consul" service is left out, entries
+// sharing a node ID are settled as owner.go says, and nodes with a critical
+// check are hidden. With a cache, entries whose record did not change since
+// the previous answer are not decoded again.
+func (r *Registry) nodeSet(ctx context.Context, name string, entries []*entry, cache *decodeCache) registry.NodeSet {
 	var next map[cacheKey]*cached
 	if cache != nil {
 		next = make(map[cacheKey]*cached, len(entries))
 	}
+	byID := make(map[string]candidate, len(entries))
+	var dups map[string][]candidate // node ID -> all its entries, when more than one
 	for _, e := range entries {
 		if e == nil || e.Service == nil {
 			r.warnMalformed(name, e, registry.ErrMalformed)
 			continue
 		}
-		if e.Service.Service != name || critical(e.Checks) {
+		if e.Service.Service != name || consulServer(e) {
 			continue
 		}
 		var s *registry.Service
@@ -68,19 +74,36 @@ func (r *Registry) nodeSet(name string, entries []*entry, cache *decodeCache) re
 			r.warnMalformed(name, e, err)
 			continue
 		}
+		c := candidate{e: e, svc: s}
 		id := s.Nodes[0].ID
-		if _, dup := set[id]; dup {
-			if mod[id] >= e.Service.ModifyIndex {
-				continue
-			}
+		prev, dup := byID[id]
+		if !dup {
+			byID[id] = c
+			continue
 		}
-		if mod == nil {
-			mod = make(map[string]uint64)
+		if dups == nil {
+			dups = make(map[string][]candidate)
 		}
-		set[id], mod[id] = s, e.Service.ModifyIndex
+		if dups[id] == nil {
+			dups[id] = []candidate{prev}
+		}
+		dups[id] = append(dups[id], c)
 	}
 	if cache != nil {
 		cache.m = next
+	}
+	var members map[string]bool
+	if len(dups) > 0 {
+		members = r.liveMembers(ctx)
+	}
+	set := make(registry.NodeSet, len(byID))
+	for id, c := range byID {
+		if d := dups[id]; d != nil {
+			c = owner(d, members)
+		}
+		if !critical(c.e.Checks) {
+			set[id] = c.svc
+		}
 	}
 	return set
 }
@@ -96,6 +119,7 @@ type cacheKey struct{ serviceID, node string }
 type cached struct {
 	address, nodeAddress string
 	port                 int
+	tags                 []string
 	meta                 map[string]string
 	svc                  *registry.Service // nil when err != nil
 	err                  error
@@ -112,12 +136,12 @@ func (c *decodeCache) decode(cd *codec, name string, e *entry, next map[cacheKey
 		key.node, nodeAddr = e.Node.Node, e.Node.Address
 	}
 	if old := c.m[key]; old != nil && old.address == e.Service.Address && old.port == e.Service.Port &&
-		old.nodeAddress == nodeAddr && maps.Equal(old.meta, e.Service.Meta) {
+		old.nodeAddress == nodeAddr && maps.Equal(old.meta, e.Service.Meta) && slices.Equal(old.tags, e.Service.Tags) {
 		next[key] = old
 		return old.svc, old.err
 	}
 	s, err := cd.decodeEntry(name, e)
-	next[key] = &cached{address: e.Service.Address, nodeAddress: nodeAddr, port: e.Service.Port, meta: e.Service.Meta, svc: s, err: err}
+	next[key] = &cached{address: e.Service.Address, nodeAddress: nodeAddr, port: e.Service.Port, tags: e.Service.Tags, meta: e.Service.Meta, svc: s, err: err}
 	return s, err
 }
 

@@ -59,7 +59,11 @@ func (r *Registry) registration(s *registry.Service, n *registry.Node, ttl time.
 	if err != nil { // cannot happen after Validate
 		return nil, &registry.ValidationError{Field: "node.address", Value: n.Address, Reason: err.Error()}
 	}
-	reg := &api.AgentServiceRegistration{ID: n.ID, Name: s.Name, Address: host, Port: port, Meta: meta}
+	tags, err := r.codec.encodeTags(s, n, host, port, meta)
+	if err != nil {
+		return nil, err
+	}
+	reg := &api.AgentServiceRegistration{ID: n.ID, Name: s.Name, Address: host, Port: port, Tags: tags, Meta: meta}
 	if ttl > 0 {
 		reg.Checks = api.AgentServiceChecks{{
 			CheckID:                        checkID(n.ID),
