@@ -25,6 +25,7 @@ import (
 	"github.com/beacon-go/beacon/beacongrpc"
 	"github.com/beacon-go/beacon/cmd"
 	"github.com/beacon-go/beacon/examples/grpcgreeter"
+	"github.com/beacon-go/beacon/registry/cache"
 )
 
 func main() {
@@ -80,7 +81,10 @@ func run(args []string) (failed int, err error) {
 	defer reg.Close()
 
 	beacongrpc.RegisterBalancers() // once, before the first client
-	b := beacongrpc.NewBuilder(reg, beacongrpc.WithLogger(log))
+	// The cache keeps the last nodes for --registry_empty_hold (default:
+	// the register TTL) when a registry restarted empty says there are none.
+	b := beacongrpc.NewBuilder(reg, beacongrpc.WithLogger(log),
+		beacongrpc.WithCacheOptions(cache.WithEmptyHold(cfg.RegistryEmptyHold)))
 	defer b.Close()
 	conn, err := grpc.NewClient(grpcgreeter.Target,
 		grpc.WithResolvers(b),
