@@ -489,11 +489,14 @@ func grpcFaults(t *testing.T, e *grpcEnv) {
 		fmt.Fprintf(&table, " %20s", k.name)
 	}
 	table.WriteString("\n")
+	var shares strings.Builder
+	fmt.Fprintf(&shares, "%s: calls answered per node\n", b.name)
 	for _, p := range phases[:len(phases)-1] {
 		st := l.stats(p.from, p.to)
 		fmt.Fprintf(&table, "  %-28s", p.name)
-		for i := range grpcClientKinds {
+		for i, k := range grpcClientKinds {
 			fmt.Fprintf(&table, " %20s", fmt.Sprintf("%d/%d", st[i].failed, st[i].calls))
+			fmt.Fprintf(&shares, "  %-28s %-26s %v\n", p.name, k.name, st[i].nodes)
 		}
 		table.WriteString("\n")
 		for i, k := range grpcClientKinds {
@@ -516,6 +519,7 @@ func grpcFaults(t *testing.T, e *grpcEnv) {
 		}
 	}
 	t.Log(table.String())
+	t.Log(shares.String())
 }
 
 // waitResolved waits until the resolver's cache holds n nodes of greeter.
