@@ -374,8 +374,9 @@ func grpcFaults(t *testing.T, e *grpcEnv) {
 		defer conn.Close()
 		conns[i] = conn
 	}
-	// Every client knows the three nodes before the load starts (the load
-	// is not WaitForReady: a call before the first resolution would fail).
+	// The resolver knows the three nodes before the load starts: the calls
+	// are not WaitForReady, and fail at once while the resolver reports the
+	// service not found (mdns finds the nodes within a second or so).
 	waitResolved(t, rb, 3, 15*time.Second)
 
 	l := startGRPCLoad(grpcClientKinds, conns)
