@@ -228,7 +228,7 @@ func NewService(opts ...Option) (*Service, error) {
 			addrs = o.registryAddrs
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), DefaultRegistryTimeout)
-		s.reg, err = cmd.NewRegistry(ctx, name, addrs, o.log)
+		s.reg, err = cmd.NewRegistry(ctx, name, addrs, o.log, cfg.RegistryOptions()...)
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("beacon: registry %s: %w", name, err)

@@ -92,7 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		octx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
 		defer cancel()
-		r, err := cmd.NewRegistry(octx, cfg.Registry, cfg.RegistryAddress, log)
+		r, err := cmd.NewRegistry(octx, cfg.Registry, cfg.RegistryAddress, log, cfg.RegistryOptions()...)
 		if err != nil {
 			return nil, fail(1, "registry %s: %w", cfg.Registry, err)
 		}
