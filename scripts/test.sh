@@ -3,7 +3,9 @@
 #   1. installs the real test servers (etcd, consul) into .bin/ when missing,
 #   2. go vet ./...
 #   3. go test -race ./... (mdns tests re-run themselves inside private
-#      network namespaces they create; nothing multicasts on your network).
+#      network namespaces they create; nothing multicasts on your network),
+#   4. go vet and go test -race in interop/gomicro, a module of its own that
+#      runs the real go-micro v5.30.0 against Beacon's mdns registry.
 # Extra arguments go to `go test` (e.g. scripts/test.sh -run Conformance -v).
 set -euo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
@@ -25,3 +27,5 @@ echo "==> go vet ./..."
 go vet ./...
 echo "==> go test -race ./..."
 go test -race -timeout 30m "$@" ./...
+echo "==> interop/gomicro (go-micro v5.30.0): go vet, go test -race"
+(cd interop/gomicro && go vet ./... && go test -race -timeout 10m ./...)
