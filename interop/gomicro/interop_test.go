@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -18,7 +19,7 @@ func lanAddr(lab *netns.Lab, host int) string { return lab.IP(host).String() + "
 
 // TestGoMicroSeesBeacon: go-micro v5.30.0's mdns registry, in host 3,
 // sees Beacon nodes of hosts 0-2: GetService and Watch find them with
-// their address and node metadata; a clean stop is a delete event; a node
+// their address and node metadata, ListServices their service; a clean stop is a delete event; a node
 // whose heartbeat stopped is withdrawn by its registry when its TTL runs
 // out, a delete event too; a SIGKILLed node is gone from GetService at once
 // (go-micro's watcher has no expiry: it never reports that one). A node
@@ -39,6 +40,13 @@ func TestGoMicroSeesBeacon(t *testing.T) {
 		got := gm.get(t)
 		if len(got.Nodes) != 1 || got.Nodes[0].ID != "bcn-a" || got.Nodes[0].Address != lanAddr(lab, 0) || got.Nodes[0].Metadata["zone"] != "a" {
 			return fmt.Errorf("go-micro's GetService = %+v", got)
+		}
+		return nil
+	})
+
+	registrytest.Eventually(t, 10*time.Second, func() error {
+		if names := gm.list(t); !slices.Contains(names, svc) {
+			return fmt.Errorf("go-micro's ListServices = %v, want %s", names, svc)
 		}
 		return nil
 	})

@@ -144,6 +144,18 @@ func goMicroObserver(svc string) error {
 	say("READY")
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
+		if sc.Text() == "list" {
+			list, err := r.ListServices()
+			var names []string
+			for _, s := range list {
+				names = append(names, s.Name)
+			}
+			if err != nil {
+				names = append(names, "error: "+err.Error())
+			}
+			say("LIST %s", strings.Join(names, ","))
+			continue
+		}
 		if sc.Text() != "get" {
 			continue
 		}
@@ -388,4 +400,11 @@ func (p *proc) kill(t *testing.T) {
 	}
 	err := <-p.done
 	p.done <- err
+}
+
+// list asks the go-micro observer for ListServices: the names.
+func (p *proc) list(t *testing.T) []string {
+	t.Helper()
+	p.send(t, "list")
+	return strings.Split(p.expect(t, "LIST ", 10*time.Second), ",")
 }
