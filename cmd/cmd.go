@@ -64,6 +64,7 @@ const (
 	FlagClientRequestTimeout = "client_request_timeout"
 	FlagSelector             = "selector"
 	FlagRegistryEmptyHold    = "registry_empty_hold"
+	FlagRegistryMDNSKey      = "registry_mdns_key"
 )
 
 // DefaultRegistry is the registry used when none is named.
@@ -99,6 +100,9 @@ type Config struct {
 	// RegistryEmptyHold is the selector cache's empty hold; unless set
 	// explicitly it is RegisterTTL.
 	RegistryEmptyHold time.Duration
+	// RegistryMDNSKey signs and checks mdns records (mdns.WithKey) when
+	// not empty.
+	RegistryMDNSKey string
 	// LogLevel and LogFormat: see NewLogger.
 	LogLevel  slog.Level
 	LogFormat string
@@ -145,6 +149,8 @@ func Flags() []cli.Flag {
 		&cli.GenericFlag{Name: FlagRegistryEmptyHold, EnvVars: envs(FlagRegistryEmptyHold), Value: newDuration(server.DefaultRegisterTTL, server.MaxRegisterTTL),
 			DefaultText: "the register TTL",
 			Usage:       "how long the last nodes of a service keep serving when the registry may have restarted empty; 0: not at all (duration, or seconds)"},
+		&cli.StringFlag{Name: FlagRegistryMDNSKey, EnvVars: envs(FlagRegistryMDNSKey), DefaultText: "none",
+			Usage: "mdns: shared key (at least 16 bytes) to sign records and drop those not signed with it; prefer the environment to the command line"},
 	}, append(append(append(serverFlags(), logFlags()...), tlsFlags()...), registrySecurityFlags()...)...)
 }
 
@@ -161,6 +167,7 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 		ClientRequestTimeout: durationOf(c, FlagClientRequestTimeout, client.DefaultRequestTimeout),
 		Selector:             c.String(FlagSelector),
 		RegistryEmptyHold:    durationOf(c, FlagRegistryEmptyHold, server.DefaultRegisterTTL),
+		RegistryMDNSKey:      c.String(FlagRegistryMDNSKey),
 		LogFormat:            c.String(FlagLogFormat),
 		Set:                  map[string]bool{},
 	}
@@ -181,6 +188,7 @@ func ConfigFrom(c *cli.Context) (Config, error) {
 		cfg.Set[n] = c.IsSet(n)
 	}
 	cfg.Set[FlagRegistryEmptyHold] = c.IsSet(FlagRegistryEmptyHold)
+	cfg.Set[FlagRegistryMDNSKey] = c.IsSet(FlagRegistryMDNSKey)
 	if !cfg.Set[FlagRegistryEmptyHold] {
 		cfg.RegistryEmptyHold = cfg.RegisterTTL
 	}
@@ -272,12 +280,28 @@ func Parse(app App, args []string, extra []cli.Flag, action func(*cli.Context) e
 // default).
 type RegistryFactory func(ctx context.Context, addrs []string, log *slog.Logger) (registry.Registry, error)
 
+// MDNSKey makes an mdns registry sign its records and drop those not
+// signed with key (mdns.WithKey); empty: no key.
+func MDNSKey(key string) RegistryOption {
+	return func(o *registryOptions) { o.mdnsKey = []byte(key) }
+}
+
+// RegistryOptions returns the backend settings of the configuration, for
+// NewRegistry.
+func (c Config) RegistryOptions() []RegistryOption {
+	return []RegistryOption{MDNSKey(c.RegistryMDNSKey), WithRegistrySecurity(c.RegistrySecurity)}
+}
+
 // registries is the table of registry names; explicit code, no init()
 // registration.
-func registries() map[string]RegistryFactory {
+func registries(ro ...RegistryOption) map[string]RegistryFactory {
+	var o registryOptions
+	for _, f := range ro {
+		f(&o)
+	}
 	return map[string]RegistryFactory{
 		"mdns": func(ctx context.Context, addrs []string, log *slog.Logger) (registry.Registry, error) {
-			return mdns.New(ctx, mdns.WithAddrs(addrs...), mdns.WithLogger(log))
+			return mdns.New(ctx, mdns.WithAddrs(addrs...), mdns.WithLogger(log), mdns.WithKey(o.mdnsKey))
 		},
 		"etcd": func(ctx context.Context, addrs []string, log *slog.Logger) (registry.Registry, error) {
 			return etcd.New(ctx, etcd.WithAddrs(addrs...), etcd.WithLogger(log))
@@ -331,7 +355,7 @@ func SelectorNames() []string {
 // (RegistrySecurity.Resolve); settings that do not fit the registry are an
 // error matching ErrRegistrySecurity.
 func NewRegistry(ctx context.Context, name string, addrs []string, log *slog.Logger, opts ...RegistryOption) (registry.Registry, error) {
-	f, ok := registries()[name]
+	f, ok := registries(opts...)[name]
 	if !ok {
 		return nil, fmt.Errorf("%w %q: valid registries are %s", ErrUnknownRegistry, name, strings.Join(RegistryNames(), ", "))
 	}

@@ -378,7 +378,8 @@ func (s RegistrySecurity) redacted() []any {
 type RegistryOption func(*registryOptions)
 
 type registryOptions struct {
-	sec RegistrySecurity
+	sec     RegistrySecurity
+	mdnsKey []byte
 }
 
 // WithRegistrySecurity passes the registry security settings of the flags

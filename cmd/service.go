@@ -126,7 +126,7 @@ func NewService(app App, opts ...beacon.Option) (*beacon.Service, error) {
 		addrs = app.RegistryAddress
 	}
 	factory := func(ctx context.Context, log *slog.Logger) (registry.Registry, error) {
-		r, err := NewRegistry(ctx, regName, addrs, log, WithRegistrySecurity(cfg.RegistrySecurity))
+		r, err := NewRegistry(ctx, regName, addrs, log, cfg.RegistryOptions()...)
 		if err != nil {
 			return nil, &registryError{name: regName, err: err}
 		}

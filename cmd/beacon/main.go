@@ -225,7 +225,7 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		}
 		octx, cancel := context.WithTimeout(ctx, timeout(c))
 		defer cancel()
-		r, err := cmd.NewRegistry(octx, cfg.Registry, cfg.RegistryAddress, log, cmd.WithRegistrySecurity(cfg.RegistrySecurity))
+		r, err := cmd.NewRegistry(octx, cfg.Registry, cfg.RegistryAddress, log, cfg.RegistryOptions()...)
 		switch {
 		case errors.Is(err, cmd.ErrRegistrySecurity):
 			return nil, &exitError{code: 2, err: fmt.Errorf("registry %s: %w", cfg.Registry, err)}

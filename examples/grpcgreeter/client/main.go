@@ -74,7 +74,7 @@ func run(args []string) (failed int, err error) {
 		return 0, err
 	}
 	ctx := context.Background()
-	reg, err := cmd.NewRegistry(ctx, cfg.Registry, cfg.RegistryAddress, log, cmd.WithRegistrySecurity(cfg.RegistrySecurity))
+	reg, err := cmd.NewRegistry(ctx, cfg.Registry, cfg.RegistryAddress, log, cfg.RegistryOptions()...)
 	if err != nil {
 		return 0, err
 	}

@@ -67,7 +67,7 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	reg, err := cmd.NewRegistry(ctx, cfg.Registry, cfg.RegistryAddress, log, cmd.WithRegistrySecurity(cfg.RegistrySecurity))
+	reg, err := cmd.NewRegistry(ctx, cfg.Registry, cfg.RegistryAddress, log, cfg.RegistryOptions()...)
 	if err != nil {
 		return err
 	}
