@@ -3,7 +3,9 @@
 #   1. installs the real test servers (etcd, consul) into .bin/ when missing,
 #   2. go vet ./...
 #   3. go test -race ./... (mdns tests re-run themselves inside private
-#      network namespaces they create; nothing multicasts on your network).
+#      network namespaces they create; nothing multicasts on your network),
+#   4. go vet and go test -race in interop/gozero, a module of its own (go-zero
+#      zrpc servers reached through beacon:///; keeps go-zero out of go.mod).
 # Extra arguments go to `go test` (e.g. scripts/test.sh -run Conformance -v).
 set -euo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
@@ -25,3 +27,5 @@ echo "==> go vet ./..."
 go vet ./...
 echo "==> go test -race ./..."
 go test -race -timeout 30m "$@" ./...
+echo "==> interop/gozero: go vet ./... && go test -race ./..."
+(cd interop/gozero && go vet ./... && go test -race -timeout 10m "$@" ./...)
