@@ -81,6 +81,7 @@
 // A Registry is safe for concurrent use. Every etcd request is bounded by the
 // caller's context and by WithRequestTimeout. Errors from etcd wrap
 // registry.ErrUnavailable (and the etcd client's error). Per registered node
-// the Registry runs one goroutine; per watch, one; Close stops them all and
+// the Registry runs one goroutine; per watch, one, plus one per key range it
+// watches (one, and one more per go-zero key); Close stops them all and
 // closes the etcd client.
 package etcd
