@@ -21,6 +21,22 @@
 // match the key, data that fails registry.Validate, values larger than
 // MaxRecordSize) are skipped everywhere with a Warn log line.
 //
+// # go-zero services
+//
+// WithGoZero("greeter.rpc") also reads the keys that go-zero's etcd
+// publisher (core/discov.Publisher, used by zrpc servers configured with
+// Etcd{Hosts, Key}) writes under that key, read-only:
+//
+//	greeter.rpc/7587890123456789    (<key>/<lease ID in decimal>, or <key>/<Etcd.ID>)
+//	127.0.0.1:8080                  (the server's address, plain text; on the lease)
+//
+// Each such key is a node of the Beacon service of that name (or of
+// another name: "greeter=greeter.rpc"): ID the last part of the key,
+// address the value, metadata protocol=grpc and MetaGoZeroKey, no version.
+// GetService, ListServices and Watch merge them with Beacon's records; a
+// watch follows the go-zero keys with one more etcd watch per key, resumed
+// from its own revision, and the records come and go with their leases.
+//
 // # Leases and heartbeats
 //
 // A node registered with a TTL is attached to a lease of its own, granted
@@ -81,6 +97,7 @@
 // ListServices and Watch, and write for Register and Deregister). With
 // --client-cert-auth and no password, etcd takes the client certificate's
 // common name as the user. Per registered node
-// the Registry runs one goroutine; per watch, one; Close stops them all and
+// the Registry runs one goroutine; per watch, one, plus one per key range it
+// watches (one, and one more per go-zero key); Close stops them all and
 // closes the etcd client.
 package etcd

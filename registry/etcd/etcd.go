@@ -39,6 +39,7 @@ const reconnectMax = 500 * time.Millisecond
 type Registry struct {
 	cli    *clientv3.Client
 	prefix string
+	gozero []goZeroKey // WithGoZero
 	reqTO  time.Duration
 	log    *slog.Logger
 	probe  func() error // dials the endpoints after a timeout: the causes found, or nil
@@ -79,6 +80,9 @@ func New(ctx context.Context, opts ...Option) (*Registry, error) {
 	if len(o.addrs) == 0 {
 		o.addrs = []string{DefaultAddr}
 	}
+	if err := checkGoZero(o.gozero, o.prefix); err != nil {
+		return nil, err
+	}
 	tlsCfg, err := o.tlsConfig()
 	if err != nil {
 		return nil, err
@@ -113,6 +117,7 @@ func New(ctx context.Context, opts ...Option) (*Registry, error) {
 		cli:       cli,
 		cliCancel: cliCancel,
 		prefix:    o.prefix,
+		gozero:    o.gozero,
 		reqTO:     o.requestTimeout,
 		log:       o.log,
 		nodes:     make(map[string]*node),
@@ -238,7 +243,8 @@ func (r *Registry) Deregister(ctx context.Context, s *registry.Service, _ ...reg
 	return errors.Join(errs...)
 }
 
-// GetService reads the service's keys (one linearizable range read) and
+// GetService reads the service's keys (one linearizable range read, and one
+// more at the same revision per go-zero key of the service: WithGoZero) and
 // returns its nodes grouped by version; malformed records are skipped with
 // a log line. It returns registry.ErrNotFound when no valid node is left.
 func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.GetOption) ([]*registry.Service, error) {
@@ -248,7 +254,7 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 	if r.isClosed() {
 		return nil, registry.ErrClosed
 	}
-	set, _, err := r.listSet(ctx, r.prefix+name+"/")
+	set, _, err := r.listSet(ctx, r.spans(name))
 	if err != nil {
 		return nil, r.fail(ctx, "get service "+name, err)
 	}
@@ -258,26 +264,26 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 	return set.Group(), nil
 }
 
-// ListServices reads the whole prefix (in pages of a consistent snapshot)
-// and returns one entry per service name and version, with its nodes,
-// sorted by name then version. Malformed records are skipped with a log
-// line.
+// ListServices reads the whole prefix and the go-zero keys (WithGoZero),
+// in pages of one consistent snapshot, and returns one entry per service
+// name and version, with its nodes, sorted by name then version. Malformed
+// records are skipped with a log line.
 func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) ([]*registry.Service, error) {
 	if r.isClosed() {
 		return nil, registry.ErrClosed
 	}
-	set, _, err := r.listSet(ctx, r.prefix)
+	set, _, err := r.listSet(ctx, r.spans(""))
 	if err != nil {
 		return nil, r.fail(ctx, "list services", err)
 	}
 	byName := make(map[string]registry.NodeSet)
-	for rel, s := range set {
+	for key, s := range set {
 		ns := byName[s.Name]
 		if ns == nil {
 			ns = make(registry.NodeSet)
 			byName[s.Name] = ns
 		}
-		ns[rel] = s
+		ns[key] = s
 	}
 	names := make([]string, 0, len(byName))
 	for name := range byName {
@@ -345,9 +351,9 @@ func (r *Registry) fail(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("etcd: %s: %w: %w", op, registry.ErrUnavailable, err)
 }
 
-// list returns every key-value under prefix at one revision, reading in
-// pages of listPage keys, and that revision.
-func (r *Registry) list(ctx context.Context, prefix string) ([]*mvccpb.KeyValue, int64, error) {
+// list returns every key-value under prefix at revision rev (0: the
+// current one), reading in pages of listPage keys, and that revision.
+func (r *Registry) list(ctx context.Context, prefix string, rev int64) ([]*mvccpb.KeyValue, int64, error) {
 	ctx, cancel := r.reqCtx(ctx)
 	defer cancel()
 	end := clientv3.GetPrefixRangeEnd(prefix)
@@ -355,54 +361,67 @@ func (r *Registry) list(ctx context.Context, prefix string) ([]*mvccpb.KeyValue,
 	for attempt := 0; attempt < 3; attempt++ {
 		var (
 			kvs []*mvccpb.KeyValue
-			rev int64
+			at  = rev
 			key = prefix
 		)
 		for {
 			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
-			if rev != 0 {
-				opts = append(opts, clientv3.WithRev(rev))
+			if at != 0 {
+				opts = append(opts, clientv3.WithRev(at))
 			}
 			resp, err := r.cli.Get(ctx, key, opts...)
 			if err != nil {
 				lastErr = err
 				break
 			}
-			if rev == 0 {
-				rev = resp.Header.Revision
+			if at == 0 {
+				at = resp.Header.Revision
 			}
 			kvs = append(kvs, resp.Kvs...)
 			if !resp.More || len(resp.Kvs) == 0 {
-				return kvs, rev, nil
+				return kvs, at, nil
 			}
 			key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		}
-		if !errors.Is(lastErr, rpctypes.ErrCompacted) {
+		if rev != 0 || !errors.Is(lastErr, rpctypes.ErrCompacted) {
 			break // a compaction between pages is worth a fresh start; nothing else is
 		}
 	}
 	return nil, 0, lastErr
 }
 
-// listSet lists prefix and decodes it into a NodeSet keyed by the key
-// relative to the registry prefix ("<service>/<node id>"), skipping
-// malformed records with a log line.
-func (r *Registry) listSet(ctx context.Context, prefix string) (registry.NodeSet, int64, error) {
-	kvs, rev, err := r.list(ctx, prefix)
-	if err != nil {
-		return nil, 0, err
-	}
-	set := make(registry.NodeSet, len(kvs))
-	for _, kv := range kvs {
-		rel := string(kv.Key[len(r.prefix):])
-		s, err := decode(rel, kv.Value)
-		if err != nil {
-			r.malformed(kv.Key, err)
-			continue
+// listSet lists the spans at one revision and decodes them into a NodeSet
+// keyed by etcd key, skipping malformed records with a log line. It returns
+// that revision.
+func (r *Registry) listSet(ctx context.Context, spans []span) (registry.NodeSet, int64, error) {
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		set := make(registry.NodeSet)
+		var rev int64
+		var err error
+		for _, sp := range spans {
+			var kvs []*mvccpb.KeyValue
+			if kvs, rev, err = r.list(ctx, sp.prefix, rev); err != nil {
+				break
+			}
+			for _, kv := range kvs {
+				s, derr := sp.decode(string(kv.Key), kv.Value)
+				if derr != nil {
+					r.malformed(kv.Key, derr)
+					continue
+				}
+				set[string(kv.Key)] = s
+			}
 		}
-		set[rel] = s
+		if err == nil {
+			return set, rev, nil
+		}
+		lastErr = err
+		if !errors.Is(err, rpctypes.ErrCompacted) {
+			break // compacted between two spans: worth a fresh start
+		}
 	}
-	return set, rev, nil
+	return nil, 0, lastErr
 }
 
 func (r *Registry) malformed(key []byte, err error) {

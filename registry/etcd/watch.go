@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -13,16 +15,43 @@ import (
 	"github.com/beacon-go/beacon/registry"
 )
 
-// watcher follows one prefix. Its state is what it has reported so far, so
-// that a re-list after a compaction can report exactly the difference.
+// watcher follows one prefix of Beacon's layout and the go-zero keys that
+// go with it (WithGoZero): one etcd watch per span, each resumed from its
+// own revision. Its state is what it has reported so far, so that a re-list
+// after a compaction can report exactly the difference.
 type watcher struct {
 	r      *Registry
 	q      *registry.Queue
-	prefix string           // etcd key prefix watched
-	state  registry.NodeSet // key relative to the registry prefix -> node
-	rev    int64            // next revision to watch from
+	spans  []span           // key ranges watched
+	state  registry.NodeSet // etcd key -> node
+	revs   []int64          // per span, the next revision to watch from
 	ctx    context.Context  // ends with Stop, the watch's context, or Close
 	cancel context.CancelFunc
+}
+
+// newWatcher returns a watcher of spans whose state was listed at rev.
+func (r *Registry) newWatcher(spans []span, state registry.NodeSet, rev int64) *watcher {
+	w := &watcher{r: r, spans: spans, state: state, revs: make([]int64, len(spans))}
+	w.setRev(rev + 1)
+	return w
+}
+
+func (w *watcher) setRev(rev int64) {
+	for i := range w.revs {
+		w.revs[i] = rev
+	}
+}
+
+// prefix names what the watcher watches, for log lines.
+func (w *watcher) prefix() string {
+	if len(w.spans) == 1 {
+		return w.spans[0].prefix
+	}
+	ps := make([]string, len(w.spans))
+	for i, sp := range w.spans {
+		ps[i] = sp.prefix
+	}
+	return strings.Join(ps, ",")
 }
 
 // Watch lists the prefix of one service (WatchService) or of all services
@@ -39,15 +68,12 @@ func (r *Registry) Watch(ctx context.Context, opts ...registry.WatchOption) (reg
 	if r.isClosed() {
 		return nil, registry.ErrClosed
 	}
-	w := &watcher{r: r, prefix: r.prefix}
-	if o.Service != "" {
-		w.prefix += o.Service + "/"
-	}
-	state, rev, err := r.listSet(ctx, w.prefix)
+	spans := r.spans(o.Service)
+	state, rev, err := r.listSet(ctx, spans)
 	if err != nil {
 		return nil, r.fail(ctx, "watch", err)
 	}
-	w.state, w.rev = state, rev+1
+	w := r.newWatcher(spans, state, rev)
 	w.ctx, w.cancel = context.WithCancel(r.ctx)
 	w.q = registry.NewQueue(ctx, w.cancel)
 
@@ -94,20 +120,20 @@ func (w *watcher) run() {
 			level = slog.LevelInfo
 		}
 		if compacted {
-			w.r.log.Warn("etcd registry: watch revision compacted; listing again", "prefix", w.prefix, "rev", w.rev, "err", err)
+			w.r.log.Warn("etcd registry: watch revision compacted; listing again", "prefix", w.prefix(), "rev", w.revs, "err", err)
 			if err := w.resync(); err == nil {
 				retry, fails = 0, 0
 				continue
 			} else if w.ctx.Err() == nil {
-				w.r.log.Log(context.Background(), level, "etcd registry: re-listing after compaction failed; retrying", "prefix", w.prefix, "err", err)
+				w.r.log.Log(context.Background(), level, "etcd registry: re-listing after compaction failed; retrying", "prefix", w.prefix(), "err", err)
 			}
 		} else if isPermission(err) {
 			if fails == 1 {
 				level = slog.LevelError
 			}
-			w.r.log.Log(context.Background(), level, "etcd registry: watch refused: permission denied; retrying", "prefix", w.prefix, "rev", w.rev, "err", err)
+			w.r.log.Log(context.Background(), level, "etcd registry: watch refused: permission denied; retrying", "prefix", w.prefix(), "rev", w.revs, "err", err)
 		} else {
-			w.r.log.Log(context.Background(), level, "etcd registry: watch interrupted; resuming from the last revision", "prefix", w.prefix, "rev", w.rev, "err", err)
+			w.r.log.Log(context.Background(), level, "etcd registry: watch interrupted; resuming from the last revision", "prefix", w.prefix(), "rev", w.revs, "err", err)
 		}
 		retry = min(max(2*retry, retryMin), retryMax)
 		t := time.NewTimer(retry)
@@ -120,16 +146,58 @@ func (w *watcher) run() {
 	}
 }
 
-// watchOnce watches from w.rev until the watch ends. It reports whether it
-// ended because w.rev was compacted and whether it delivered anything.
+// watchOnce watches every span from its revision until one watch ends. It
+// reports whether it ended because a revision was compacted and whether it
+// delivered anything.
 func (w *watcher) watchOnce() (compacted, progressed bool, err error) {
 	// RequireLeader: a member cut off from its cluster ends the watch
 	// instead of going silent, and the client moves to another member.
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(w.ctx))
-	defer cancel()
-	wch := w.r.cli.Watch(ctx, w.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(),
-		clientv3.WithRev(w.rev), clientv3.WithProgressNotify())
-	for resp := range wch {
+	type spanResp struct {
+		i    int
+		resp clientv3.WatchResponse
+		ok   bool
+	}
+	var (
+		merged = make(chan spanResp)
+		wg     sync.WaitGroup
+	)
+	defer func() {
+		cancel() // the client closes the watch channels
+		wg.Wait()
+	}()
+	for i, sp := range w.spans {
+		wch := w.r.cli.Watch(ctx, sp.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(),
+			clientv3.WithRev(w.revs[i]), clientv3.WithProgressNotify())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				resp, ok := <-wch
+				select {
+				case merged <- spanResp{i, resp, ok}:
+				case <-ctx.Done():
+					for range wch { // drain until the client closes it
+					}
+					return
+				}
+				if !ok {
+					return
+				}
+			}
+		}()
+	}
+	for {
+		var m spanResp
+		select {
+		case m = <-merged:
+		case <-ctx.Done():
+			return false, progressed, ctx.Err()
+		}
+		if !m.ok {
+			return false, progressed, errors.New("watch channel closed")
+		}
+		resp := m.resp
 		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
 			return true, progressed, resp.Err()
 		}
@@ -138,37 +206,36 @@ func (w *watcher) watchOnce() (compacted, progressed bool, err error) {
 		}
 		progressed = true
 		if resp.IsProgressNotify() {
-			w.rev = max(w.rev, resp.Header.Revision+1)
+			w.revs[m.i] = max(w.revs[m.i], resp.Header.Revision+1)
 			continue
 		}
 		now := time.Now()
 		for _, ev := range resp.Events {
-			w.apply(ev, now)
-			w.rev = max(w.rev, ev.Kv.ModRevision+1)
+			w.apply(w.spans[m.i], ev, now)
+			w.revs[m.i] = max(w.revs[m.i], ev.Kv.ModRevision+1)
 		}
 	}
-	return false, progressed, errors.New("watch channel closed")
 }
 
 // apply turns one etcd event into at most one registry event.
-func (w *watcher) apply(ev *clientv3.Event, now time.Time) {
-	rel := string(ev.Kv.Key[len(w.r.prefix):])
-	old, had := w.state[rel]
+func (w *watcher) apply(sp span, ev *clientv3.Event, now time.Time) {
+	key := string(ev.Kv.Key)
+	old, had := w.state[key]
 	switch ev.Type {
 	case clientv3.EventTypePut:
 		if ev.PrevKv != nil && bytes.Equal(ev.PrevKv.Value, ev.Kv.Value) {
 			return // same record written again: a heartbeat or a re-put
 		}
-		s, err := decode(rel, ev.Kv.Value)
+		s, err := sp.decode(key, ev.Kv.Value)
 		if err != nil {
 			w.r.malformed(ev.Kv.Key, err)
 			if had { // no longer a valid node
-				delete(w.state, rel)
+				delete(w.state, key)
 				w.push(registry.Delete, old, now)
 			}
 			return
 		}
-		w.state[rel] = s
+		w.state[key] = s
 		switch {
 		case !had:
 			w.push(registry.Create, s, now)
@@ -177,7 +244,7 @@ func (w *watcher) apply(ev *clientv3.Event, now time.Time) {
 		}
 	case clientv3.EventTypeDelete:
 		if had {
-			delete(w.state, rel)
+			delete(w.state, key)
 			w.push(registry.Delete, old, now)
 		}
 	}
@@ -185,13 +252,14 @@ func (w *watcher) apply(ev *clientv3.Event, now time.Time) {
 
 // resync lists the prefix again and reports the difference to the state.
 func (w *watcher) resync() error {
-	state, rev, err := w.r.listSet(w.ctx, w.prefix)
+	state, rev, err := w.r.listSet(w.ctx, w.spans)
 	if err != nil {
 		return err
 	}
 	for _, ev := range registry.Diff(w.state, state, time.Now()) {
 		w.push(ev.Type, ev.Service, ev.Timestamp)
 	}
-	w.state, w.rev = state, rev+1
+	w.state = state
+	w.setRev(rev + 1)
 	return nil
 }

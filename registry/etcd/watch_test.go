@@ -232,7 +232,7 @@ func TestWatchFromCompactedRevision(t *testing.T) {
 	if err := r.Register(ctxT(t), svc("old", "1.0.0", "x", "y")); err != nil {
 		t.Fatal(err)
 	}
-	set, rev, err := r.listSet(ctxT(t), prefix+"old/")
+	set, rev, err := r.listSet(ctxT(t), r.spans("old"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestWatchFromCompactedRevision(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	w := &watcher{r: r, prefix: prefix + "old/", state: set, rev: rev + 1}
+	w := r.newWatcher(r.spans("old"), set, rev)
 	w.ctx, w.cancel = context.WithCancel(r.ctx)
 	w.q = registry.NewQueue(context.Background(), w.cancel)
 	r.wg.Add(1)
