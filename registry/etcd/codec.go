@@ -3,7 +3,10 @@ package etcd
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"reflect"
 	"strings"
+	"sync/atomic"
 
 	"github.com/beacon-go/beacon/registry"
 )
@@ -39,6 +42,89 @@ func encode(s *registry.Service) ([]byte, error) {
 // error matching registry.ErrMalformed; decode never panics and allocates
 // at most in proportion to a value of MaxRecordSize.
 func decode(rel string, value []byte) (*registry.Service, error) {
+	var d decoder
+	return d.decode(rel, value)
+}
+
+// decodes counts records decoded (for tests and measurements).
+var decodes atomic.Int64
+
+// wireRecord is a record as stored, with the parts that the records of one
+// service usually share left raw, so that a decoder decodes them once.
+type wireRecord struct {
+	Name      string      `json:"name"`
+	Version   string      `json:"version"`
+	Metadata  rawPart     `json:"metadata"`
+	Endpoints rawPart     `json:"endpoints"`
+	Nodes     []*wireNode `json:"nodes"`
+}
+
+type wireNode struct {
+	ID       string  `json:"id"`
+	Address  string  `json:"address"`
+	Metadata rawPart `json:"metadata"`
+}
+
+// rawPart is a part of a record kept raw. It notes whether the record has
+// the part twice (a JSON object with a key twice, which no encoder writes):
+// encoding/json merges the two when it decodes a record in one go, so such
+// records are decoded that way, to read the same whichever way.
+type rawPart struct {
+	raw json.RawMessage
+	dup bool
+}
+
+func (p *rawPart) UnmarshalJSON(b []byte) error {
+	p.dup = p.dup || p.raw != nil
+	p.raw = append(p.raw[:0], b...)
+	return nil
+}
+
+func (w *wireRecord) dup() bool {
+	return w.Metadata.dup || w.Endpoints.dup || len(w.Nodes) == 1 && w.Nodes[0] != nil && w.Nodes[0].Metadata.dup
+}
+
+// decoder decodes records and shares, between the records it decodes, the
+// parts they have alike: a record whose service version, metadata or
+// endpoints (and, with nodeMeta, node metadata) are byte for byte those of
+// the last record of the same service gets the same strings, maps and
+// slices, decoded once. Shared parts are read-only.
+//
+// A listing's decoder (keep false) remembers only the last service: keys
+// come sorted, so a service's records are adjacent. A watcher's (keep true)
+// remembers every service it holds nodes of; the watcher counts them with
+// hold and release.
+type decoder struct {
+	keep     bool
+	nodeMeta bool // share node metadata too: the records stay internal
+	parts    map[string]*common
+}
+
+// common is what the records of one service have in common.
+type common struct {
+	refs        int // records held (keep decoders only)
+	version     string
+	metaRaw     string
+	meta        map[string]string
+	epsRaw      string
+	eps         []*registry.Endpoint
+	nodeMetaRaw string
+	nodeMeta    map[string]string
+}
+
+func (d *decoder) decode(rel string, value []byte) (*registry.Service, error) {
+	decodes.Add(1)
+	s, err := d.decodeRecord(rel, value)
+	if err != nil && d.keep {
+		// Drop what this record alone added.
+		if service, _, _ := strings.Cut(rel, "/"); d.parts[service] != nil && d.parts[service].refs == 0 {
+			delete(d.parts, service)
+		}
+	}
+	return s, err
+}
+
+func (d *decoder) decodeRecord(rel string, value []byte) (*registry.Service, error) {
 	service, id, ok := strings.Cut(rel, "/")
 	if !ok || service == "" || id == "" || strings.Contains(id, "/") {
 		return nil, fmt.Errorf("%w: key is not <service>/<node id>", registry.ErrMalformed)
@@ -46,6 +132,86 @@ func decode(rel string, value []byte) (*registry.Service, error) {
 	if len(value) > MaxRecordSize {
 		return nil, fmt.Errorf("%w: value of %d bytes, more than %d", registry.ErrMalformed, len(value), MaxRecordSize)
 	}
+	p := d.parts[service]
+	if p == nil {
+		// The first record of a service: decoded in one go (the raw parts
+		// would cost a second pass over them, for nothing to share yet).
+		s, err := decodeWhole(service, id, value)
+		if err != nil {
+			return nil, err
+		}
+		p = d.partsOf(service)
+		p.version, p.meta, p.eps = s.Version, s.Metadata, s.Endpoints
+		if d.nodeMeta {
+			p.nodeMeta = s.Nodes[0].Metadata
+		}
+		p.refs++
+		return s, nil
+	}
+	var w wireRecord
+	if err := json.Unmarshal(value, &w); err != nil {
+		return nil, fmt.Errorf("%w: %w", registry.ErrMalformed, err)
+	}
+	if w.dup() {
+		s, err := decodeWhole(service, id, value)
+		if err == nil {
+			p.refs++ // nothing shared, but held all the same
+		}
+		return s, err
+	}
+	switch {
+	case len(w.Nodes) != 1:
+		return nil, fmt.Errorf("%w: %d nodes in the record, want 1", registry.ErrMalformed, len(w.Nodes))
+	case w.Nodes[0] == nil:
+		return nil, fmt.Errorf("%w: null node", registry.ErrMalformed)
+	case w.Name != service:
+		return nil, fmt.Errorf("%w: service name %q does not match the key", registry.ErrMalformed, trunc(w.Name))
+	case w.Nodes[0].ID != id:
+		return nil, fmt.Errorf("%w: node ID %q does not match the key", registry.ErrMalformed, trunc(w.Nodes[0].ID))
+	}
+	// Name and ID are the key's (equal, and held by the caller anyway).
+	n := &registry.Node{ID: id, Address: w.Nodes[0].Address}
+	s := &registry.Service{Name: service, Version: w.Version, Nodes: []*registry.Node{n}}
+	if w.Version == p.version {
+		s.Version = p.version
+	}
+	var err error
+	if s.Metadata, err = shareMap(w.Metadata.raw, &p.metaRaw, &p.meta); err != nil {
+		return nil, err
+	}
+	if d.nodeMeta {
+		n.Metadata, err = shareMap(w.Nodes[0].Metadata.raw, &p.nodeMetaRaw, &p.nodeMeta)
+	} else {
+		err = unmarshalRaw(w.Nodes[0].Metadata.raw, &n.Metadata)
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(w.Endpoints.raw) > 0 && string(w.Endpoints.raw) == p.epsRaw:
+		s.Endpoints = p.eps
+	default:
+		if err := unmarshalRaw(w.Endpoints.raw, &s.Endpoints); err != nil {
+			return nil, err
+		}
+		if p.epsRaw == "" && reflect.DeepEqual(s.Endpoints, p.eps) {
+			s.Endpoints = p.eps // what the first record had, in these bytes
+		} else {
+			p.eps = s.Endpoints
+		}
+		p.epsRaw = string(w.Endpoints.raw)
+	}
+	if err := registry.Validate(s); err != nil {
+		// %v: a bad record is ErrMalformed, not the caller's ErrInvalid.
+		return nil, fmt.Errorf("%w: %v", registry.ErrMalformed, err)
+	}
+	p.version = s.Version
+	p.refs++
+	return s, nil
+}
+
+// decodeWhole decodes and checks a record without sharing anything.
+func decodeWhole(service, id string, value []byte) (*registry.Service, error) {
 	var s registry.Service
 	if err := json.Unmarshal(value, &s); err != nil {
 		return nil, fmt.Errorf("%w: %w", registry.ErrMalformed, err)
@@ -64,7 +230,60 @@ func decode(rel string, value []byte) (*registry.Service, error) {
 		// %v: a bad record is ErrMalformed, not the caller's ErrInvalid.
 		return nil, fmt.Errorf("%w: %v", registry.ErrMalformed, err)
 	}
+	s.Name, s.Nodes[0].ID = service, id // the key's strings: one copy fewer
 	return &s, nil
+}
+
+// shareMap decodes raw, sharing *last when raw is the JSON *last came from
+// (*lastRaw), or, when that is unknown, when the maps are equal; it makes
+// the result the next one to share.
+func shareMap(raw json.RawMessage, lastRaw *string, last *map[string]string) (map[string]string, error) {
+	if len(raw) > 0 && string(raw) == *lastRaw {
+		return *last, nil
+	}
+	var m map[string]string
+	if err := unmarshalRaw(raw, &m); err != nil {
+		return nil, err
+	}
+	if *lastRaw == "" && m != nil && *last != nil && maps.Equal(m, *last) {
+		m = *last
+	}
+	*lastRaw, *last = string(raw), m
+	return m, nil
+}
+
+// partsOf returns the shared parts of service, new if need be.
+func (d *decoder) partsOf(service string) *common {
+	if p := d.parts[service]; p != nil {
+		return p
+	}
+	if d.parts == nil || !d.keep {
+		d.parts = make(map[string]*common, 1)
+	}
+	p := &common{}
+	d.parts[service] = p
+	return p
+}
+
+// release says that a record of service that decode returned is no longer
+// held (keep decoders).
+func (d *decoder) release(service string) {
+	if p := d.parts[service]; p != nil {
+		if p.refs--; p.refs <= 0 && d.keep {
+			delete(d.parts, service)
+		}
+	}
+}
+
+// unmarshalRaw decodes a part of a record; absent parts leave v alone.
+func unmarshalRaw(raw json.RawMessage, v any) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("%w: %w", registry.ErrMalformed, err)
+	}
+	return nil
 }
 
 // trunc shortens s for log lines and errors.

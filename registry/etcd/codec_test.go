@@ -169,3 +169,40 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeShared: a decoder that shares parts between records decodes
+// each record exactly as a fresh one does (the same error or the same
+// data), whatever it decoded before.
+func FuzzDecodeShared(f *testing.F) {
+	a := svc("greeter", "1.0.0", "a")
+	b := svc("greeter", "1.0.0", "b")
+	b.Nodes[0].Metadata = map[string]string{"i": "0"} // a's node metadata
+	c := svc("greeter", "2.0.0", "a")
+	c.Endpoints = nil
+	va, _ := encode(a)
+	vb, _ := encode(b)
+	vc, _ := encode(c)
+	f.Add(va, vb, vc)
+	f.Add(va, va, vb)
+	f.Add(vb, []byte(`{"name":"greeter","metadata":{"k":"v"},"nodes":[{"id":"b","address":"h:1","metadata":{"i":"0"}}]}`), va)
+	f.Add(va, []byte(`{"name":"greeter","version":"1.0.0","metadata":{"k":"v"},"endpoints":null,"nodes":[{"id":"b","address":"h:1","metadata":null}]}`), vc)
+	// Keys twice: encoding/json merges the objects.
+	f.Add(va, []byte(`{"name":"greeter","metadata":{"a":"1"},"metadata":{"b":"2"},"nodes":[{"id":"b","address":"h:1","metadata":{"x":"1"},"metadata":{"y":"2"}}]}`), vb)
+	f.Add(va, []byte(`{"name":"greeter","endpoints":[{"name":"E","metadata":{"m":"1"}}],"endpoints":[{"name":"F"}],"nodes":[{"id":"b","address":"h:1"}],"nodes":[{"address":"h:2"}]}`), vb)
+	f.Fuzz(func(t *testing.T, v1, v2, v3 []byte) {
+		for _, keep := range []bool{false, true} {
+			d := &decoder{keep: keep, nodeMeta: keep}
+			for i, v := range [][]byte{v1, v2, v3, v2} {
+				key := "greeter/" + string(rune('a'+i%2))
+				got, err := d.decode(key, v)
+				want, werr := decode(key, v)
+				if (err == nil) != (werr == nil) {
+					t.Fatalf("record %d: shared decoder err %v, fresh decoder err %v", i, err, werr)
+				}
+				if err == nil && !registry.SameNode(got, want) {
+					t.Fatalf("record %d: shared decoder gave %+v, fresh %+v", i, got, want)
+				}
+			}
+		}
+	})
+}

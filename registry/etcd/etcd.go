@@ -27,9 +27,6 @@ import (
 // (and any TTL up to whole seconds) instead of failing.
 const MinTTL = 2 * time.Second
 
-// listPage is how many keys one range request of a listing returns.
-const listPage = 1000
-
 // reconnectMax is the longest wait between two attempts to reconnect to an
 // etcd endpoint.
 const reconnectMax = 500 * time.Millisecond
@@ -49,6 +46,9 @@ type Registry struct {
 	mu     sync.Mutex
 	closed bool
 	nodes  map[string]*node // etcd key -> registration made through this Registry
+
+	badOnce sync.Once
+	bad     *registry.BadRecords // records found malformed (see list.go)
 }
 
 var _ registry.Registry = (*Registry)(nil)
@@ -323,66 +323,54 @@ func (r *Registry) fail(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("etcd: %s: %w: %w", op, registry.ErrUnavailable, err)
 }
 
-// list returns every key-value under prefix at one revision, reading in
-// pages of listPage keys, and that revision.
-func (r *Registry) list(ctx context.Context, prefix string) ([]*mvccpb.KeyValue, int64, error) {
+// listSet lists prefix and decodes it into a NodeSet keyed by the key
+// relative to the registry prefix ("<service>/<node id>"), skipping
+// malformed records. dec, if not nil, decodes (a watcher's); else each
+// listing has a decoder of its own.
+func (r *Registry) listSet(ctx context.Context, prefix string) (registry.NodeSet, int64, error) {
+	return r.listSetWith(ctx, prefix, nil)
+}
+
+func (r *Registry) listSetWith(ctx context.Context, prefix string, dec *decoder) (registry.NodeSet, int64, error) {
 	ctx, cancel := r.reqCtx(ctx)
 	defer cancel()
-	end := clientv3.GetPrefixRangeEnd(prefix)
+	bad := r.badRecords()
+	defer bad.Flush()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		var (
-			kvs []*mvccpb.KeyValue
-			rev int64
-			key = prefix
-		)
-		for {
-			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
-			if rev != 0 {
-				opts = append(opts, clientv3.WithRev(rev))
-			}
-			resp, err := r.cli.Get(ctx, key, opts...)
-			if err != nil {
-				lastErr = err
-				break
-			}
-			if rev == 0 {
-				rev = resp.Header.Revision
-			}
-			kvs = append(kvs, resp.Kvs...)
-			if !resp.More || len(resp.Kvs) == 0 {
-				return kvs, rev, nil
-			}
-			key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		d := dec
+		if d == nil {
+			d = &decoder{}
 		}
-		if !errors.Is(lastErr, rpctypes.ErrCompacted) {
+		set := make(registry.NodeSet)
+		anyBad := bad.Any(prefix)
+		rev, err := r.scan(ctx, prefix, func(kv *mvccpb.KeyValue) {
+			if anyBad && bad.Known(string(kv.Key), uint64(kv.ModRevision), 0) {
+				return
+			}
+			rel := string(kv.Key[len(r.prefix):])
+			s, err := d.decode(rel, kv.Value)
+			if err != nil {
+				r.malformed(kv.Key, kv.ModRevision, kv.Value, err)
+				return
+			}
+			if anyBad {
+				bad.Forget(string(kv.Key))
+			}
+			set[rel] = s
+		})
+		if err == nil {
+			return set, rev, nil
+		}
+		lastErr = err
+		if dec != nil {
+			for _, s := range set {
+				dec.release(s.Name)
+			}
+		}
+		if !errors.Is(err, rpctypes.ErrCompacted) {
 			break // a compaction between pages is worth a fresh start; nothing else is
 		}
 	}
 	return nil, 0, lastErr
-}
-
-// listSet lists prefix and decodes it into a NodeSet keyed by the key
-// relative to the registry prefix ("<service>/<node id>"), skipping
-// malformed records with a log line.
-func (r *Registry) listSet(ctx context.Context, prefix string) (registry.NodeSet, int64, error) {
-	kvs, rev, err := r.list(ctx, prefix)
-	if err != nil {
-		return nil, 0, err
-	}
-	set := make(registry.NodeSet, len(kvs))
-	for _, kv := range kvs {
-		rel := string(kv.Key[len(r.prefix):])
-		s, err := decode(rel, kv.Value)
-		if err != nil {
-			r.malformed(kv.Key, err)
-			continue
-		}
-		set[rel] = s
-	}
-	return set, rev, nil
-}
-
-func (r *Registry) malformed(key []byte, err error) {
-	r.log.Warn("etcd registry: skipping malformed record", "key", trunc(string(key)), "err", err)
 }

@@ -1,12 +1,13 @@
 package etcd
 
 import (
-	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -20,6 +21,7 @@ type watcher struct {
 	q      *registry.Queue
 	prefix string           // etcd key prefix watched
 	state  registry.NodeSet // key relative to the registry prefix -> node
+	dec    *decoder         // decodes state's records, sharing their common parts
 	rev    int64            // next revision to watch from
 	ctx    context.Context  // ends with Stop, the watch's context, or Close
 	cancel context.CancelFunc
@@ -43,7 +45,8 @@ func (r *Registry) Watch(ctx context.Context, opts ...registry.WatchOption) (reg
 	if o.Service != "" {
 		w.prefix += o.Service + "/"
 	}
-	state, rev, err := r.listSet(ctx, w.prefix)
+	w.dec = newStateDecoder()
+	state, rev, err := r.listSetWith(ctx, w.prefix, w.dec)
 	if err != nil {
 		return nil, r.fail(ctx, "watch", err)
 	}
@@ -122,7 +125,9 @@ func (w *watcher) watchOnce() (compacted, progressed bool, err error) {
 	// instead of going silent, and the client moves to another member.
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(w.ctx))
 	defer cancel()
-	wch := w.r.cli.Watch(ctx, w.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(),
+	// No WithPrevKV: it would double the bytes of every event, and the
+	// state has what the previous values would tell.
+	wch := w.r.cli.Watch(ctx, w.prefix, clientv3.WithPrefix(),
 		clientv3.WithRev(w.rev), clientv3.WithProgressNotify())
 	for resp := range wch {
 		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
@@ -145,45 +150,84 @@ func (w *watcher) watchOnce() (compacted, progressed bool, err error) {
 	return false, progressed, errors.New("watch channel closed")
 }
 
-// apply turns one etcd event into at most one registry event.
+// newStateDecoder returns the decoder of a watcher's state.
+func newStateDecoder() *decoder { return &decoder{keep: true, nodeMeta: true} }
+
+// apply turns one etcd event into at most one registry event. Its cost is
+// that of the event's record: one decode at most (none for a value over
+// MaxRecordSize or bad bytes seen before), whatever the size of the state.
 func (w *watcher) apply(ev *clientv3.Event, now time.Time) {
+	if w.dec == nil {
+		w.dec = newStateDecoder()
+	}
 	rel := string(ev.Kv.Key[len(w.r.prefix):])
 	old, had := w.state[rel]
 	switch ev.Type {
 	case clientv3.EventTypePut:
-		if ev.PrevKv != nil && bytes.Equal(ev.PrevKv.Value, ev.Kv.Value) {
-			return // same record written again: a heartbeat or a re-put
-		}
-		s, err := decode(rel, ev.Kv.Value)
+		s, err := w.decodeEvent(ev.Kv, rel)
 		if err != nil {
-			w.r.malformed(ev.Kv.Key, err)
 			if had { // no longer a valid node
-				delete(w.state, rel)
+				w.remove(rel, old)
 				w.push(registry.Delete, old, now)
 			}
 			return
 		}
+		if had && registry.SameNode(old, s) {
+			w.dec.release(s.Name) // the same record written again: no event
+			return
+		}
+		if had {
+			w.dec.release(old.Name)
+		}
 		w.state[rel] = s
-		switch {
-		case !had:
-			w.push(registry.Create, s, now)
-		case !registry.SameNode(old, s):
+		if had {
 			w.push(registry.Update, s, now)
+		} else {
+			w.push(registry.Create, s, now)
 		}
 	case clientv3.EventTypeDelete:
+		w.r.forgetBad(ev.Kv.Key)
 		if had {
-			delete(w.state, rel)
+			w.remove(rel, old)
 			w.push(registry.Delete, old, now)
 		}
 	}
 }
 
+// decodeEvent decodes the record of a put, skipping (before decoding)
+// values over MaxRecordSize and bad values written again.
+func (w *watcher) decodeEvent(kv *mvccpb.KeyValue, rel string) (*registry.Service, error) {
+	if len(kv.Value) > MaxRecordSize {
+		err := fmt.Errorf("%w: value of %d bytes, more than %d", registry.ErrMalformed, len(kv.Value), MaxRecordSize)
+		w.r.badRecords().Report(string(kv.Key), uint64(kv.ModRevision), 0, len(kv.Value), err)
+		return nil, err
+	}
+	bad := w.r.badRecords()
+	if bad.Has(string(kv.Key)) && bad.Known(string(kv.Key), uint64(kv.ModRevision), valueSum(kv.Value)) {
+		return nil, registry.ErrMalformed
+	}
+	s, err := w.dec.decode(rel, kv.Value)
+	if err != nil {
+		w.r.malformed(kv.Key, kv.ModRevision, kv.Value, err)
+		return nil, err
+	}
+	w.r.forgetBad(kv.Key)
+	return s, nil
+}
+
+func (w *watcher) remove(rel string, old *registry.Service) {
+	delete(w.state, rel)
+	w.dec.release(old.Name)
+}
+
 // resync lists the prefix again and reports the difference to the state.
 func (w *watcher) resync() error {
-	state, rev, err := w.r.listSet(w.ctx, w.prefix)
+	dec := newStateDecoder()
+	state, rev, err := w.r.listSetWith(w.ctx, w.prefix, dec)
 	if err != nil {
 		return err
 	}
+	w.dec = dec
 	for _, ev := range registry.Diff(w.state, state, time.Now()) {
 		w.push(ev.Type, ev.Service, ev.Timestamp)
 	}

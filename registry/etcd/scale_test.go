@@ -1,0 +1,358 @@
+package etcd
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/cache"
+)
+
+// scaleService returns service i of the scale measurements in the shape
+// go-micro services register: service metadata, two endpoints with request
+// and response shapes, nodes with go-micro's node metadata.
+func scaleService(i, nodes int) *registry.Service {
+	name := fmt.Sprintf("svc-%05d", i)
+	str := func(n string) *registry.Value { return &registry.Value{Name: n, Type: "string"} }
+	s := &registry.Service{Name: name, Version: "1.4.2", Metadata: map[string]string{"team": "platform", "tier": "backend"},
+		Endpoints: []*registry.Endpoint{
+			{Name: "Store.Get", Request: &registry.Value{Name: "GetRequest", Type: "GetRequest", Values: []*registry.Value{str("id")}},
+				Response: &registry.Value{Name: "GetResponse", Type: "GetResponse", Values: []*registry.Value{str("id"), str("value"), str("etag")}},
+				Metadata: map[string]string{"idempotent": "true"}},
+			{Name: "Store.Put", Request: &registry.Value{Name: "PutRequest", Type: "PutRequest", Values: []*registry.Value{str("id"), str("value")}},
+				Response: &registry.Value{Name: "PutResponse", Type: "PutResponse", Values: []*registry.Value{str("etag")}}},
+		}}
+	for j := range nodes {
+		s.Nodes = append(s.Nodes, scaleNode(i, j, 0))
+	}
+	return s
+}
+
+func scaleNode(i, j, gen int) *registry.Node {
+	return &registry.Node{ID: fmt.Sprintf("svc-%05d-%08x-%d", i, uint32(i*7919+j*104729), j),
+		Address:  fmt.Sprintf("10.%d.%d.%d:%d", i>>8&255, i&255, j, 8080+gen%1000),
+		Metadata: map[string]string{"broker": "http", "protocol": "grpc", "registry": "etcd", "server": "grpc", "transport": "grpc"}}
+}
+
+// scaleLoad writes services x nodes keys in transactions of 100 puts, with
+// 4 writers.
+func scaleLoad(t testing.TB, cli *clientv3.Client, prefix string, services, nodes int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var ops []clientv3.Op
+			flush := func() error {
+				if len(ops) == 0 {
+					return nil
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				_, err := cli.Txn(ctx).Then(ops...).Commit()
+				ops = ops[:0]
+				return err
+			}
+			for i := w; i < services; i += 4 {
+				s := scaleService(i, nodes)
+				for _, n := range s.Nodes {
+					one := *s
+					one.Nodes = []*registry.Node{n}
+					val, err := encode(&one)
+					if err != nil {
+						errs <- err
+						return
+					}
+					ops = append(ops, clientv3.OpPut(nodeKey(prefix, s.Name, n.ID), string(val)))
+					if len(ops) == 100 {
+						if err := flush(); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}
+			}
+			if err := flush(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// heapAndStacks is the memory that a program's data and goroutines use.
+func heapAndStacks() (heap, stacks uint64, goroutines int) {
+	for range 2 {
+		runtime.GC()
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc, ms.StackInuse, runtime.NumGoroutine()
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU returns the CPU time of another process (etcd) from /proc.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which is in parentheses).
+	s := string(b)
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == ')' {
+			s = s[i+2:]
+			break
+		}
+	}
+	var fields []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ' ' {
+			fields = append(fields, s[start:i])
+			start = i + 1
+		}
+	}
+	if len(fields) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(fields[11], 10, 64)
+	st, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ = 100
+}
+
+// Issue 13 item 8: 10,000 services x 10 nodes in a real etcd. Figures for
+// the README; run without -race:
+//
+//	BEACON_MEASURE=1 go test -run TestMeasureScale -v -timeout 20m ./registry/etcd
+func TestMeasureScale(t *testing.T) {
+	if os.Getenv("BEACON_MEASURE") != "1" {
+		t.Skip("set BEACON_MEASURE=1 to measure (loads 100,000 keys into etcd)")
+	}
+	services, nodes := 10_000, 10
+	if os.Getenv("BEACON_SCALE_HEAPPROFILE") != "" {
+		runtime.MemProfileRate = 1
+	}
+	if v, err := strconv.Atoi(os.Getenv("BEACON_SCALE_SERVICES")); err == nil && v > 0 {
+		services = v
+	}
+	total := services * nodes
+	prefix := testPrefix(t)
+	cli := rawClient(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cli.Delete(ctx, prefix, clientv3.WithPrefix())
+	})
+	load := scaleLoad(t, cli, prefix, services, nodes)
+	val, _ := encode(&registry.Service{Name: "svc-00000", Version: "1.4.2", Metadata: scaleService(0, 1).Metadata,
+		Endpoints: scaleService(0, 1).Endpoints, Nodes: []*registry.Node{scaleNode(0, 0, 0)}})
+	t.Logf("loaded %d services x %d nodes = %d keys of %d bytes of JSON each in %v (txns of 100 puts, 4 writers)",
+		services, nodes, total, len(val), load.Round(time.Millisecond))
+
+	lb := newLogBuf()
+	r := newReg(t, lb, WithPrefix(prefix))
+	ctx := func() context.Context {
+		c, cancel := context.WithTimeout(context.Background(), time.Minute)
+		t.Cleanup(cancel)
+		return c
+	}
+
+	// ListServices.
+	var took []time.Duration
+	var listMem memUse
+	for i := range 3 {
+		start := time.Now()
+		var list []*registry.Service
+		var err error
+		m := measureMem(func() { list, err = r.ListServices(ctx()) })
+		took = append(took, time.Since(start))
+		if err != nil || len(list) != services {
+			t.Fatalf("ListServices: %d services, %v", len(list), err)
+		}
+		if i == 0 {
+			listMem = m
+		}
+	}
+	t.Logf("ListServices of %d nodes: %v, %v; %s", total, took, listMem, "")
+
+	// Cache holding every service.
+	h0, s0, g0 := heapAndStacks()
+	var created atomic.Int64
+	c := cache.New(r, cache.WithRefreshInterval(time.Hour), cache.WithLogger(lb.Logger()),
+		cache.OnEvent(func(string, registry.EventType) { created.Add(1) }))
+	defer c.Close()
+	start := time.Now()
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				if _, err := c.Entry(ctx(), fmt.Sprintf("svc-%05d", i)); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	for i := range services {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	fill := time.Since(start)
+	// Each entry's watch opens in the background: wait until every watch
+	// has delivered its initial events.
+	for deadline := time.Now().Add(5 * time.Minute); created.Load() < int64(total); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d initial events from the cache's watches", created.Load())
+		}
+	}
+	fillAll := time.Since(start)
+	time.Sleep(time.Second)
+	h1, s1, g1 := heapAndStacks()
+	if p := os.Getenv("BEACON_SCALE_HEAPPROFILE"); p != "" {
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pprof.WriteHeapProfile(f)
+		f.Close()
+	}
+	t.Logf("cache of all %d services: first lookups %v, all watches open %v; heap +%.1f MiB, stacks +%.1f MiB, +%d goroutines: %.0f B of heap + %.0f B of stacks per node",
+		services, fill.Round(time.Millisecond), fillAll.Round(time.Millisecond), float64(h1-h0)/(1<<20), float64(s1-s0)/(1<<20), g1-g0,
+		float64(h1-h0)/float64(total), float64(s1-s0)/float64(total))
+
+	// A registry-wide watch as well.
+	start = time.Now()
+	w, err := r.Watch(ctx())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	for range total {
+		if _, err := nextWithin(t, w, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h2, _, _ := heapAndStacks()
+	t.Logf("registry-wide Watch: initial %d Create events in %v; heap +%.1f MiB (%.0f B per node)",
+		total, time.Since(start).Round(time.Millisecond), float64(h2-h1)/(1<<20), float64(h2-h1)/float64(total))
+
+	// Changes: one node's record rewritten with a new address; time until
+	// the cache's snapshot has it and until the registry-wide watch
+	// delivers it.
+	type arrival struct {
+		id   string
+		addr string
+		at   time.Time
+	}
+	arrivals := make(chan arrival, 4096)
+	go func() {
+		for {
+			ev, err := w.Next()
+			if err != nil {
+				close(arrivals)
+				return
+			}
+			arrivals <- arrival{ev.Service.Nodes[0].ID, ev.Service.Nodes[0].Address, time.Now()}
+		}
+	}()
+	const changes = 500
+	put := func(k, gen int) (string, *registry.Node) {
+		i := k * 7919 % services
+		n := scaleNode(i, k%nodes, gen)
+		s := scaleService(i, 0)
+		s.Nodes = []*registry.Node{n}
+		b, _ := encode(s)
+		if _, err := cli.Put(ctx(), nodeKey(prefix, s.Name, n.ID), string(b)); err != nil {
+			t.Fatal(err)
+		}
+		return s.Name, n
+	}
+	var toCache, toWatch []time.Duration
+	cpu0, ecpu0 := cpuTime(), procCPU(shared.PID())
+	for k := range changes {
+		name, n := put(k, k+1)
+		start := time.Now()
+		e, err := c.Entry(ctx(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := start.Add(10 * time.Second); ; {
+			if hasNode(e.Snapshot(), n) {
+				toCache = append(toCache, time.Since(start))
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("change %d never reached the cache", k)
+			}
+			time.Sleep(20 * time.Microsecond)
+		}
+		for a := range arrivals {
+			if a.id == n.ID && a.addr == n.Address {
+				toWatch = append(toWatch, a.at.Sub(start))
+				break
+			}
+		}
+	}
+	cpu1, ecpu1 := cpuTime(), procCPU(shared.PID())
+	t.Logf("a change (one node rewritten) -> the cache's snapshot: %s", percentiles(toCache))
+	t.Logf("a change -> the registry-wide watcher: %s (measured from after the put returned)", percentiles(toWatch))
+
+	// CPU per change: the same kind of puts with and without the watchers
+	// (the cache's 10,000 watches and the registry-wide one).
+	w.Stop()
+	c.Close()
+	time.Sleep(time.Second)
+	cpu2, ecpu2 := cpuTime(), procCPU(shared.PID())
+	for k := range changes {
+		put(k, k+2)
+	}
+	time.Sleep(200 * time.Millisecond)
+	cpu3, ecpu3 := cpuTime(), procCPU(shared.PID())
+	with, without := (cpu1-cpu0)/changes, (cpu3-cpu2)/changes
+	t.Logf("CPU per change in this process (writer + cache + watcher): %v with the watchers, %v without: the watchers cost %v per change",
+		with.Round(time.Microsecond), without.Round(time.Microsecond), (with - without).Round(time.Microsecond))
+	t.Logf("etcd server CPU per change: %v with %d watches, %v without", ((ecpu1 - ecpu0) / changes).Round(time.Microsecond), services+1,
+		((ecpu3 - ecpu2) / changes).Round(time.Microsecond))
+	if n := lb.warnings(); n > 0 {
+		t.Logf("%d warnings", n)
+	}
+}
+
+func hasNode(s *cache.Snapshot, want *registry.Node) bool {
+	for _, n := range s.Nodes {
+		if n.ID == want.ID {
+			return n.Address == want.Address
+		}
+	}
+	return false
+}
