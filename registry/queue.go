@@ -95,6 +95,30 @@ func (q *Queue) Next() (*Event, error) {
 	}
 }
 
+// TryNext returns the next event without waiting; ok is false when none is
+// queued. Once the queue has stopped it returns the error that Next returns
+// (events queued before the stop are not delivered, as with Next).
+func (q *Queue) TryNext() (ev *Event, ok bool, err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.err != nil {
+		return nil, false, q.err
+	}
+	if q.head < len(q.items) {
+		ev = q.items[q.head]
+		q.items[q.head] = nil
+		q.head++
+		return ev, true, nil
+	}
+	return nil, false, nil
+}
+
+// Ready returns a channel that receives after events are pushed, for a
+// reader that waits in a select (alongside Done) instead of in Next: after
+// a receive it calls TryNext until nothing is queued. A receive may find
+// nothing new. Next consumes the same signals: read with one or the other.
+func (q *Queue) Ready() <-chan struct{} { return q.notify }
+
 // Stop stops the queue; Next returns ErrWatcherStopped.
 func (q *Queue) Stop() { q.StopWith(ErrWatcherStopped) }
 

@@ -1,10 +1,13 @@
 package etcd
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -86,42 +89,33 @@ func (w *wireRecord) dup() bool {
 
 // decoder decodes records and shares, between the records it decodes, the
 // parts they have alike: a record whose service version, metadata or
-// endpoints (and, with nodeMeta, node metadata) are byte for byte those of
-// the last record of the same service gets the same strings, maps and
-// slices, decoded once. Shared parts are read-only.
-//
-// A listing's decoder (keep false) remembers only the last service: keys
-// come sorted, so a service's records are adjacent. A watcher's (keep true)
-// remembers every service it holds nodes of; the watcher counts them with
-// hold and release.
+// endpoints are byte for byte those of the last record of the same service
+// gets the same strings, maps and slices, decoded once (records whose parts
+// match when decoded share them too). Shared parts are read-only: a
+// listing's records go to one caller (GetService, ListServices), where
+// Group shares them among the nodes of a version anyway. A decoder
+// remembers only the last service: listed keys come sorted, so a service's
+// records are adjacent. The zero decoder shares; with whole set it decodes
+// every record in one go and shares nothing (records handed to watchers,
+// each of which may modify its own).
 type decoder struct {
-	keep     bool
-	nodeMeta bool // share node metadata too: the records stay internal
-	parts    map[string]*common
+	whole   bool
+	service string
+	p       common
 }
 
 // common is what the records of one service have in common.
 type common struct {
-	refs        int // records held (keep decoders only)
-	version     string
-	metaRaw     string
-	meta        map[string]string
-	epsRaw      string
-	eps         []*registry.Endpoint
-	nodeMetaRaw string
-	nodeMeta    map[string]string
+	version string
+	metaRaw string
+	meta    map[string]string
+	epsRaw  string
+	eps     []*registry.Endpoint
 }
 
 func (d *decoder) decode(rel string, value []byte) (*registry.Service, error) {
 	decodes.Add(1)
-	s, err := d.decodeRecord(rel, value)
-	if err != nil && d.keep {
-		// Drop what this record alone added.
-		if service, _, _ := strings.Cut(rel, "/"); d.parts[service] != nil && d.parts[service].refs == 0 {
-			delete(d.parts, service)
-		}
-	}
-	return s, err
+	return d.decodeRecord(rel, value)
 }
 
 func (d *decoder) decodeRecord(rel string, value []byte) (*registry.Service, error) {
@@ -132,32 +126,24 @@ func (d *decoder) decodeRecord(rel string, value []byte) (*registry.Service, err
 	if len(value) > MaxRecordSize {
 		return nil, fmt.Errorf("%w: value of %d bytes, more than %d", registry.ErrMalformed, len(value), MaxRecordSize)
 	}
-	p := d.parts[service]
-	if p == nil {
+	if d.whole || d.service != service {
 		// The first record of a service: decoded in one go (the raw parts
 		// would cost a second pass over them, for nothing to share yet).
 		s, err := decodeWhole(service, id, value)
-		if err != nil {
-			return nil, err
+		if err != nil || d.whole {
+			return s, err
 		}
-		p = d.partsOf(service)
-		p.version, p.meta, p.eps = s.Version, s.Metadata, s.Endpoints
-		if d.nodeMeta {
-			p.nodeMeta = s.Nodes[0].Metadata
-		}
-		p.refs++
+		d.service = service
+		d.p = common{version: s.Version, meta: s.Metadata, eps: s.Endpoints}
 		return s, nil
 	}
+	p := &d.p
 	var w wireRecord
 	if err := json.Unmarshal(value, &w); err != nil {
 		return nil, fmt.Errorf("%w: %w", registry.ErrMalformed, err)
 	}
 	if w.dup() {
-		s, err := decodeWhole(service, id, value)
-		if err == nil {
-			p.refs++ // nothing shared, but held all the same
-		}
-		return s, err
+		return decodeWhole(service, id, value)
 	}
 	switch {
 	case len(w.Nodes) != 1:
@@ -179,12 +165,7 @@ func (d *decoder) decodeRecord(rel string, value []byte) (*registry.Service, err
 	if s.Metadata, err = shareMap(w.Metadata.raw, &p.metaRaw, &p.meta); err != nil {
 		return nil, err
 	}
-	if d.nodeMeta {
-		n.Metadata, err = shareMap(w.Nodes[0].Metadata.raw, &p.nodeMetaRaw, &p.nodeMeta)
-	} else {
-		err = unmarshalRaw(w.Nodes[0].Metadata.raw, &n.Metadata)
-	}
-	if err != nil {
+	if err := unmarshalRaw(w.Nodes[0].Metadata.raw, &n.Metadata); err != nil {
 		return nil, err
 	}
 	switch {
@@ -206,7 +187,6 @@ func (d *decoder) decodeRecord(rel string, value []byte) (*registry.Service, err
 		return nil, fmt.Errorf("%w: %v", registry.ErrMalformed, err)
 	}
 	p.version = s.Version
-	p.refs++
 	return s, nil
 }
 
@@ -252,29 +232,6 @@ func shareMap(raw json.RawMessage, lastRaw *string, last *map[string]string) (ma
 	return m, nil
 }
 
-// partsOf returns the shared parts of service, new if need be.
-func (d *decoder) partsOf(service string) *common {
-	if p := d.parts[service]; p != nil {
-		return p
-	}
-	if d.parts == nil || !d.keep {
-		d.parts = make(map[string]*common, 1)
-	}
-	p := &common{}
-	d.parts[service] = p
-	return p
-}
-
-// release says that a record of service that decode returned is no longer
-// held (keep decoders).
-func (d *decoder) release(service string) {
-	if p := d.parts[service]; p != nil {
-		if p.refs--; p.refs <= 0 && d.keep {
-			delete(d.parts, service)
-		}
-	}
-}
-
 // unmarshalRaw decodes a part of a record; absent parts leave v alone.
 func unmarshalRaw(raw json.RawMessage, v any) error {
 	if len(raw) == 0 {
@@ -293,4 +250,68 @@ func trunc(s string) string {
 		return s[:limit] + "..."
 	}
 	return s
+}
+
+// recordSum hashes what registry.SameNode compares of a single-node record,
+// so that the same data written in other bytes (reformatted, keys in
+// another order) hashes the same: name, version, metadata (keys sorted),
+// endpoints and node. Empty and absent maps and lists hash alike.
+func recordSum(s *registry.Service) uint64 {
+	var h maphash.Hash
+	h.SetSeed(seed)
+	str := func(x string) {
+		writeLen(&h, len(x))
+		h.WriteString(x)
+	}
+	strMap := func(m map[string]string) {
+		writeLen(&h, len(m))
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			str(k)
+			str(m[k])
+		}
+	}
+	var value func(v *registry.Value)
+	value = func(v *registry.Value) {
+		if v == nil {
+			writeLen(&h, -1)
+			return
+		}
+		str(v.Name)
+		str(v.Type)
+		writeLen(&h, len(v.Values))
+		for _, c := range v.Values {
+			value(c)
+		}
+	}
+	str(s.Name)
+	str(s.Version)
+	strMap(s.Metadata)
+	writeLen(&h, len(s.Endpoints))
+	for _, e := range s.Endpoints {
+		if e == nil {
+			writeLen(&h, -1)
+			continue
+		}
+		str(e.Name)
+		value(e.Request)
+		value(e.Response)
+		strMap(e.Metadata)
+	}
+	writeLen(&h, len(s.Nodes))
+	for _, n := range s.Nodes {
+		if n == nil {
+			writeLen(&h, -1)
+			continue
+		}
+		str(n.ID)
+		str(n.Address)
+		strMap(n.Metadata)
+	}
+	return h.Sum64()
+}
+
+func writeLen(h *maphash.Hash, n int) {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(n))
+	h.Write(b[:])
 }

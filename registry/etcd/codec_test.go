@@ -190,8 +190,8 @@ func FuzzDecodeShared(f *testing.F) {
 	f.Add(va, []byte(`{"name":"greeter","metadata":{"a":"1"},"metadata":{"b":"2"},"nodes":[{"id":"b","address":"h:1","metadata":{"x":"1"},"metadata":{"y":"2"}}]}`), vb)
 	f.Add(va, []byte(`{"name":"greeter","endpoints":[{"name":"E","metadata":{"m":"1"}}],"endpoints":[{"name":"F"}],"nodes":[{"id":"b","address":"h:1"}],"nodes":[{"address":"h:2"}]}`), vb)
 	f.Fuzz(func(t *testing.T, v1, v2, v3 []byte) {
-		for _, keep := range []bool{false, true} {
-			d := &decoder{keep: keep, nodeMeta: keep}
+		for _, whole := range []bool{false, true} {
+			d := &decoder{whole: whole}
 			for i, v := range [][]byte{v1, v2, v3, v2} {
 				key := "greeter/" + string(rune('a'+i%2))
 				got, err := d.decode(key, v)
@@ -205,4 +205,57 @@ func FuzzDecodeShared(f *testing.F) {
 			}
 		}
 	})
+}
+
+// recordSum tells records apart as registry.SameNode does, whatever their
+// bytes.
+func TestRecordSum(t *testing.T) {
+	base := func() *registry.Service { return scaleService(3, 1) }
+	b := base()
+	raw, _ := json.Marshal(b)
+	var indented strings.Builder
+	var v any
+	_ = json.Unmarshal(raw, &v)
+	enc := json.NewEncoder(&indented)
+	enc.SetIndent("", "    ")
+	_ = enc.Encode(v)
+	again, err := decode(b.Name+"/"+b.Nodes[0].ID, []byte(indented.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recordSum(b) != recordSum(again) {
+		t.Error("the same record re-encoded hashes otherwise")
+	}
+	empty := base()
+	empty.Endpoints[0].Metadata = map[string]string{}
+	empty.Endpoints[1].Metadata = nil
+	if recordSum(empty) != recordSum(func() *registry.Service { s := base(); s.Endpoints[0].Metadata = nil; return s }()) {
+		t.Error("empty and absent metadata hash otherwise")
+	}
+	changes := map[string]func(*registry.Service){
+		"version":             func(s *registry.Service) { s.Version = "9" },
+		"service metadata":    func(s *registry.Service) { s.Metadata["team"] = "other" },
+		"metadata key moved":  func(s *registry.Service) { s.Metadata = map[string]string{"team": "", "tier": "platformbackend"} },
+		"endpoint name":       func(s *registry.Service) { s.Endpoints[1].Name = "Store.Del" },
+		"endpoint dropped":    func(s *registry.Service) { s.Endpoints = s.Endpoints[:1] },
+		"request field type":  func(s *registry.Service) { s.Endpoints[0].Request.Values[0].Type = "int64" },
+		"request field added": func(s *registry.Service) { s.Endpoints[0].Request.Values = append(s.Endpoints[0].Request.Values, nil) },
+		"response nil":        func(s *registry.Service) { s.Endpoints[1].Response = nil },
+		"endpoint metadata":   func(s *registry.Service) { s.Endpoints[0].Metadata["idempotent"] = "false" },
+		"address":             func(s *registry.Service) { s.Nodes[0].Address = "10.9.9.9:1" },
+		"node metadata":       func(s *registry.Service) { s.Nodes[0].Metadata["zone"] = "b" },
+		"strings run together": func(s *registry.Service) {
+			s.Name, s.Version = s.Name+"1", s.Version[1:]
+		},
+	}
+	for what, change := range changes {
+		s := base()
+		change(s)
+		if registry.SameNode(b, s) {
+			t.Fatalf("%s: SameNode says no change", what)
+		}
+		if recordSum(s) == recordSum(b) {
+			t.Errorf("%s: same hash", what)
+		}
+	}
 }

@@ -325,24 +325,28 @@ func (r *Registry) fail(ctx context.Context, op string, err error) error {
 
 // listSet lists prefix and decodes it into a NodeSet keyed by the key
 // relative to the registry prefix ("<service>/<node id>"), skipping
-// malformed records. dec, if not nil, decodes (a watcher's); else each
-// listing has a decoder of its own.
+// malformed records.
 func (r *Registry) listSet(ctx context.Context, prefix string) (registry.NodeSet, int64, error) {
-	return r.listSetWith(ctx, prefix, nil)
+	var set registry.NodeSet
+	rev, err := r.listRecords(ctx, prefix, &decoder{}, func() { set = make(registry.NodeSet) },
+		func(rel string, _ *mvccpb.KeyValue, s *registry.Service) { set[rel] = s })
+	return set, rev, err
 }
 
-func (r *Registry) listSetWith(ctx context.Context, prefix string, dec *decoder) (registry.NodeSet, int64, error) {
+// listRecords lists prefix at one revision, which it returns, and calls each
+// with every valid record, decoded by dec, in key order; malformed records
+// are skipped (see BadRecords). start is called before the first record of
+// each attempt: a compaction between pages makes the listing start over.
+func (r *Registry) listRecords(ctx context.Context, prefix string, dec *decoder, start func(),
+	each func(rel string, kv *mvccpb.KeyValue, s *registry.Service)) (int64, error) {
 	ctx, cancel := r.reqCtx(ctx)
 	defer cancel()
 	bad := r.badRecords()
 	defer bad.Flush()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		d := dec
-		if d == nil {
-			d = &decoder{}
-		}
-		set := make(registry.NodeSet)
+		start()
+		d := *dec // a fresh copy per attempt
 		anyBad := bad.Any(prefix)
 		rev, err := r.scan(ctx, prefix, func(kv *mvccpb.KeyValue) {
 			if anyBad && bad.Known(string(kv.Key), uint64(kv.ModRevision), 0) {
@@ -357,20 +361,15 @@ func (r *Registry) listSetWith(ctx context.Context, prefix string, dec *decoder)
 			if anyBad {
 				bad.Forget(string(kv.Key))
 			}
-			set[rel] = s
+			each(rel, kv, s)
 		})
 		if err == nil {
-			return set, rev, nil
+			return rev, nil
 		}
 		lastErr = err
-		if dec != nil {
-			for _, s := range set {
-				dec.release(s.Name)
-			}
-		}
 		if !errors.Is(err, rpctypes.ErrCompacted) {
 			break // a compaction between pages is worth a fresh start; nothing else is
 		}
 	}
-	return nil, 0, lastErr
+	return 0, lastErr
 }

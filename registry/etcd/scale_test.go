@@ -3,6 +3,7 @@ package etcd
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/cache"
+	"github.com/beacon-go/beacon/registry/registrytest"
 )
 
 // scaleService returns service i of the scale measurements in the shape
@@ -176,13 +178,18 @@ func TestMeasureScale(t *testing.T) {
 	t.Logf("loaded %d services x %d nodes = %d keys of %d bytes of JSON each in %v (txns of 100 puts, 4 writers)",
 		services, nodes, total, len(val), load.Round(time.Millisecond))
 
-	lb := newLogBuf()
-	r := newReg(t, lb, WithPrefix(prefix))
-	ctx := func() context.Context {
-		c, cancel := context.WithTimeout(context.Background(), time.Minute)
-		t.Cleanup(cancel)
-		return c
+	// A logger that counts warnings and keeps nothing (a test's logBuf
+	// would keep every line, and count as the cache's memory).
+	var warns atomic.Int64
+	logger := slog.New(countWarns{&warns})
+	r, err := New(context.Background(), WithAddrs(shared.Endpoints()...), WithPrefix(prefix), WithLogger(logger))
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer r.Close()
+	bg, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	ctx := func() context.Context { return bg }
 
 	// ListServices.
 	var took []time.Duration
@@ -205,7 +212,7 @@ func TestMeasureScale(t *testing.T) {
 	// Cache holding every service.
 	h0, s0, g0 := heapAndStacks()
 	var created atomic.Int64
-	c := cache.New(r, cache.WithRefreshInterval(time.Hour), cache.WithLogger(lb.Logger()),
+	c := cache.New(r, cache.WithRefreshInterval(time.Hour), cache.WithLogger(logger),
 		cache.OnEvent(func(string, registry.EventType) { created.Add(1) }))
 	defer c.Close()
 	start := time.Now()
@@ -343,7 +350,7 @@ func TestMeasureScale(t *testing.T) {
 		with.Round(time.Microsecond), without.Round(time.Microsecond), (with - without).Round(time.Microsecond))
 	t.Logf("etcd server CPU per change: %v with %d watches, %v without", ((ecpu1 - ecpu0) / changes).Round(time.Microsecond), services+1,
 		((ecpu3 - ecpu2) / changes).Round(time.Microsecond))
-	if n := lb.warnings(); n > 0 {
+	if n := warns.Load(); n > 0 {
 		t.Logf("%d warnings", n)
 	}
 }
@@ -355,4 +362,115 @@ func hasNode(s *cache.Snapshot, want *registry.Node) bool {
 		}
 	}
 	return false
+}
+
+// countWarns is a slog handler that counts Warn and Error records.
+type countWarns struct{ n *atomic.Int64 }
+
+func (c countWarns) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (c countWarns) Handle(context.Context, slog.Record) error {
+	c.n.Add(1)
+	return nil
+}
+func (c countWarns) WithAttrs([]slog.Attr) slog.Handler { return c }
+func (c countWarns) WithGroup(string) slog.Handler      { return c }
+
+// changeCost is what one change of a node costs a process that follows the
+// registry with a registry-wide watch and a cache of every service.
+type changeCost struct {
+	decodes float64 // records decoded per change
+	mallocs float64 // heap allocations per change (the writer's included)
+	bytes   float64 // bytes allocated per change (the writer's included)
+}
+
+// measureChangeCost loads services x nodes keys under a prefix of its own,
+// follows them with a registry-wide Watch and a cache of every service,
+// then rewrites one node n times (each change waited for in both) and
+// returns the cost per change.
+func measureChangeCost(t *testing.T, services, nodes, n int) changeCost {
+	prefix := testPrefix(t)
+	cli := rawClient(t)
+	t.Cleanup(func() { cli.Delete(context.Background(), prefix, clientv3.WithPrefix()) })
+	scaleLoad(t, cli, prefix, services, nodes)
+	r := newReg(t, nil, WithPrefix(prefix))
+	w, err := r.Watch(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	for range services * nodes {
+		if _, err := nextWithin(t, w, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var created atomic.Int64
+	c := cache.New(r, cache.WithRefreshInterval(time.Hour), cache.WithLogger(slog.New(slog.DiscardHandler)),
+		cache.OnEvent(func(string, registry.EventType) { created.Add(1) }))
+	defer c.Close()
+	for i := range services {
+		if _, err := c.Entry(ctxT(t), fmt.Sprintf("svc-%05d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registrytest.Eventually(t, 30*time.Second, func() error {
+		if got := created.Load(); got < int64(services*nodes) {
+			return fmt.Errorf("%d of %d initial events in the cache", got, services*nodes)
+		}
+		return nil
+	})
+	e, err := c.Entry(ctxT(t), "svc-00000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := scaleService(0, 0)
+	change := func(gen int) {
+		node := scaleNode(0, 0, gen)
+		s.Nodes = []*registry.Node{node}
+		b, _ := encode(s)
+		if _, err := cli.Put(ctxT(t), nodeKey(prefix, s.Name, node.ID), string(b)); err != nil {
+			t.Fatal(err)
+		}
+		ev, err := nextWithin(t, w, 5*time.Second)
+		if err != nil || ev.Type != registry.Update || ev.Service.Nodes[0].Address != node.Address {
+			t.Fatalf("change %d: watcher got %v, %v", gen, ev, err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); !hasNode(e.Snapshot(), node); time.Sleep(100 * time.Microsecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("change %d never reached the cache", gen)
+			}
+		}
+	}
+	change(1) // warm up
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	d0 := decodes.Load()
+	for gen := range n {
+		change(gen + 2)
+	}
+	d1 := decodes.Load()
+	runtime.ReadMemStats(&m1)
+	return changeCost{decodes: float64(d1-d0) / float64(n), mallocs: float64(m1.Mallocs-m0.Mallocs) / float64(n),
+		bytes: float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n)}
+}
+
+// Issue 13 item 8, cheaply: what a change costs a watcher does not grow
+// with the registry. With 2,000 nodes (200 services x 10) as with 20 (2 x
+// 10), each change decodes its record once per watch that sees it (the
+// registry-wide one and the cache's watch of its service) and nothing
+// else, and allocates as much.
+func TestWatchCostIsPerChange(t *testing.T) {
+	const n = 40
+	small := measureChangeCost(t, 2, 10, n)
+	large := measureChangeCost(t, 200, 10, n)
+	t.Logf("per change, 20 nodes:    %.1f decodes, %.0f allocations, %.0f bytes (the writer's included)", small.decodes, small.mallocs, small.bytes)
+	t.Logf("per change, 2,000 nodes: %.1f decodes, %.0f allocations, %.0f bytes", large.decodes, large.mallocs, large.bytes)
+	for _, c := range []changeCost{small, large} {
+		if c.decodes != 2 {
+			t.Errorf("%.2f decodes per change, want 2 (one per watch)", c.decodes)
+		}
+	}
+	if large.mallocs > small.mallocs*1.5+100 || large.bytes > small.bytes*1.5+32<<10 {
+		t.Errorf("a change costs more with 2,000 nodes than with 20: %.0f allocations and %.0f bytes against %.0f and %.0f",
+			large.mallocs, large.bytes, small.mallocs, small.bytes)
+	}
 }

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -15,16 +18,38 @@ import (
 )
 
 // watcher follows one prefix. Its state is what it has reported so far, so
-// that a re-list after a compaction can report exactly the difference.
+// that a re-list after a compaction can report exactly the difference. The
+// state keeps, per node, hashes of its record and what a Delete event
+// reports, not the record: records go to the reader in events (decoded for
+// it alone, so it may modify them), and the watcher keeps about 100 bytes a
+// node.
 type watcher struct {
 	r      *Registry
 	q      *registry.Queue
 	prefix string           // etcd key prefix watched
-	state  registry.NodeSet // key relative to the registry prefix -> node
-	dec    *decoder         // decodes state's records, sharing their common parts
+	state  map[string]entry // key relative to the registry prefix -> node
 	rev    int64            // next revision to watch from
 	ctx    context.Context  // ends with Stop, the watch's context, or Close
 	cancel context.CancelFunc
+}
+
+// entry is what a watcher keeps of a node it reported.
+type entry struct {
+	raw     uint64 // valueSum of the record's bytes: the same bytes again are no change
+	sum     uint64 // recordSum of the decoded record: the same data, written otherwise, neither
+	version string // for the Delete event
+	address string
+}
+
+func entryOf(raw uint64, s *registry.Service) entry {
+	return entry{raw: raw, sum: recordSum(s), version: s.Version, address: s.Nodes[0].Address}
+}
+
+// gone returns the Delete event's service of the node at rel: its name,
+// version, ID and address (registry.Event promises the name and the ID).
+func (e entry) gone(rel string) *registry.Service {
+	name, id, _ := strings.Cut(rel, "/")
+	return &registry.Service{Name: name, Version: e.version, Nodes: []*registry.Node{{ID: id, Address: e.address}}}
 }
 
 // Watch lists the prefix of one service (WatchService) or of all services
@@ -45,12 +70,17 @@ func (r *Registry) Watch(ctx context.Context, opts ...registry.WatchOption) (reg
 	if o.Service != "" {
 		w.prefix += o.Service + "/"
 	}
-	w.dec = newStateDecoder()
-	state, rev, err := r.listSetWith(ctx, w.prefix, w.dec)
+	var creates []*registry.Service
+	rev, err := r.listRecords(ctx, w.prefix, &decoder{whole: true},
+		func() { w.state, creates = make(map[string]entry), nil },
+		func(rel string, kv *mvccpb.KeyValue, s *registry.Service) {
+			w.state[rel] = entryOf(valueSum(kv.Value), s)
+			creates = append(creates, s)
+		})
 	if err != nil {
 		return nil, r.fail(ctx, "watch", err)
 	}
-	w.state, w.rev = state, rev+1
+	w.rev = rev + 1
 	w.ctx, w.cancel = context.WithCancel(r.ctx)
 	w.q = registry.NewQueue(ctx, w.cancel)
 
@@ -63,16 +93,17 @@ func (r *Registry) Watch(ctx context.Context, opts ...registry.WatchOption) (reg
 	r.wg.Add(1)
 	r.mu.Unlock()
 
-	for _, ev := range registry.Diff(nil, w.state, time.Now()) {
-		w.push(ev.Type, ev.Service, ev.Timestamp)
+	now := time.Now()
+	for _, s := range creates { // in key order
+		w.push(registry.Create, s, now)
 	}
 	go w.run()
 	return w.q, nil
 }
 
+// push queues an event; s is the reader's from then on.
 func (w *watcher) push(t registry.EventType, s *registry.Service, now time.Time) {
-	// A copy: the reader may modify the event, the state must not change.
-	w.q.Push(&registry.Event{Type: t, Service: s.Copy(), Timestamp: now})
+	w.q.Push(&registry.Event{Type: t, Service: s, Timestamp: now})
 }
 
 func (w *watcher) run() {
@@ -150,63 +181,57 @@ func (w *watcher) watchOnce() (compacted, progressed bool, err error) {
 	return false, progressed, errors.New("watch channel closed")
 }
 
-// newStateDecoder returns the decoder of a watcher's state.
-func newStateDecoder() *decoder { return &decoder{keep: true, nodeMeta: true} }
-
 // apply turns one etcd event into at most one registry event. Its cost is
 // that of the event's record: one decode at most (none for a value over
-// MaxRecordSize or bad bytes seen before), whatever the size of the state.
+// MaxRecordSize, for bad bytes seen before, or for the same bytes again),
+// whatever the size of the state.
 func (w *watcher) apply(ev *clientv3.Event, now time.Time) {
-	if w.dec == nil {
-		w.dec = newStateDecoder()
-	}
 	rel := string(ev.Kv.Key[len(w.r.prefix):])
 	old, had := w.state[rel]
 	switch ev.Type {
 	case clientv3.EventTypePut:
-		s, err := w.decodeEvent(ev.Kv, rel)
+		raw := valueSum(ev.Kv.Value)
+		if had && old.raw == raw {
+			return // the same record written again
+		}
+		s, err := w.decodeEvent(ev.Kv, rel, raw)
 		if err != nil {
 			if had { // no longer a valid node
-				w.remove(rel, old)
-				w.push(registry.Delete, old, now)
+				delete(w.state, rel)
+				w.push(registry.Delete, old.gone(rel), now)
 			}
 			return
 		}
-		if had && registry.SameNode(old, s) {
-			w.dec.release(s.Name) // the same record written again: no event
-			return
-		}
-		if had {
-			w.dec.release(old.Name)
-		}
-		w.state[rel] = s
-		if had {
-			w.push(registry.Update, s, now)
-		} else {
+		e := entryOf(raw, s)
+		w.state[rel] = e
+		switch {
+		case !had:
 			w.push(registry.Create, s, now)
+		case e.sum != old.sum:
+			w.push(registry.Update, s, now)
 		}
 	case clientv3.EventTypeDelete:
 		w.r.forgetBad(ev.Kv.Key)
 		if had {
-			w.remove(rel, old)
-			w.push(registry.Delete, old, now)
+			delete(w.state, rel)
+			w.push(registry.Delete, old.gone(rel), now)
 		}
 	}
 }
 
 // decodeEvent decodes the record of a put, skipping (before decoding)
 // values over MaxRecordSize and bad values written again.
-func (w *watcher) decodeEvent(kv *mvccpb.KeyValue, rel string) (*registry.Service, error) {
+func (w *watcher) decodeEvent(kv *mvccpb.KeyValue, rel string, raw uint64) (*registry.Service, error) {
 	if len(kv.Value) > MaxRecordSize {
 		err := fmt.Errorf("%w: value of %d bytes, more than %d", registry.ErrMalformed, len(kv.Value), MaxRecordSize)
 		w.r.badRecords().Report(string(kv.Key), uint64(kv.ModRevision), 0, len(kv.Value), err)
 		return nil, err
 	}
 	bad := w.r.badRecords()
-	if bad.Has(string(kv.Key)) && bad.Known(string(kv.Key), uint64(kv.ModRevision), valueSum(kv.Value)) {
+	if bad.Has(string(kv.Key)) && bad.Known(string(kv.Key), uint64(kv.ModRevision), raw) {
 		return nil, registry.ErrMalformed
 	}
-	s, err := w.dec.decode(rel, kv.Value)
+	s, err := decode(rel, kv.Value)
 	if err != nil {
 		w.r.malformed(kv.Key, kv.ModRevision, kv.Value, err)
 		return nil, err
@@ -215,21 +240,37 @@ func (w *watcher) decodeEvent(kv *mvccpb.KeyValue, rel string) (*registry.Servic
 	return s, nil
 }
 
-func (w *watcher) remove(rel string, old *registry.Service) {
-	delete(w.state, rel)
-	w.dec.release(old.Name)
-}
-
-// resync lists the prefix again and reports the difference to the state.
+// resync lists the prefix again and reports the difference to the state:
+// Create and Update events in key order, then Delete events in key order,
+// all with one timestamp (registry.Diff's order).
 func (w *watcher) resync() error {
-	dec := newStateDecoder()
-	state, rev, err := w.r.listSetWith(w.ctx, w.prefix, dec)
+	var (
+		state   map[string]entry
+		changes []*registry.Event
+	)
+	rev, err := w.r.listRecords(w.ctx, w.prefix, &decoder{whole: true},
+		func() { state, changes = make(map[string]entry), nil },
+		func(rel string, kv *mvccpb.KeyValue, s *registry.Service) {
+			e := entryOf(valueSum(kv.Value), s)
+			state[rel] = e
+			switch old, had := w.state[rel]; {
+			case !had:
+				changes = append(changes, &registry.Event{Type: registry.Create, Service: s})
+			case old.sum != e.sum:
+				changes = append(changes, &registry.Event{Type: registry.Update, Service: s})
+			}
+		})
 	if err != nil {
 		return err
 	}
-	w.dec = dec
-	for _, ev := range registry.Diff(w.state, state, time.Now()) {
-		w.push(ev.Type, ev.Service, ev.Timestamp)
+	now := time.Now()
+	for _, ev := range changes {
+		w.push(ev.Type, ev.Service, now)
+	}
+	for _, rel := range slices.Sorted(maps.Keys(w.state)) {
+		if _, ok := state[rel]; !ok {
+			w.push(registry.Delete, w.state[rel].gone(rel), now)
+		}
 	}
 	w.state, w.rev = state, rev+1
 	return nil

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/beacon-go/beacon/internal/testserver"
@@ -237,7 +238,10 @@ func TestWatchFromCompactedRevision(t *testing.T) {
 	if err := r.Register(ctxT(t), svc("old", "1.0.0", "x", "y")); err != nil {
 		t.Fatal(err)
 	}
-	set, rev, err := r.listSet(ctxT(t), prefix+"old/")
+	state := make(map[string]entry)
+	rev, err := r.listRecords(ctxT(t), prefix+"old/", &decoder{}, func() {}, func(rel string, kv *mvccpb.KeyValue, s *registry.Service) {
+		state[rel] = entryOf(valueSum(kv.Value), s)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +256,7 @@ func TestWatchFromCompactedRevision(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	w := &watcher{r: r, prefix: prefix + "old/", state: set, rev: rev + 1}
+	w := &watcher{r: r, prefix: prefix + "old/", state: state, rev: rev + 1}
 	w.ctx, w.cancel = context.WithCancel(r.ctx)
 	w.q = registry.NewQueue(context.Background(), w.cancel)
 	r.wg.Add(1)
