@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 
 	"github.com/beacon-go/beacon/internal/testserver"
 	"github.com/beacon-go/beacon/registry"
+	"github.com/beacon-go/beacon/registry/cache"
+	"github.com/beacon-go/beacon/registry/registrytest"
 )
 
 // memUse is what one operation cost the process's heap.
@@ -218,6 +221,40 @@ func TestByteBudgetInvalidRecords(t *testing.T) {
 	t.Logf("warnings after the watch saw %d bad puts: %d", n+1, lb.warnings())
 	if got := lb.warnings(); got > warnBudget {
 		t.Errorf("%d Warn lines, want at most %d:\n%s", got, warnBudget, strings.Join(lb.lines(), "\n"))
+	}
+
+	// A calling client (a new Registry, a cache: what a selector does):
+	// the first lookup's GetService, the watch's listing and the resync
+	// after it. The junk is decoded once, not three times.
+	lb2 := newLogBuf()
+	r2 := newReg(t, lb2, WithPrefix(prefix), WithRequestTimeout(time.Minute))
+	var events atomic.Int64
+	c := cache.New(r2, cache.WithLogger(lb2.Logger()), cache.WithFetchTimeout(time.Minute),
+		cache.OnEvent(func(string, registry.EventType) { events.Add(1) }))
+	defer c.Close()
+	before = decodes.Load()
+	m = measureMem(func() {
+		e, err := c.Entry(ctx(), "junk")
+		if err != nil {
+			t.Fatal(err)
+		}
+		registrytest.Eventually(t, time.Minute, func() error {
+			if events.Load() < 2 || len(e.Snapshot().Nodes) != 2 {
+				return fmt.Errorf("%d events, %d nodes", events.Load(), len(e.Snapshot().Nodes))
+			}
+			return nil
+		})
+		time.Sleep(200 * time.Millisecond) // the resync fetch after the watch opened
+	})
+	check("cache lookup, watch, resync", m, false)
+	t.Logf("the calling client: %d records decoded, %d Warn lines", decodes.Load()-before, lb2.warnings())
+	// The 51 bad records once (the one over MaxRecordSize is refused at
+	// once), the 2 valid ones three times.
+	if d := decodes.Load() - before; d > n+1+3*2 {
+		t.Errorf("a cache lookup decoded %d records, want the %d bad ones once and the valid ones", d, n+1)
+	}
+	if got := lb2.warnings(); got > registry.BadRecordLogBurst+1 {
+		t.Errorf("the calling client logged %d Warn lines, want at most %d:\n%s", got, registry.BadRecordLogBurst+1, strings.Join(lb2.lines(), "\n"))
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/beacon-go/beacon/registry"
 )
@@ -149,12 +150,17 @@ func (w *watcher) run() {
 	}
 }
 
+// requireLeader is the outgoing metadata of clientv3.WithRequireLeader,
+// made once (gRPC only reads it).
+var requireLeader = metadata.Pairs(rpctypes.MetadataRequireLeaderKey, rpctypes.MetadataHasLeader)
+
 // watchOnce watches from w.rev until the watch ends. It reports whether it
 // ended because w.rev was compacted and whether it delivered anything.
 func (w *watcher) watchOnce() (compacted, progressed bool, err error) {
-	// RequireLeader: a member cut off from its cluster ends the watch
+	// RequireLeader (clientv3.WithRequireLeader, with metadata shared by
+	// every watch): a member cut off from its cluster ends the watch
 	// instead of going silent, and the client moves to another member.
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(w.ctx))
+	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(w.ctx, requireLeader))
 	defer cancel()
 	// No WithPrevKV: it would double the bytes of every event, and the
 	// state has what the previous values would tell.
