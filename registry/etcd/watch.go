@@ -94,10 +94,14 @@ func (r *Registry) Watch(ctx context.Context, opts ...registry.WatchOption) (reg
 	r.wg.Add(1)
 	r.mu.Unlock()
 
+	// The current nodes, in key order; however many, they do not count
+	// against registry.MaxQueued.
 	now := time.Now()
-	for _, s := range creates { // in key order
-		w.push(registry.Create, s, now)
+	evs := make([]*registry.Event, len(creates))
+	for i, s := range creates {
+		evs[i] = &registry.Event{Type: registry.Create, Service: s, Timestamp: now}
 	}
+	w.q.PushInitial(evs)
 	go w.run()
 	return w.q, nil
 }
