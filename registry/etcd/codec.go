@@ -88,10 +88,11 @@ func (w *wireRecord) dup() bool {
 }
 
 // decoder decodes records and shares, between the records it decodes, the
-// parts they have alike: a record whose service version, metadata or
-// endpoints are byte for byte those of the last record of the same service
-// gets the same strings, maps and slices, decoded once (records whose parts
-// match when decoded share them too). Shared parts are read-only: a
+// parts they have alike: a record whose service metadata or endpoints are
+// byte for byte those of the last record of the same service and version
+// gets the same maps and slices, decoded once (records whose parts match
+// when decoded share them too); node metadata byte for byte that of the
+// last record is copied rather than decoded. Shared parts are read-only: a
 // listing's records go to one caller (GetService, ListServices), where
 // Group shares them among the nodes of a version anyway. A decoder
 // remembers only the last service: listed keys come sorted, so a service's
@@ -99,12 +100,14 @@ func (w *wireRecord) dup() bool {
 // every record in one go and shares nothing (records handed to watchers,
 // each of which may modify its own).
 type decoder struct {
-	whole   bool
-	service string
-	p       common
+	whole       bool
+	service     string
+	parts       map[string]*common // by version
+	nodeMetaRaw string
+	nodeMeta    map[string]string
 }
 
-// common is what the records of one service have in common.
+// common is what the records of one service and version have in common.
 type common struct {
 	version string
 	metaRaw string
@@ -134,10 +137,10 @@ func (d *decoder) decodeRecord(rel string, value []byte) (*registry.Service, err
 			return s, err
 		}
 		d.service = service
-		d.p = common{version: s.Version, meta: s.Metadata, eps: s.Endpoints}
+		d.parts = map[string]*common{s.Version: {version: s.Version, meta: s.Metadata, eps: s.Endpoints}}
+		d.nodeMetaRaw, d.nodeMeta = "", s.Nodes[0].Metadata
 		return s, nil
 	}
-	p := &d.p
 	var w wireRecord
 	if err := json.Unmarshal(value, &w); err != nil {
 		return nil, fmt.Errorf("%w: %w", registry.ErrMalformed, err)
@@ -155,18 +158,26 @@ func (d *decoder) decodeRecord(rel string, value []byte) (*registry.Service, err
 	case w.Nodes[0].ID != id:
 		return nil, fmt.Errorf("%w: node ID %q does not match the key", registry.ErrMalformed, trunc(w.Nodes[0].ID))
 	}
+	p := d.parts[w.Version]
+	if p == nil {
+		p = &common{version: w.Version}
+		d.parts[w.Version] = p
+	}
 	// Name and ID are the key's (equal, and held by the caller anyway).
 	n := &registry.Node{ID: id, Address: w.Nodes[0].Address}
-	s := &registry.Service{Name: service, Version: w.Version, Nodes: []*registry.Node{n}}
-	if w.Version == p.version {
-		s.Version = p.version
-	}
+	s := &registry.Service{Name: service, Version: p.version, Nodes: []*registry.Node{n}}
 	var err error
 	if s.Metadata, err = shareMap(w.Metadata.raw, &p.metaRaw, &p.meta); err != nil {
 		return nil, err
 	}
-	if err := unmarshalRaw(w.Nodes[0].Metadata.raw, &n.Metadata); err != nil {
-		return nil, err
+	switch raw := w.Nodes[0].Metadata.raw; {
+	case len(raw) > 0 && string(raw) == d.nodeMetaRaw:
+		n.Metadata = maps.Clone(d.nodeMeta) // a copy: nodes do not share
+	default:
+		if err := unmarshalRaw(raw, &n.Metadata); err != nil {
+			return nil, err
+		}
+		d.nodeMetaRaw, d.nodeMeta = string(raw), n.Metadata
 	}
 	switch {
 	case len(w.Endpoints.raw) > 0 && string(w.Endpoints.raw) == p.epsRaw:
@@ -186,7 +197,6 @@ func (d *decoder) decodeRecord(rel string, value []byte) (*registry.Service, err
 		// %v: a bad record is ErrMalformed, not the caller's ErrInvalid.
 		return nil, fmt.Errorf("%w: %v", registry.ErrMalformed, err)
 	}
-	p.version = s.Version
 	return s, nil
 }
 

@@ -259,3 +259,33 @@ func TestRecordSum(t *testing.T) {
 		}
 	}
 }
+
+// A listing's decoder shares a version's metadata and endpoints between
+// its nodes (as Group does), but each node keeps a map of its own, and
+// another version's records share nothing with it.
+func TestDecoderSharesWithinAVersion(t *testing.T) {
+	var d decoder
+	dec := func(version, id string) *registry.Service {
+		s := scaleService(1, 0)
+		s.Version = version
+		s.Nodes = []*registry.Node{scaleNode(1, 0, 0)}
+		s.Nodes[0].ID = id
+		b, _ := encode(s)
+		got, err := d.decode(s.Name+"/"+id, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	a, b, c, e := dec("1", "a"), dec("1", "b"), dec("2", "c"), dec("1", "e")
+	if &b.Endpoints[0] != &e.Endpoints[0] || &a.Endpoints[0] != &b.Endpoints[0] {
+		t.Error("nodes of one version do not share their endpoints")
+	}
+	if &c.Endpoints[0] == &b.Endpoints[0] {
+		t.Error("two versions share their endpoints")
+	}
+	b.Nodes[0].Metadata["x"] = "y"
+	if _, ok := e.Nodes[0].Metadata["x"]; ok {
+		t.Error("two nodes share their node metadata")
+	}
+}
