@@ -48,6 +48,15 @@
 // registry. An entry with a subscriber (see below) is never dropped. Close
 // stops every watch.
 //
+// # Memory
+//
+// The nodes of an entry share their equal service metadata, endpoints and
+// node metadata, however they arrived (a fetch, or watch events that each
+// carry a copy of their own). An entry runs one goroutine; it reads its
+// watch in the same select as its timers when the watch is a
+// registry.Queue (what every backend's Watch returns), else through a
+// second goroutine.
+//
 // # Subscriptions
 //
 // Cache.Subscribe hands a consumer (a gRPC resolver, say) a service's
