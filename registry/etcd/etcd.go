@@ -337,10 +337,9 @@ func (r *Registry) listSet(ctx context.Context, prefix string) (registry.NodeSet
 // with every valid record, decoded by dec, in key order; malformed records
 // are skipped (see BadRecords). start is called before the first record of
 // each attempt: a compaction between pages makes the listing start over.
+// Each request is bounded by the request timeout, the listing by ctx.
 func (r *Registry) listRecords(ctx context.Context, prefix string, dec *decoder, start func(),
 	each func(rel string, kv *mvccpb.KeyValue, s *registry.Service)) (int64, error) {
-	ctx, cancel := r.reqCtx(ctx)
-	defer cancel()
 	bad := r.badRecords()
 	defer bad.Flush()
 	var lastErr error

@@ -87,11 +87,18 @@ var sizeRE = regexp.MustCompile(`larger than max \((\d+) vs`)
 // are some under prefix, a keys-only pass (WithKeysOnly) finds the ranges
 // of the others, and only those ranges' values are read.
 func (r *Registry) scan(ctx context.Context, prefix string, fn func(*mvccpb.KeyValue)) (int64, error) {
-	kv := clientv3.NewKVFromKVClient(cappedKV{clientv3.RetryKVClient(r.cli)}, r.cli)
+	capped := clientv3.NewKVFromKVClient(cappedKV{clientv3.RetryKVClient(r.cli)}, r.cli)
+	// Each request is bounded by the request timeout (the listing as a
+	// whole by ctx only: a large registry takes many pages).
+	get := func(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+		ctx, cancel := r.reqCtx(ctx)
+		defer cancel()
+		return capped.Get(ctx, key, opts...)
+	}
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	var rev int64
 	if !r.badRecords().Any(prefix) {
-		return rev, r.scanValues(ctx, kv, prefix, end, &rev, fn)
+		return rev, r.scanValues(get, prefix, end, &rev, fn)
 	}
 	bad := r.badRecords()
 	key := prefix
@@ -100,7 +107,7 @@ func (r *Registry) scan(ctx context.Context, prefix string, fn func(*mvccpb.KeyV
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
-		resp, err := kv.Get(ctx, key, opts...)
+		resp, err := get(key, opts...)
 		if err != nil {
 			return 0, err
 		}
@@ -112,7 +119,7 @@ func (r *Registry) scan(ctx context.Context, prefix string, fn func(*mvccpb.KeyV
 			if first == nil {
 				return nil
 			}
-			err := r.scanValues(ctx, kv, string(first), string(last)+"\x00", &rev, fn)
+			err := r.scanValues(get, string(first), string(last)+"\x00", &rev, fn)
 			first = nil
 			return err
 		}
@@ -141,19 +148,20 @@ func (r *Registry) scan(ctx context.Context, prefix string, fn func(*mvccpb.KeyV
 // scanValues calls fn with the key-values in [key, end) at *rev (0: the
 // current revision, which it stores), in pages of at most listPage keys and
 // ListPageBytes bytes.
-func (r *Registry) scanValues(ctx context.Context, kv clientv3.KV, key, end string, rev *int64, fn func(*mvccpb.KeyValue)) error {
+func (r *Registry) scanValues(get func(string, ...clientv3.OpOption) (*clientv3.GetResponse, error),
+	key, end string, rev *int64, fn func(*mvccpb.KeyValue)) error {
 	limit := int64(listPage)
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(limit)}
 		if *rev != 0 {
 			opts = append(opts, clientv3.WithRev(*rev))
 		}
-		resp, err := kv.Get(ctx, key, opts...)
+		resp, err := get(key, opts...)
 		if big, size := tooLarge(err); big {
 			// Count the page's keys (a keys-only read of the same range),
 			// then ask for as many as fit in half the budget; a key whose
 			// value alone is over the budget is skipped by its key.
-			kresp, err := kv.Get(ctx, key, append(opts, clientv3.WithKeysOnly())...)
+			kresp, err := get(key, append(opts, clientv3.WithKeysOnly())...)
 			if err != nil {
 				return err
 			}
