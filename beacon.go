@@ -1,18 +1,29 @@
 // Package beacon builds services that find each other and call each other
 // by name.
 //
-//	svc, err := beacon.NewService(beacon.Name("greeter"), beacon.Version("1.2.0"))
+//	reg, _ := etcd.New(ctx, etcd.WithAddrs("10.0.0.1:2379")) // any registry
+//	svc, err := beacon.NewService(beacon.Name("greeter"), beacon.Version("1.2.0"), beacon.Registry(reg))
 //	if err != nil { ... }
 //	svc.Handle(&Greeter{}) // methods func(ctx, *Req, *Rsp) error become endpoints "Greeter.Hello"
 //	err = svc.Run()        // listen, register, heartbeat; on SIGINT/SIGTERM deregister, drain, stop
 //
-// NewService reads the standard flags and environment (see package cmd:
-// --registry, BEACON_REGISTRY, MICRO_REGISTRY, ...) beside the
-// application's own flags. A setting given explicitly on the command line or
-// in the environment overrides the same setting given in code, which
-// overrides the built-in default; a Registry or Selector object given in
-// code is used as is. The default registry is mdns: zero configuration on
-// one LAN.
+// This package links only what it uses: the registry a program gives it in
+// code, not every backend. Package cmd adds the command line (--registry
+// etcd, --server_address, ... and the program's own flags) and chooses the
+// registry by name: cmd.NewService.
+//
+// # Settings and their precedence
+//
+// Every setting has a code option here, an environment variable
+// (BEACON_<NAME>, then go-micro's MICRO_<NAME>; see EnvNames and the
+// Setting* names) and, with package cmd, a flag (--<name>). One rule
+// decides between them, for every setting: the command line (when the
+// program opts into it with package cmd) beats the environment, which beats
+// code, which beats the built-in default. Options passed through
+// ServerOptions and ClientOptions are code: a setting from the environment
+// or the command line beats them too. NoEnv makes a program ignore the
+// environment. Objects given in code (Registry, Selector, Logger) are used
+// as they are.
 package beacon
 
 import (
@@ -27,93 +38,167 @@ import (
 	"time"
 
 	"github.com/beacon-go/beacon/client"
-	"github.com/beacon-go/beacon/cmd"
 	"github.com/beacon-go/beacon/middleware"
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/cache"
 	"github.com/beacon-go/beacon/selector"
 	"github.com/beacon-go/beacon/server"
+	"github.com/beacon-go/beacon/tlsconfig"
 )
 
 // DefaultRegistryTimeout bounds connecting to the registry in NewService.
 const DefaultRegistryTimeout = 10 * time.Second
+
+// ErrNoRegistry: NewService was given neither a registry nor a way to make
+// one.
+var ErrNoRegistry = errors.New("beacon: no registry: give beacon.Registry(r), or use cmd.NewService to choose one with --registry")
+
+// ErrTLSSettings: the TLS settings do not make a configuration (a
+// certificate without its key, client auth without a CA, serving without a
+// certificate).
+var ErrTLSSettings = errors.New("beacon: incomplete TLS settings")
 
 // Option configures a Service.
 type Option func(*options)
 
 type hook func(context.Context) error
 
+// RegistryFactory makes the registry of a service given no Registry (package
+// cmd passes one for --registry); the service closes what it returns.
+type RegistryFactory func(ctx context.Context, log *slog.Logger) (registry.Registry, error)
+
 type options struct {
-	name, version string
-	metadata      map[string]string
-	address       string
-	advertise     string
-	reg           registry.Registry
-	sel           selector.Selector
-	ttl, interval time.Duration
-	flags         []cmd.Flag
-	action        func(*cmd.Context) error
-	args          []string
-	argsSet       bool
-	beforeStart   []hook
-	afterStart    []hook
-	beforeStop    []hook
-	afterStop     []hook
-	log           *slog.Logger
-	serverOpts    []server.Option
-	clientOpts    []client.Option
-	registryName  string
-	registryAddrs []string
+	name, version, id string
+	metadata          map[string]string
+	address           string
+	advertise         string
+	reg               registry.Registry
+	regFactory        RegistryFactory
+	sel               selector.Selector
+	strategy          selector.Strategy
+	ttl, interval     time.Duration
+	drainGrace        time.Duration
+	drainSet          bool
+	retries           int
+	retriesSet        bool
+	reqTimeout        time.Duration
+	reqTimeoutSet     bool
+	emptyHold         time.Duration
+	emptyHoldSet      bool
+	logLevel          slog.Level
+	logLevelSet       bool
+	logFormat         string
+	tls               tlsconfig.Files
+	noEnv             bool
+	getenv            func(string) string
+	explicitOpts      []Option
+	beforeStart       []hook
+	afterStart        []hook
+	beforeStop        []hook
+	afterStop         []hook
+	log               *slog.Logger
+	serverOpts        []server.Option
+	clientOpts        []client.Option
+
+	// explicit holds the settings given by the environment or the command
+	// line (by name): they beat ServerOptions and ClientOptions too.
+	explicit map[string]bool
 }
 
-// Name sets the service name.
+// Name sets the service name (--server_name); a service without a name is
+// a client only.
 func Name(n string) Option { return func(o *options) { o.name = n } }
 
-// Version sets the service version.
+// Version sets the service version (--server_version).
 func Version(v string) Option { return func(o *options) { o.version = v } }
 
-// Metadata sets the node's metadata.
+// ID sets the node ID (--server_id; default: the name and a random suffix).
+func ID(id string) Option { return func(o *options) { o.id = id } }
+
+// Metadata sets the node's metadata (--server_metadata k=v).
 func Metadata(md map[string]string) Option { return func(o *options) { o.metadata = md } }
 
-// Address sets the server's listen address (flag --server_address).
+// Address sets the server's listen address (--server_address).
 func Address(a string) Option { return func(o *options) { o.address = a } }
 
-// Advertise sets the address registered for callers.
+// Advertise sets the address registered for callers (--server_advertise).
 func Advertise(a string) Option { return func(o *options) { o.advertise = a } }
 
-// Registry sets the registry object (the --registry flag is then ignored).
-// The service does not close a registry given this way.
+// Registry sets the registry. The service does not close a registry given
+// this way.
 func Registry(r registry.Registry) Option { return func(o *options) { o.reg = r } }
 
-// RegistryName chooses a registry backend by name ("mdns", "etcd", "consul",
-// "memory") and its addresses, like --registry and --registry_address.
-func RegistryName(name string, addrs ...string) Option {
-	return func(o *options) { o.registryName, o.registryAddrs = name, addrs }
-}
+// WithRegistryFactory makes the registry when none is given with Registry
+// (package cmd uses it for --registry).
+func WithRegistryFactory(f RegistryFactory) Option { return func(o *options) { o.regFactory = f } }
 
-// Selector sets the selector object used by the client (the --selector and
-// --registry_empty_hold flags are then ignored). The service does not close
-// a selector given this way.
+// Selector sets the selector object used by the client (Strategy and
+// RegistryEmptyHold then do not apply). The service does not close a
+// selector given this way.
 func Selector(s selector.Selector) Option { return func(o *options) { o.sel = s } }
 
-// RegisterTTL sets the registration TTL (flag --register_ttl), at most
+// Strategy sets the selector's strategy (--selector; default
+// selector.LeastLoaded).
+func Strategy(s selector.Strategy) Option { return func(o *options) { o.strategy = s } }
+
+// RegistryEmptyHold sets how long the last nodes of a service keep serving
+// when news that it has none may come from a registry restarted empty
+// (--registry_empty_hold; default: the register TTL; 0: no hold).
+func RegistryEmptyHold(d time.Duration) Option {
+	return func(o *options) { o.emptyHold, o.emptyHoldSet = d, true }
+}
+
+// RegisterTTL sets the registration TTL (--register_ttl), at most
 // server.MaxRegisterTTL.
 func RegisterTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
 
-// RegisterInterval sets the heartbeat interval (flag --register_interval).
+// RegisterInterval sets the heartbeat interval (--register_interval).
 func RegisterInterval(d time.Duration) Option { return func(o *options) { o.interval = d } }
 
-// Flags adds the application's own command-line flags beside Beacon's.
-func Flags(f ...cmd.Flag) Option { return func(o *options) { o.flags = append(o.flags, f...) } }
+// DrainGrace sets how long Stop keeps serving after deregistering, while
+// callers' caches learn that the node left (--server_drain_grace; default
+// server.DefaultDrainGrace). Tests usually want 0.
+func DrainGrace(d time.Duration) Option {
+	return func(o *options) { o.drainGrace, o.drainSet = d, true }
+}
 
-// Action runs after flags are parsed, with the parsed context, so the
-// application can read its own flags. An error fails NewService.
-func Action(fn func(*cmd.Context) error) Option { return func(o *options) { o.action = fn } }
+// Retries sets the client's retries of a call on another node
+// (--client_retries; default client.DefaultRetries).
+func Retries(n int) Option { return func(o *options) { o.retries, o.retriesSet = n, true } }
 
-// Args sets the command-line arguments to parse, without the program name
-// (default os.Args[1:]). Args() parses no arguments: only the environment and
-// code apply (tests use it, as os.Args then holds the test runner's flags).
-func Args(args ...string) Option { return func(o *options) { o.args, o.argsSet = args, true } }
+// RequestTimeout sets the client's per-attempt timeout
+// (--client_request_timeout; default client.DefaultRequestTimeout).
+func RequestTimeout(d time.Duration) Option {
+	return func(o *options) { o.reqTimeout, o.reqTimeoutSet = d, true }
+}
+
+// LogLevel sets the level of the default logger (--log_level; default
+// info; at debug the service logs a line per request, call and attempt).
+func LogLevel(l slog.Level) Option { return func(o *options) { o.logLevel, o.logLevelSet = l, true } }
+
+// LogFormat sets the format of the default logger: "text" or "json"
+// (--log_format).
+func LogFormat(f string) Option { return func(o *options) { o.logFormat = f } }
+
+// TLS sets the TLS files (--tls_cert, --tls_key, --tls_ca,
+// --tls_client_auth): with any of them the client speaks TLS and a service
+// with a name serves TLS only (see package tlsconfig; the files are
+// reloaded when they change).
+func TLS(f tlsconfig.Files) Option { return func(o *options) { o.tls = f } }
+
+// NoEnv makes the service ignore the environment (BEACON_*, MICRO_*).
+func NoEnv() Option { return func(o *options) { o.noEnv = true } }
+
+// WithGetenv reads the environment with getenv instead of os.Getenv
+// (tests).
+func WithGetenv(getenv func(string) string) Option { return func(o *options) { o.getenv = getenv } }
+
+// Explicit applies opts above the environment: package cmd passes the
+// settings given on the command line this way. Settings they set beat
+// ServerOptions and ClientOptions too.
+func Explicit(opts ...Option) Option {
+	return func(o *options) { o.explicitOpts = append(o.explicitOpts, opts...) }
+}
 
 // BeforeStart adds a hook run before the server starts; an error aborts Start.
 func BeforeStart(fn func(context.Context) error) Option {
@@ -135,10 +220,9 @@ func AfterStop(fn func(context.Context) error) Option {
 	return func(o *options) { o.afterStop = append(o.afterStop, fn) }
 }
 
-// Logger sets the logger of every part (default: cmd.NewLogger on stderr
-// with --log_level and --log_format). At debug level the service logs one
-// line per request served and per call and attempt made
-// (package middleware).
+// Logger sets the logger of every part (default: NewLogger on stderr with
+// LogLevel and LogFormat). At debug level the service logs one line per
+// request served and per call and attempt made (package middleware).
 func Logger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // ServerOptions passes further options to the server.
@@ -151,13 +235,9 @@ func ClientOptions(co ...client.Option) Option {
 	return func(o *options) { o.clientOpts = append(o.clientOpts, co...) }
 }
 
-// ErrHelp is returned by NewService when --help was asked for (and printed).
-var ErrHelp = errors.New("beacon: help shown")
-
 // Service is a server, a client and the registry and selector they share.
 type Service struct {
 	o       options
-	cfg     cmd.Config
 	reg     registry.Registry
 	ownsReg bool
 	sel     selector.Selector
@@ -170,104 +250,173 @@ type Service struct {
 	stopped bool
 }
 
-// NewService parses flags and environment, connects to the registry (bounded
-// by DefaultRegistryTimeout) and builds the server and client. It starts
-// nothing. When --help was given it prints help and returns ErrHelp: the
-// program should exit successfully.
+// snapshot records the explicit-layer values of the settings an option set
+// can change, to tell which ones it set.
+type snapshot struct {
+	name, version, id, address, advertise, logFormat string
+	ttl, interval, drain, reqTimeout, hold           time.Duration
+	retries                                          int
+	md                                               int
+	tls                                              tlsconfig.Files
+	strategy                                         selector.Strategy
+	level                                            slog.Level
+}
+
+func snap(o *options) snapshot {
+	return snapshot{o.name, o.version, o.id, o.address, o.advertise, o.logFormat, o.ttl, o.interval, o.drainGrace,
+		o.reqTimeout, o.emptyHold, o.retries, len(o.metadata), o.tls, o.strategy, o.logLevel}
+}
+
+// markChanged marks the settings that changed between a and b explicit.
+func markChanged(o *options, a, b snapshot) {
+	mark := func(changed bool, name string) {
+		if changed {
+			o.explicit[name] = true
+		}
+	}
+	mark(a.name != b.name, SettingServerName)
+	mark(a.version != b.version, SettingServerVersion)
+	mark(a.id != b.id, SettingServerID)
+	mark(a.address != b.address, SettingServerAddress)
+	mark(a.advertise != b.advertise, SettingServerAdvertise)
+	mark(a.ttl != b.ttl, SettingRegisterTTL)
+	mark(a.interval != b.interval, SettingRegisterInterval)
+	mark(a.drain != b.drain, SettingServerDrainGrace)
+	mark(a.reqTimeout != b.reqTimeout, SettingClientRequestTimeout)
+	mark(a.retries != b.retries, SettingClientRetries)
+	mark(a.md != b.md, SettingServerMetadata)
+	mark(a.tls != b.tls, SettingTLSCert)
+}
+
+// NewService reads the environment, makes the registry when it was not
+// given (WithRegistryFactory, bounded by DefaultRegistryTimeout) and builds
+// the server (for a service with a name) and the client. It starts nothing
+// and parses no command line (package cmd does). See the package doc for
+// the precedence of settings.
 func NewService(opts ...Option) (*Service, error) {
-	var o options
+	o := options{explicit: map[string]bool{}, logLevel: slog.LevelInfo, getenv: os.Getenv}
 	for _, f := range opts {
 		f(&o)
 	}
-	args := os.Args
-	if o.argsSet {
-		args = append([]string{o.name}, o.args...)
-	}
-	cfg, help, err := cmd.Parse(cmd.App{Name: o.name, Version: o.version}, args, o.flags, o.action)
-	if err != nil {
-		return nil, err
-	}
-	if help {
-		return nil, ErrHelp
-	}
-	if o.log == nil {
-		// The one format of Beacon's programs (the CLI's too): --log_level,
-		// --log_format, on stderr.
-		if o.log, err = cmd.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat); err != nil {
+	if !o.noEnv {
+		if err := readEnv(&o, o.getenv); err != nil {
 			return nil, err
 		}
 	}
-	// TLS flags (cmd/tls.go): after the options given in code, which they
-	// override.
-	tlsServer, tlsClient, err := cfg.TLS.Options(o.name != "", o.log)
+	for _, f := range o.explicitOpts {
+		before := snap(&o)
+		f(&o)
+		markChanged(&o, before, snap(&o))
+	}
+	switch t := o.tls; {
+	case t.Cert != "" && t.Key == "":
+		return nil, fmt.Errorf("%w: a TLS certificate (--%s) needs its key (--%s)", ErrTLSSettings, SettingTLSCert, SettingTLSKey)
+	case t.Key != "" && t.Cert == "":
+		return nil, fmt.Errorf("%w: a TLS key (--%s) needs its certificate (--%s)", ErrTLSSettings, SettingTLSKey, SettingTLSCert)
+	case t.ClientAuth && t.CA == "":
+		return nil, fmt.Errorf("%w: client auth (--%s) needs a CA (--%s)", ErrTLSSettings, SettingTLSClientAuth, SettingTLSCA)
+	}
+	if o.log == nil {
+		var err error
+		if o.log, err = defaultLogger(&o); err != nil {
+			return nil, err
+		}
+	}
+	log := o.log
+	tlsServer, tlsClient, err := tlsOptions(o.tls, o.name != "", log)
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{o: o, cfg: cfg}
-	// Explicit flags/env override code, code overrides defaults.
-	pick := func(flag string, code, fromFlags time.Duration) time.Duration {
-		if cfg.Set[flag] || code == 0 {
-			return fromFlags
-		}
-		return code
-	}
-	ttl := pick(cmd.FlagRegisterTTL, o.ttl, cfg.RegisterTTL)
-	interval := pick(cmd.FlagRegisterInterval, o.interval, cfg.RegisterInterval)
-	address := cfg.ServerAddress
-	if !cfg.Set[cmd.FlagServerAddress] && o.address != "" {
-		address = o.address
+	s := &Service{o: o}
+	ttl := o.ttl
+	if ttl == 0 {
+		ttl = server.DefaultRegisterTTL
 	}
 
 	s.reg = o.reg
 	if s.reg == nil {
-		name, addrs := cfg.Registry, cfg.RegistryAddress
-		if !cfg.Set[cmd.FlagRegistry] && o.registryName != "" {
-			name = o.registryName
-		}
-		if !cfg.Set[cmd.FlagRegistryAddress] && len(o.registryAddrs) > 0 {
-			addrs = o.registryAddrs
+		if o.regFactory == nil {
+			return nil, ErrNoRegistry
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), DefaultRegistryTimeout)
-		s.reg, err = cmd.NewRegistry(ctx, name, addrs, o.log)
+		s.reg, err = o.regFactory(ctx, log)
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("beacon: registry %s: %w", name, err)
+			return nil, err
 		}
 		s.ownsReg = true
 	}
 	s.sel = o.sel
 	if s.sel == nil {
-		strategy, err := cmd.NewStrategy(cfg.Selector)
-		if err != nil {
-			s.closeOwned()
-			return nil, err
+		strategy := o.strategy
+		if strategy == nil {
+			strategy = selector.LeastLoaded()
 		}
-		// The cache's empty hold follows the register TTL unless set (see cmd).
+		// The cache's empty hold follows the register TTL unless set.
 		hold := ttl
-		if cfg.Set[cmd.FlagRegistryEmptyHold] {
-			hold = cfg.RegistryEmptyHold
+		if o.emptyHoldSet {
+			hold = o.emptyHold
 		}
-		s.sel = selector.New(s.reg, selector.WithStrategy(strategy), selector.WithLogger(o.log),
+		s.sel = selector.New(s.reg, selector.WithStrategy(strategy), selector.WithLogger(log),
 			selector.WithCacheOptions(cache.WithEmptyHold(hold)))
 		s.ownsSel = true
 	}
-	copts := []client.Option{client.Retries(cfg.ClientRetries), client.RequestTimeout(cfg.ClientRequestTimeout), client.Logger(o.log)}
-	debug := o.log.Enabled(context.Background(), slog.LevelDebug)
-	if debug { // one line per call and per attempt
-		copts = append(copts, client.WithInterceptors(middleware.ClientLog(o.log)), client.WithAttemptInterceptors(middleware.AttemptLog(o.log)))
+
+	// Client: defaults and code, then ClientOptions (code), then what the
+	// environment or the command line set.
+	var copts []client.Option
+	retries := func() client.Option { return client.Retries(o.retries) }
+	timeout := func() client.Option { return client.RequestTimeout(o.reqTimeout) }
+	if o.retriesSet {
+		copts = append(copts, retries())
 	}
-	s.cli = client.New(s.sel, append(copts, append(o.clientOpts, tlsClient...)...)...)
+	if o.reqTimeoutSet {
+		copts = append(copts, timeout())
+	}
+	copts = append(copts, client.Logger(log))
+	debug := log.Enabled(context.Background(), slog.LevelDebug)
+	if debug { // one line per call and per attempt
+		copts = append(copts, client.WithInterceptors(middleware.ClientLog(log)), client.WithAttemptInterceptors(middleware.AttemptLog(log)))
+	}
+	copts = append(copts, o.clientOpts...)
+	if o.explicit[SettingClientRetries] {
+		copts = append(copts, retries())
+	}
+	if o.explicit[SettingClientRequestTimeout] {
+		copts = append(copts, timeout())
+	}
+	if o.explicit[SettingTLSCert] || o.tls != (tlsconfig.Files{}) {
+		copts = append(copts, tlsClient...)
+	}
+	s.cli = client.New(s.sel, copts...)
+
 	if o.name != "" {
-		sopts := []server.Option{server.Name(o.name), server.Version(o.version), server.Metadata(o.metadata),
-			server.Address(address), server.Registry(s.reg), server.RegisterTTL(ttl), server.RegisterInterval(interval),
-			server.Logger(o.log)}
-		if o.advertise != "" {
-			sopts = append(sopts, server.Advertise(o.advertise))
+		settings := func(all bool) []server.Option {
+			var so []server.Option
+			add := func(name string, set bool, opt server.Option) {
+				if set && (all || o.explicit[name]) {
+					so = append(so, opt)
+				}
+			}
+			add(SettingServerName, true, server.Name(o.name))
+			add(SettingServerVersion, o.version != "", server.Version(o.version))
+			add(SettingServerID, o.id != "", server.ID(o.id))
+			add(SettingServerMetadata, o.metadata != nil, server.Metadata(o.metadata))
+			add(SettingServerAddress, o.address != "", server.Address(o.address))
+			add(SettingServerAdvertise, o.advertise != "", server.Advertise(o.advertise))
+			add(SettingRegisterTTL, o.ttl != 0, server.RegisterTTL(o.ttl))
+			add(SettingRegisterInterval, o.interval != 0, server.RegisterInterval(o.interval))
+			add(SettingServerDrainGrace, o.drainSet, server.DrainGrace(o.drainGrace))
+			return so
 		}
+		sopts := append(settings(true), server.Registry(s.reg), server.Logger(log))
 		if debug { // one line per request
-			sopts = append(sopts, server.WithInterceptors(middleware.ServerLog(o.log)))
+			sopts = append(sopts, server.WithInterceptors(middleware.ServerLog(log)))
 		}
-		if s.srv, err = server.New(append(append(sopts, o.serverOpts...), tlsServer...)...); err != nil {
+		sopts = append(sopts, o.serverOpts...)
+		sopts = append(sopts, settings(false)...)
+		sopts = append(sopts, tlsServer...)
+		if s.srv, err = server.New(sopts...); err != nil {
 			s.closeOwned()
 			return nil, err
 		}
@@ -275,11 +424,35 @@ func NewService(opts ...Option) (*Service, error) {
 	return s, nil
 }
 
+// tlsOptions returns the server and client options of the TLS files: none
+// when none is set; else the client speaks TLS and, when serving, the
+// server serves TLS only (which needs a certificate and its key).
+func tlsOptions(f tlsconfig.Files, serving bool, log *slog.Logger) ([]server.Option, []client.Option, error) {
+	if f.Cert == "" && f.Key == "" && f.CA == "" && !f.ClientAuth {
+		return nil, nil, nil
+	}
+	f.Logger = log
+	var sopts []server.Option
+	if serving {
+		if f.Cert == "" {
+			return nil, nil, fmt.Errorf("%w: serving TLS needs --%s and --%s (TLS is on: --%s or --%s was given)",
+				ErrTLSSettings, SettingTLSCert, SettingTLSKey, SettingTLSCA, SettingTLSClientAuth)
+		}
+		cfg, err := f.Server()
+		if err != nil {
+			return nil, nil, fmt.Errorf("beacon: --%s, --%s, --%s: %w", SettingTLSCert, SettingTLSKey, SettingTLSCA, err)
+		}
+		sopts = append(sopts, server.TLS(cfg))
+	}
+	cfg, err := f.Client()
+	if err != nil {
+		return nil, nil, fmt.Errorf("beacon: --%s, --%s, --%s: %w", SettingTLSCert, SettingTLSKey, SettingTLSCA, err)
+	}
+	return sopts, []client.Option{client.TLS(cfg)}, nil
+}
+
 // Name returns the service name.
 func (s *Service) Name() string { return s.o.name }
-
-// Config returns the settings read from flags and environment.
-func (s *Service) Config() cmd.Config { return s.cfg }
 
 // Registry returns the registry in use.
 func (s *Service) Registry() registry.Registry { return s.reg }
@@ -381,7 +554,11 @@ func (s *Service) Run() error {
 	<-ctx.Done()
 	stop()
 	s.o.log.Info("beacon: signal received; stopping", "service", s.o.name)
-	sctx, cancel := context.WithTimeout(context.Background(), server.DefaultShutdownTimeout+server.DefaultDrainGrace+5*time.Second)
+	grace := server.DefaultDrainGrace
+	if s.o.drainSet {
+		grace = s.o.drainGrace
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), server.DefaultShutdownTimeout+grace+5*time.Second)
 	defer cancel()
 	return s.Stop(sctx)
 }

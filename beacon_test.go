@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/beacon-go/beacon"
+	"github.com/beacon-go/beacon/cmd"
 	"github.com/beacon-go/beacon/examples/greeter"
 	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/memory"
@@ -31,7 +32,7 @@ func TestServiceEndToEnd(t *testing.T) {
 	hook := func(name string) func(context.Context) error {
 		return func(context.Context) error { order = append(order, name); return nil }
 	}
-	svc, err := beacon.NewService(beacon.Name("greeter"), beacon.Version("1.0.0"), beacon.Registry(reg), beacon.Args(),
+	svc, err := beacon.NewService(beacon.Name("greeter"), beacon.Version("1.0.0"), beacon.Registry(reg),
 		beacon.Address("127.0.0.1:0"), beacon.Logger(quiet),
 		beacon.RegisterTTL(2*time.Second), beacon.RegisterInterval(500*time.Millisecond),
 		beacon.ServerOptions(server.DrainGrace(10*time.Millisecond)),
@@ -66,18 +67,86 @@ func TestServiceEndToEnd(t *testing.T) {
 	}
 }
 
+// TestPrecedence: one rule for every setting: the command line (package
+// cmd) beats the environment, which beats code (ServerOptions and
+// ClientOptions included), which beats the default; NoEnv ignores the
+// environment.
 func TestPrecedence(t *testing.T) {
 	reg := memory.New()
 	defer reg.Close()
-	t.Setenv("BEACON_REGISTER_TTL", "20s")
-	svc, err := beacon.NewService(beacon.Name("p"), beacon.Registry(reg), beacon.Logger(quiet),
-		beacon.Args("--register_interval", "3s"), beacon.RegisterTTL(9*time.Second), beacon.RegisterInterval(time.Second))
-	if err != nil {
-		t.Fatal(err)
+	start := func(t *testing.T, env map[string]string, args []string, opts ...beacon.Option) *beacon.Service {
+		t.Helper()
+		getenv := func(k string) string { return env[k] }
+		opts = append([]beacon.Option{beacon.Name("p"), beacon.Registry(reg), beacon.Logger(quiet), beacon.Address("127.0.0.1:0"),
+			beacon.WithGetenv(getenv), beacon.DrainGrace(0)}, opts...)
+		var svc *beacon.Service
+		var err error
+		if args != nil {
+			for k, v := range env {
+				t.Setenv(k, v) // cmd reads the process environment
+			}
+			svc, err = cmd.NewService(cmd.App{Args: args}, opts...)
+		} else {
+			svc, err = beacon.NewService(opts...)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { svc.Stop(context.Background()) })
+		svc.Handle(&greeter.Greeter{Node: "a"})
+		if err := svc.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return svc
 	}
-	defer svc.Stop(context.Background())
-	if c := svc.Config(); c.RegisterTTL != 20*time.Second || c.RegisterInterval != 3*time.Second {
-		t.Fatalf("config %+v", c)
+	node := func(s *beacon.Service) *registry.Node { return s.Server().Service().Nodes[0] }
+	tests := []struct {
+		name   string
+		env    map[string]string
+		args   []string // nil: beacon.NewService, no command line
+		opts   []beacon.Option
+		wantID string
+		wantMD string
+	}{
+		{"code", nil, nil, []beacon.Option{beacon.ID("code")}, "code", ""},
+		{"ServerOptions are code", nil, nil, []beacon.Option{beacon.ServerOptions(server.ID("serveropt"))}, "serveropt", ""},
+		{"env beats code", map[string]string{"BEACON_SERVER_ID": "env"}, nil, []beacon.Option{beacon.ID("code")}, "env", ""},
+		{"env beats ServerOptions", map[string]string{"MICRO_SERVER_ID": "env"}, nil, []beacon.Option{beacon.ServerOptions(server.ID("serveropt"))}, "env", ""},
+		{"NoEnv", map[string]string{"BEACON_SERVER_ID": "env"}, nil, []beacon.Option{beacon.ID("code"), beacon.NoEnv()}, "code", ""},
+		{"metadata from env", map[string]string{"BEACON_SERVER_METADATA": "zone=a,rack=3"}, nil, nil, "", "rack=3 zone=a"},
+		{"command line beats env", map[string]string{"BEACON_SERVER_ID": "env"}, []string{"--server_id", "flag"}, []beacon.Option{beacon.ID("code")}, "flag", ""},
+		{"command line metadata", nil, []string{"--server_metadata", "zone=b", "--server_metadata", "k=v"}, nil, "", "k=v zone=b"},
+		{"no command line given: env and code", map[string]string{"BEACON_SERVER_ID": "env"}, []string{}, []beacon.Option{beacon.ID("code")}, "env", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := start(t, tc.env, tc.args, tc.opts...)
+			n := node(svc)
+			if tc.wantID != "" && n.ID != tc.wantID {
+				t.Fatalf("node ID %q, want %q", n.ID, tc.wantID)
+			}
+			if tc.wantMD != "" {
+				var kv []string
+				for _, k := range []string{"k", "rack", "zone"} {
+					if v, ok := n.Metadata[k]; ok {
+						kv = append(kv, k+"="+v)
+					}
+				}
+				if got := strings.Join(kv, " "); got != tc.wantMD {
+					t.Fatalf("metadata %v, want %s", n.Metadata, tc.wantMD)
+				}
+			}
+		})
+	}
+	// Bad values in the environment are errors naming the variable.
+	_, err := beacon.NewService(beacon.Registry(reg), beacon.Logger(quiet), beacon.WithGetenv(func(k string) string {
+		if k == "BEACON_CLIENT_RETRIES" {
+			return "lots"
+		}
+		return ""
+	}))
+	if !errors.Is(err, beacon.ErrSetting) || !strings.Contains(err.Error(), "BEACON_CLIENT_RETRIES") {
+		t.Fatalf("err = %v, want ErrSetting naming BEACON_CLIENT_RETRIES", err)
 	}
 }
 
@@ -90,16 +159,12 @@ func TestRefusals(t *testing.T) {
 		{"interval not below TTL", []beacon.Option{beacon.Name("x"), beacon.RegisterTTL(time.Second), beacon.RegisterInterval(2 * time.Second)}, server.ErrBadInterval},
 		{"invalid name", []beacon.Option{beacon.Name("bad name")}, registry.ErrInvalid},
 		{"TTL above the maximum", []beacon.Option{beacon.Name("x"), beacon.RegisterTTL(server.MaxRegisterTTL + time.Second)}, server.ErrBadTTL},
-		{"help", []beacon.Option{beacon.Name("x"), beacon.Args("--help")}, beacon.ErrHelp},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := memory.New()
 			defer reg.Close()
-			_, err := beacon.NewService(append(tc.opts, beacon.Registry(reg), beacon.Logger(quiet), beacon.Args())...)
-			if tc.name == "help" {
-				_, err = beacon.NewService(append([]beacon.Option{beacon.Registry(reg), beacon.Logger(quiet)}, tc.opts...)...)
-			}
+			_, err := beacon.NewService(append(tc.opts, beacon.Registry(reg), beacon.Logger(quiet))...)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
@@ -130,7 +195,7 @@ func TestStartServesEveryWayOfAddingEndpoints(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := memory.New()
 			defer reg.Close()
-			svc, err := beacon.NewService(beacon.Name(tc.svcName), beacon.Registry(reg), beacon.Args(),
+			svc, err := beacon.NewService(beacon.Name(tc.svcName), beacon.Registry(reg),
 				beacon.Address("127.0.0.1:0"), beacon.Logger(quiet), beacon.ServerOptions(server.DrainGrace(0)))
 			if err != nil {
 				t.Fatal(err)
@@ -170,11 +235,11 @@ func TestRegistryEmptyHold(t *testing.T) {
 	const ttl = 2 * time.Second
 	tests := []struct {
 		name string
-		args []string
+		opt  beacon.Option
 		held bool
 	}{
-		{"the register TTL by default", nil, true},
-		{"the flag", []string{"--registry_empty_hold", "0"}, false},
+		{"the register TTL by default", beacon.LogLevel(slog.LevelInfo), true},
+		{"the option (--registry_empty_hold)", beacon.RegistryEmptyHold(0), false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -186,7 +251,7 @@ func TestRegistryEmptyHold(t *testing.T) {
 			if err := reg.Register(ctx, greeter); err != nil {
 				t.Fatal(err)
 			}
-			svc, err := beacon.NewService(beacon.Registry(reg), beacon.Logger(quiet), beacon.Args(tc.args...),
+			svc, err := beacon.NewService(beacon.Registry(reg), beacon.Logger(quiet), tc.opt,
 				beacon.RegisterTTL(ttl), beacon.RegisterInterval(ttl/4))
 			if err != nil {
 				t.Fatal(err)

@@ -25,8 +25,8 @@ func TestServiceTLSFlags(t *testing.T) {
 	cert, key := ca.Server(t, "node").Write(t, dir, "node")
 	reg := memory.New()
 	defer reg.Close()
-	srv, err := beacon.NewService(beacon.Name("greeter"), beacon.Registry(reg), beacon.Logger(quiet), beacon.Address("127.0.0.1:0"),
-		beacon.Args("--tls_cert", cert, "--tls_key", key, "--tls_ca", caFile, "--tls_client_auth"))
+	srv, err := cmd.NewService(cmd.App{Args: []string{"--tls_cert", cert, "--tls_key", key, "--tls_ca", caFile, "--tls_client_auth"}},
+		beacon.Name("greeter"), beacon.Registry(reg), beacon.Logger(quiet), beacon.Address("127.0.0.1:0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestServiceTLSFlags(t *testing.T) {
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			cli, err := beacon.NewService(beacon.Registry(reg), beacon.Logger(quiet), beacon.Args())
+			cli, err := beacon.NewService(beacon.Registry(reg), beacon.Logger(quiet))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -69,8 +69,8 @@ func TestServiceTLSFlags(t *testing.T) {
 		})
 	}
 	// A service that serves needs a certificate once TLS is on.
-	_, err = beacon.NewService(beacon.Name("x"), beacon.Registry(reg), beacon.Logger(quiet), beacon.Args("--tls_ca", caFile))
-	if !errors.Is(err, cmd.ErrTLSFlags) {
-		t.Fatalf("err = %v, want cmd.ErrTLSFlags", err)
+	_, err = cmd.NewService(cmd.App{Args: []string{"--tls_ca", caFile}}, beacon.Name("x"), beacon.Registry(reg), beacon.Logger(quiet))
+	if !errors.Is(err, beacon.ErrTLSSettings) {
+		t.Fatalf("err = %v, want beacon.ErrTLSSettings", err)
 	}
 }

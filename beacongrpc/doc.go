@@ -94,4 +94,20 @@
 // its node through PickResult.Done: codes.Unavailable is a transport
 // failure, Canceled and DeadlineExceeded tell nothing (the caller gave up),
 // any other code is an application answer and counts as health.
+//
+// # Faults
+//
+// What grpc-go clients of beacon:/// see (internal/e2e TestGRPCFaults, with
+// server processes on etcd, consul and mdns): nodes added, a registry
+// outage (the last nodes keep serving) and a drain (Server.Stop) fail no
+// call with no setting at all; grpc-go's transparent retry moves the
+// streams a draining node's GOAWAY refused. A node killed under load fails
+// the calls that were in flight on it with codes.Unavailable, which
+// neither transparent retry nor WaitForReady covers; a retry policy in the
+// service config does, for methods that are safe to run twice (the
+// balancers eject the node, so the next attempt goes elsewhere):
+//
+//	"methodConfig": [{"name": [{"service": "helloworld.Greeter"}], "retryPolicy": {
+//	  "maxAttempts": 4, "initialBackoff": "0.02s", "maxBackoff": "0.2s",
+//	  "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]
 package beacongrpc

@@ -171,8 +171,10 @@ const (
 // callers' caches drop the node, then GracefulStop (calls in flight finish;
 // new ones are refused, and Beacon callers retry them elsewhere as not
 // run), bounded by the stop timeout, after which it Stops the grpc.Server.
-// A health Watch stream holds GracefulStop until that timeout (grpc-go's
-// GracefulStop waits for every stream).
+// grpc-go's GracefulStop waits for every stream: a health Watch stream
+// that its client keeps open holds it until that timeout. grpc-go's own
+// client-side health checking (healthCheckConfig) closes its Watch when
+// the GOAWAY arrives, so it does not; a hand-made Watch does.
 type Server struct {
 	gs     *grpc.Server
 	reg    registry.Registry

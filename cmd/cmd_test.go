@@ -15,6 +15,7 @@ import (
 
 	"github.com/beacon-go/beacon/client"
 	"github.com/beacon-go/beacon/cmd"
+	"github.com/beacon-go/beacon/registry"
 	"github.com/beacon-go/beacon/registry/cache"
 	"github.com/beacon-go/beacon/server"
 )
@@ -107,7 +108,7 @@ func TestBadValues(t *testing.T) {
 		want error
 		text string
 	}{
-		{[]string{"--registry", "zookeeper"}, cmd.ErrUnknownRegistry, "consul, etcd, mdns, memory"},
+		{[]string{"--registry", "zookeeper"}, cmd.ErrUnknownRegistry, "consul, etcd, kubernetes, mdns, memory, static"},
 		{[]string{"--selector", "leastconn"}, cmd.ErrUnknownSelector, "random, roundrobin"},
 		{[]string{"--register_ttl", "soon"}, nil, "neither a duration"},
 		{[]string{"--registry_empty_hold", "soon"}, nil, "neither a duration"},
@@ -233,5 +234,40 @@ func TestLogFlags(t *testing.T) {
 		for k := range tc.env {
 			os.Unsetenv(k)
 		}
+	}
+}
+
+// TestMDNSKey: the key comes from the flag or either variable, and reaches
+// the mdns registry (a key too short fails before any socket is opened).
+func TestMDNSKey(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+	}{
+		{nil, []string{"--registry_mdns_key", "k1"}},
+		{map[string]string{"BEACON_REGISTRY_MDNS_KEY": "k1"}, nil},
+		{map[string]string{"MICRO_REGISTRY_MDNS_KEY": "k1"}, nil},
+		{map[string]string{"BEACON_REGISTRY_MDNS_KEY": "k1", "MICRO_REGISTRY_MDNS_KEY": "k2"}, nil},
+	} {
+		for k, v := range tc.env {
+			t.Setenv(k, v)
+		}
+		cfg, _, err := cmd.Parse(cmd.App{Name: "t"}, append([]string{"t"}, tc.args...), nil, nil)
+		if err != nil || cfg.RegistryMDNSKey != "k1" || !cfg.Set[cmd.FlagRegistryMDNSKey] {
+			t.Fatalf("%v %v: key %q set %v, %v", tc.env, tc.args, cfg.RegistryMDNSKey, cfg.Set[cmd.FlagRegistryMDNSKey], err)
+		}
+		for k := range tc.env {
+			os.Unsetenv(k)
+		}
+		_, err = cmd.NewRegistry(context.Background(), "mdns", nil, nil, cfg.RegistryOptions()...)
+		if !errors.Is(err, registry.ErrInvalid) || !strings.Contains(err.Error(), "mdns.key") {
+			t.Fatalf("mdns registry with a 2-byte key: %v", err)
+		}
+	}
+	var out bytes.Buffer
+	t.Setenv("BEACON_REGISTRY_MDNS_KEY", "secret-secret-secret")
+	cmd.Parse(cmd.App{Name: "t", Output: &out}, []string{"t", "--help"}, nil, nil)
+	if !strings.Contains(out.String(), "BEACON_REGISTRY_MDNS_KEY") || strings.Contains(out.String(), "secret-secret") {
+		t.Errorf("help shows the key or misses its variable:\n%s", out.String())
 	}
 }

@@ -4,9 +4,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/beacon-go/beacon"
 )
 
 // Names of the logging flags.
@@ -35,24 +36,19 @@ func logFlags() []cli.Flag {
 
 // ParseLevel reads a log level name (case-insensitive).
 func ParseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(strings.TrimSpace(s))); err != nil {
-		return 0, fmt.Errorf("%w: --%s %q: want debug, info, warn or error", ErrBadLog, FlagLogLevel, s)
+	l, err := beacon.ParseLevel(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w: --%s: %v", ErrBadLog, FlagLogLevel, err)
 	}
 	return l, nil
 }
 
-// NewLogger returns the logger every Beacon program uses, servers and the
-// CLI alike: slog's text (key=value) or JSON handler on w at level. The
-// same format everywhere lets one parser read a service's and the CLI's
-// logs.
+// NewLogger is beacon.NewLogger: the one logger of Beacon's programs,
+// services and the CLI alike (slog text or JSON on w at level).
 func NewLogger(w io.Writer, level slog.Leveler, format string) (*slog.Logger, error) {
-	opts := &slog.HandlerOptions{Level: level}
-	switch strings.ToLower(strings.TrimSpace(format)) {
-	case "", "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	l, err := beacon.NewLogger(w, level, format)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --%s: %v", ErrBadLog, FlagLogFormat, err)
 	}
-	return nil, fmt.Errorf("%w: --%s %q: want text or json", ErrBadLog, FlagLogFormat, format)
+	return l, nil
 }

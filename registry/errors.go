@@ -22,6 +22,15 @@ var (
 	// ErrMalformed: a record read from the backend could not be decoded
 	// (written by another tool, truncated, or hostile).
 	ErrMalformed = errors.New("registry: malformed record")
+	// ErrReadOnly: the backend serves nodes it does not own (a static list,
+	// a file) and refuses Register and Deregister.
+	ErrReadOnly = errors.New("registry: read-only")
+	// ErrPermission: the backend refused the credentials (a wrong password,
+	// an unknown or missing ACL token, a client certificate it does not
+	// accept as a user) or denied the operation to them. Backends wrap their
+	// cause with it, never with ErrUnavailable as well: retrying does not
+	// help until the credentials or the backend's grants change.
+	ErrPermission = errors.New("registry: permission denied")
 )
 
 // ValidationError says which field of which input is invalid and why. It

@@ -59,6 +59,7 @@ type NodeStats struct {
 	inflight atomic.Int64
 	ewma     atomic.Int64 // latency EWMA in ns; 0 until an answer
 	stamp    atomic.Int64 // when ewma was last updated, Unix ns
+	fresh    atomic.Bool  // an exploration call is out: the next answer replaces ewma
 	weight   atomic.Int32 // set when the view is built
 
 	// Guarded by the service state's mu.
@@ -88,7 +89,10 @@ func (n *NodeStats) observe(lat time.Duration, now int64) {
 	sample := max(int64(lat), int64(minLatency))
 	prev := n.ewma.Load()
 	last := n.stamp.Swap(now)
-	if prev == 0 || last == 0 {
+	if prev == 0 || last == 0 || n.fresh.Swap(false) {
+		// The first answer, or the answer to an exploration call (LeastLoaded):
+		// a new measurement of a node that got no calls for a while. Folded in
+		// by the time since the exploration was picked, it would hardly count.
 		n.ewma.Store(sample)
 		return
 	}
@@ -272,6 +276,7 @@ func (ns *NodeStats) heal(now time.Time) (notified bool) {
 		ns.cleared = now
 		ns.ewma.Store(0)
 		ns.stamp.Store(0)
+		ns.fresh.Store(false)
 	}
 	ns.failures, ns.until, ns.probing = 0, time.Time{}, false
 	ns.bad.Store(false)

@@ -3,6 +3,7 @@ package selector_test
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -165,4 +166,58 @@ func BenchmarkSetPick(b *testing.B) {
 			})
 		})
 	}
+}
+
+// TestLeastLoadedRecoversFromSlowFirstAnswer: two equal nodes under
+// steady load (three callers, answers in 4-6 ms); node b is slow for its
+// first 100 ms (a cold start, a pause of the process), which sets its
+// latency EWMA to 50 ms. Once b answers as fast as a, it has its share back
+// after one exploration round: the answer to an exploration call replaces
+// the EWMA. (It used to be folded in by the time since the exploration was
+// picked, a few ms, so it hardly counted: b got one call a second, for as
+// long as a answered fast.)
+func TestLeastLoadedRecoversFromSlowFirstAnswer(t *testing.T) {
+	clk := &clock{now: time.Unix(1_000_000, 0)}
+	s := selector.NewSet(selector.WithStrategy(selector.LeastLoaded()), selector.WithClock(clk.Now))
+	s.Update(setNodes("a", "b"))
+	start := clk.Now()
+	// Three callers, each calling again as soon as its call is answered.
+	type call struct {
+		p   selector.Pick
+		lat time.Duration
+		end time.Time
+	}
+	pick := func() call {
+		p, err := s.Pick()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lat := 4*time.Millisecond + time.Duration(rand.Int64N(int64(2*time.Millisecond)))
+		if p.Node.ID == "b" && clk.Now().Before(start.Add(100*time.Millisecond)) {
+			lat = 50 * time.Millisecond // b is slow for a moment
+		}
+		return call{p, lat, clk.Now().Add(lat)}
+	}
+	calls := []call{pick(), pick(), pick()}
+	got := map[string]int{}
+	for clk.Now().Before(start.Add(4 * time.Second)) {
+		i := 0
+		for j := range calls {
+			if calls[j].end.Before(calls[i].end) {
+				i = j
+			}
+		}
+		c := calls[i]
+		clk.Add(c.end.Sub(clk.Now()))
+		c.p.Done(selector.Outcome{Latency: c.lat, At: c.end})
+		if clk.Now().After(start.Add(2 * time.Second)) { // the last 2 s
+			got[c.p.Node.ID]++
+		}
+		calls[i] = pick()
+	}
+	total := got["a"] + got["b"]
+	if got["b"] < total/4 {
+		t.Fatalf("b, slow at first, got %d of %d calls in the last 2 s (a %d) though it answers as fast as a", got["b"], total, got["a"])
+	}
+	t.Logf("shares in the last 2 s: %v", got)
 }

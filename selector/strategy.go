@@ -100,8 +100,8 @@ type leastLoaded struct{}
 // time out). When either has no latency yet,
 // in-flight / weight decides, so a new node is not flooded before its first
 // answer. A node with nothing in flight whose latency is older than
-// exploreAfter gets the call (one caller at a time), so that a node that was
-// slow and recovered is seen again.
+// exploreAfter gets the call (one caller at a time), and its answer replaces
+// the latency EWMA, so that a node that was slow and recovered is seen again.
 func (leastLoaded) Pick(c Candidates) int {
 	n := c.Len()
 	if n == 1 {
@@ -150,10 +150,15 @@ func (n *NodeStats) latency(now int64) int64 {
 }
 
 // explore claims a call for a node that has nothing in flight and whose
-// latency has not been updated for exploreAfter.
+// latency has not been updated for exploreAfter; its answer replaces the
+// latency EWMA (observe).
 func (n *NodeStats) explore(now int64) bool {
 	last := n.stamp.Load()
-	return last != 0 && now-last > int64(exploreAfter) && n.inflight.Load() == 0 && n.stamp.CompareAndSwap(last, now)
+	if last != 0 && now-last > int64(exploreAfter) && n.inflight.Load() == 0 && n.stamp.CompareAndSwap(last, now) {
+		n.fresh.Store(true)
+		return true
+	}
+	return false
 }
 
 func (leastLoaded) String() string { return "leastloaded" }

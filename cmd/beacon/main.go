@@ -17,9 +17,24 @@
 // gRPC node).
 //
 // The registry is chosen like a service's: --registry / BEACON_REGISTRY /
-// MICRO_REGISTRY (default mdns) and --registry_address. Output is a
-// human-readable table; --json prints JSON for scripts. The exit code is 0 on
-// success, 1 on a failed call or lookup, 2 on bad usage.
+// MICRO_REGISTRY (default mdns) and --registry_address. Flags go before or
+// after the command. Output is a human-readable table; --json prints JSON
+// for scripts (errors too: {"error", "code", "detail"}). The exit code is 0
+// on success, 1 on a failed call or lookup, 2 on bad usage (an unknown flag
+// or command, a bad value, an invalid service name). call takes its JSON
+// request as an argument, from a file (@file) or from stdin (-).
+// --timeout bounds lookups and calls (a duration or whole seconds, above
+// zero). beacon help [COMMAND] and beacon --version work as usual.
+// Exit code 3: the registry refused the credentials (registry.ErrPermission:
+// a wrong or missing consul ACL token, etcd user or password, or a user
+// without permission on the prefix); bad registry TLS or credential settings
+// are usage errors (2).
+//
+// TLS to the registry and its credentials come from --registry_tls_ca,
+// --registry_tls_cert, --registry_tls_key, --registry_tls_server_name,
+// --registry_username, --registry_password and --registry_token (with
+// BEACON_* and MICRO_* variables), else from the registry's own variables
+// (ETCDCTL_*, CONSUL_*): see package cmd, RegistrySecurity.Resolve.
 package main
 
 import (
@@ -32,6 +47,7 @@ import (
 	"maps"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -47,13 +63,110 @@ import (
 	"github.com/beacon-go/beacon/selector"
 	"github.com/beacon-go/beacon/status"
 	"github.com/beacon-go/beacon/transport"
+	"github.com/beacon-go/beacon/ui"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args, os.Stdout, os.Stderr)
+	code := runIO(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
+}
+
+// version is the CLI's version from the build info: the module version
+// when installed with go install, else the VCS revision.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 && (v == "" || v == "(devel)") {
+			v = "(devel) " + s.Value[:12]
+		}
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	return v + " " + bi.GoVersion
+}
+
+// maxTimeout bounds --timeout.
+const maxTimeout = time.Hour
+
+// hoist moves the global flags found after the command to before it, so
+// that flags may be given before or after the command (urfave/cli reads
+// global flags only before it). args[0] is the program name.
+func hoist(args []string, global []cli.Flag, commands []*cli.Command) []string {
+	takesValue := map[string]bool{}
+	for _, f := range global {
+		_, isBool := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	isCommand := map[string]bool{}
+	for _, c := range commands {
+		for _, n := range c.Names() {
+			isCommand[n] = true
+		}
+	}
+	// Find the command: the first argument that is not a global flag or
+	// its value.
+	i := 1
+	for i < len(args) {
+		a := args[i]
+		if a == "--" || !strings.HasPrefix(a, "-") {
+			break
+		}
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		i++
+		if takesValue[name] && !hasValue && i < len(args) {
+			i++
+		}
+	}
+	if i >= len(args) || !isCommand[args[i]] {
+		return args
+	}
+	before := append([]string(nil), args[:i]...)
+	var after []string
+	rest := args[i+1:]
+	for j := 0; j < len(rest); j++ {
+		a := rest[j]
+		if a == "--" {
+			after = append(after, rest[j:]...)
+			break
+		}
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		v, global := takesValue[name]
+		if !strings.HasPrefix(a, "-") || a == "-" || !global {
+			after = append(after, a)
+			continue
+		}
+		before = append(before, a)
+		if v && !hasValue && j+1 < len(rest) {
+			j++
+			before = append(before, rest[j])
+		}
+	}
+	return append(append(before, args[i]), after...)
+}
+
+// readBody returns call's request: the argument, a file's content (@file),
+// or stdin (-); "{}" when none.
+func readBody(arg string, stdin io.Reader) (string, error) {
+	switch {
+	case arg == "":
+		return "{}", nil
+	case arg == "-":
+		b, err := io.ReadAll(io.LimitReader(stdin, 64<<20))
+		return string(b), err
+	case strings.HasPrefix(arg, "@"):
+		b, err := os.ReadFile(arg[1:])
+		return string(b), err
+	}
+	return arg, nil
 }
 
 // exitError carries an exit code through urfave/cli.
@@ -69,8 +182,28 @@ func fail(code int, format string, args ...any) error {
 	return &exitError{code: code, err: fmt.Errorf(format, args...)}
 }
 
-// run is the whole program; it returns the exit code.
+// exitPermission is the exit code when the registry refused the
+// credentials (registry.ErrPermission).
+const exitPermission = 3
+
+// registryFail is the error of a failed registry operation: exit code 1,
+// or exitPermission with a hint on the credential flags when the registry
+// refused them.
+func registryFail(op string, err error) error {
+	if errors.Is(err, registry.ErrPermission) {
+		return &exitError{code: exitPermission, err: fmt.Errorf("%s: %w\n  the registry refused the credentials: check --%s (consul), --%s/--%s (etcd), --%s/--%s/--%s or the registry's own variables (CONSUL_HTTP_TOKEN, ETCDCTL_USER, ...)",
+			op, err, cmd.FlagRegistryToken, cmd.FlagRegistryUsername, cmd.FlagRegistryPassword, cmd.FlagRegistryTLSCA, cmd.FlagRegistryTLSCert, cmd.FlagRegistryTLSKey)}
+	}
+	return fail(1, "%s: %w", op, err)
+}
+
+// run is the whole program with an empty stdin; it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runIO(ctx, args, strings.NewReader(""), stdout, stderr)
+}
+
+// runIO is the whole program; it returns the exit code.
+func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	// The CLI logs like a service (cmd.NewLogger: --log_format), at warn
 	// unless --log_level or --verbose (debug) says otherwise.
 	log := slog.New(slog.DiscardHandler)
@@ -90,11 +223,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if log, err = cmd.NewLogger(stderr, level, cfg.LogFormat); err != nil {
 			return nil, &exitError{code: 2, err: err}
 		}
-		octx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
+		octx, cancel := context.WithTimeout(ctx, timeout(c))
 		defer cancel()
-		r, err := cmd.NewRegistry(octx, cfg.Registry, cfg.RegistryAddress, log)
-		if err != nil {
-			return nil, fail(1, "registry %s: %w", cfg.Registry, err)
+		r, err := cmd.NewRegistry(octx, cfg.Registry, cfg.RegistryAddress, log, cfg.RegistryOptions()...)
+		switch {
+		case errors.Is(err, cmd.ErrRegistrySecurity):
+			return nil, &exitError{code: 2, err: fmt.Errorf("registry %s: %w", cfg.Registry, err)}
+		case err != nil:
+			return nil, registryFail("registry "+cfg.Registry, err)
 		}
 		reg = r
 		return r, nil
@@ -105,15 +241,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 	app := &cli.App{
-		Name:            "beacon",
-		Usage:           "inspect a service registry and call services by name",
-		HideHelpCommand: true,
-		Writer:          stdout,
-		ErrWriter:       stderr,
-		ExitErrHandler:  func(*cli.Context, error) {},
-		Flags: append(cmd.Flags(),
-			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of tables"},
-			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "bound on registry lookups and calls"},
+		Name:           "beacon",
+		Usage:          "inspect a service registry and call services by name",
+		Version:        version(),
+		Writer:         stdout,
+		ErrWriter:      stderr,
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return &exitError{code: 2, err: err} // said once, without the whole help
+		},
+		Flags: append(cmd.ClientFlags(),
+			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of tables (errors too)"},
+			cmd.DurationFlag("timeout", 10*time.Second, maxTimeout, true, "bound on registry lookups and calls (duration, or seconds; above 0)"),
 			&cli.BoolFlag{Name: "verbose", Usage: "log debug messages to stderr"},
 		),
 		Commands: []*cli.Command{
@@ -124,11 +263,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					if err != nil {
 						return err
 					}
-					lctx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
+					lctx, cancel := context.WithTimeout(ctx, timeout(c))
 					defer cancel()
 					list, err := r.ListServices(lctx)
 					if err != nil {
-						return fail(1, "list services: %w", err)
+						return registryFail("list services", err)
 					}
 					return printServices(c, stdout, list)
 				},
@@ -139,15 +278,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					if c.NArg() != 1 {
 						return fail(2, "usage: beacon describe NAME")
 					}
+					if err := registry.ValidateName(c.Args().First()); err != nil {
+						return fail(2, "describe: %w", err)
+					}
 					r, err := open(c)
 					if err != nil {
 						return err
 					}
-					gctx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
+					gctx, cancel := context.WithTimeout(ctx, timeout(c))
 					defer cancel()
 					svcs, err := r.GetService(gctx, c.Args().First())
 					if err != nil {
-						return fail(1, "describe %s: %w", c.Args().First(), err)
+						return registryFail("describe "+c.Args().First(), err)
 					}
 					return printDescribe(c, stdout, svcs)
 				},
@@ -160,12 +302,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 						return err
 					}
 					var opts []registry.WatchOption
+					if c.NArg() > 1 {
+						return fail(2, "usage: beacon watch [NAME]")
+					}
 					if c.NArg() > 0 {
+						if err := registry.ValidateName(c.Args().First()); err != nil {
+							return fail(2, "watch: %w", err)
+						}
 						opts = append(opts, registry.WatchService(c.Args().First()))
 					}
 					w, err := r.Watch(ctx, opts...)
 					if err != nil {
-						return fail(1, "watch: %w", err)
+						return registryFail("watch", err)
 					}
 					defer w.Stop()
 					for {
@@ -181,21 +329,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				},
 			},
 			{
-				Name: "call", Usage: "call an endpoint of a service by name with a JSON request", ArgsUsage: "NAME ENDPOINT [JSON]",
+				Name: "call", Usage: "call an endpoint of a service by name with a JSON request (an argument, @file, or - for stdin)", ArgsUsage: "NAME ENDPOINT [JSON|@FILE|-]",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "address", Usage: "call this node address directly"},
 					&cli.StringFlag{Name: "protocol", Value: registry.ProtocolBeacon, Usage: "the protocol of the node called with --address: beacon or grpc"},
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 || c.NArg() > 3 {
-						return fail(2, "usage: beacon call NAME ENDPOINT [JSON]")
+						return fail(2, "usage: beacon call NAME ENDPOINT [JSON|@FILE|-]")
 					}
-					body := c.Args().Get(2)
-					if body == "" {
+					if c.String("address") == "" {
+						if err := registry.ValidateName(c.Args().Get(0)); err != nil {
+							return fail(2, "call: %w", err)
+						}
+					}
+					body, err := readBody(c.Args().Get(2), stdin)
+					if err != nil {
+						return fail(2, "call: request: %w", err)
+					}
+					if strings.TrimSpace(body) == "" {
 						body = "{}"
 					}
 					if !json.Valid([]byte(body)) {
-						return fail(2, "request is not valid JSON: %s", body)
+						return fail(2, "request is not valid JSON: %.200s", body)
 					}
 					cfg, err := cmd.ConfigFrom(c)
 					if err != nil {
@@ -231,7 +387,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					cl := client.New(sel, append([]client.Option{client.Retries(cfg.ClientRetries), client.RequestTimeout(cfg.ClientRequestTimeout), client.Logger(log),
 						client.WithCaller(registry.ProtocolGRPC, grpcCaller)}, tlsOpts...)...)
 					defer cl.Close()
-					cctx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
+					cctx, cancel := context.WithTimeout(ctx, timeout(c))
 					defer cancel()
 					var rsp json.RawMessage
 					if addr != "" && c.String("protocol") == registry.ProtocolGRPC {
@@ -240,11 +396,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 						err = cl.Call(cctx, c.Args().Get(0), c.Args().Get(1), json.RawMessage(body), &rsp, opts...)
 					}
 					if err != nil {
-						if c.Bool("json") {
-							out, _ := json.Marshal(map[string]any{"error": err.Error(), "code": status.Code(err)})
-							fmt.Fprintln(stdout, string(out))
+						if status.Code(err) == status.NotFound && reg != nil {
+							err = listEndpoints(cctx, reg, c.Args().Get(0), c.Args().Get(1), err)
 						}
-						return fail(1, "call %s %s: %w", c.Args().Get(0), c.Args().Get(1), err)
+						return registryFail(fmt.Sprintf("call %s %s", c.Args().Get(0), c.Args().Get(1)), err)
 					}
 					if c.Bool("json") {
 						fmt.Fprintln(stdout, string(rsp))
@@ -260,17 +415,95 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					return nil
 				},
 			},
+			{
+				Name: "ui", Usage: "serve a web dashboard of the registry: services, nodes and their health, endpoints, live events, calls",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "listen", Value: ui.DefaultListen, Usage: "address of the dashboard: an IP address and a port"},
+					&cli.BoolFlag{Name: "allow_remote", Usage: "allow a listen address that is not loopback (whoever reaches the dashboard reads the registry and calls every service)"},
+					&cli.StringSliceFlag{Name: "allow_host", Usage: "a host name by which the dashboard may be reached (IP addresses and localhost always may)"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 0 {
+						return fail(2, "usage: beacon ui [--listen 127.0.0.1:8082]")
+					}
+					cfg, err := cmd.ConfigFrom(c)
+					if err != nil {
+						return &exitError{code: 2, err: err}
+					}
+					ln, err := ui.Listen(c.String("listen"), c.Bool("allow_remote"))
+					if errors.Is(err, ui.ErrNotLoopback) {
+						return fail(2, "%w; pass --allow_remote to serve other hosts", err)
+					} else if err != nil {
+						return fail(2, "%w", err)
+					}
+					defer ln.Close()
+					r, err := open(c)
+					if err != nil {
+						return err
+					}
+					_, tlsOpts, err := cfg.TLS.Options(false, log) // --tls_ca, --tls_cert, --tls_key
+					if err != nil {
+						return &exitError{code: 2, err: err}
+					}
+					strategy, _ := cmd.NewStrategy(cfg.Selector)
+					srv := ui.New(r, ui.WithLogger(log), ui.Timeout(c.Duration("timeout")), ui.AllowHosts(c.StringSlice("allow_host")...),
+						ui.WithSelectorOptions(selector.WithStrategy(strategy), selector.WithProtocols(registry.ProtocolBeacon, registry.ProtocolGRPC)),
+						ui.WithClientOptions(append([]client.Option{client.Retries(cfg.ClientRetries), client.RequestTimeout(cfg.ClientRequestTimeout),
+							client.WithCaller(registry.ProtocolGRPC, beacongrpc.NewCaller(beacongrpc.WithReflection()))}, tlsOpts...)...))
+					fmt.Fprintf(stdout, "beacon ui: the %s registry on http://%s/ (until interrupted)\n", r, ln.Addr())
+					if err := srv.Serve(ctx, ln); err != nil {
+						return fail(1, "ui: %w", err)
+					}
+					return nil
+				},
+			},
 		},
 	}
+	args = hoist(args, app.Flags, app.Commands)
 	if err := app.Run(args); err != nil {
-		fmt.Fprintln(stderr, "beacon:", err)
+		code := 2
 		var ee *exitError
 		if errors.As(err, &ee) {
-			return ee.code
+			code = ee.code
 		}
-		return 2
+		if slices.Contains(args, "--json") {
+			// Scripts read errors as fields, on stdout like the results.
+			rec := map[string]any{"error": err.Error(), "exit": code}
+			if se := new(status.Error); errors.As(err, &se) {
+				rec["code"], rec["detail"] = se.Code, se.Detail
+			}
+			out, _ := json.Marshal(rec)
+			fmt.Fprintln(stdout, string(out))
+		}
+		fmt.Fprintln(stderr, "beacon:", err)
+		return code
 	}
 	return 0
+}
+
+// timeout reads --timeout.
+func timeout(c *cli.Context) time.Duration { return cmd.DurationOf(c, "timeout", 10*time.Second) }
+
+// listEndpoints adds the service's endpoints to a "not found" call error,
+// when the service exists and the endpoint is not one of them.
+func listEndpoints(ctx context.Context, reg registry.Registry, service, endpoint string, err error) error {
+	svcs, gerr := reg.GetService(ctx, service)
+	if gerr != nil || len(svcs) == 0 {
+		return err
+	}
+	var names []string
+	for _, s := range svcs {
+		for _, e := range s.Endpoints {
+			if e != nil && !slices.Contains(names, e.Name) {
+				names = append(names, e.Name)
+			}
+		}
+	}
+	if slices.Contains(names, endpoint) || len(names) == 0 {
+		return err
+	}
+	slices.Sort(names)
+	return fmt.Errorf("%w; %s has the endpoints %s", err, service, strings.Join(names, ", "))
 }
 
 // callDirect calls a node at addr with a transport.Caller, once, without

@@ -177,7 +177,7 @@ func TestCLI(t *testing.T) {
 }
 
 func TestUsageErrors(t *testing.T) {
-	if _, errs, code := beacon(t, "--registry", "zookeeper", "services"); code != 2 || !strings.Contains(errs, "valid registries are consul, etcd, mdns, memory") {
+	if _, errs, code := beacon(t, "--registry", "zookeeper", "services"); code != 2 || !strings.Contains(errs, "valid registries are consul, etcd, kubernetes, mdns, memory, static") {
 		t.Fatalf("unknown registry: %d %q", code, errs)
 	}
 }

@@ -21,6 +21,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/beacon-go/beacon/beacongrpc"
 	"github.com/beacon-go/beacon/client"
 	"github.com/beacon-go/beacon/examples/greeter"
 	"github.com/beacon-go/beacon/internal/netns"
@@ -37,6 +38,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(probeEnv) == "1" {
 		os.Exit(probe())
 	}
+	// Beacon's gRPC balancers go into grpc-go's global table before any
+	// gRPC client (etcd's included) exists.
+	beacongrpc.RegisterBalancers()
 	code := netns.RunIsolated(m)
 	if code == 0 {
 		// No goroutine of the in-process selectors and clients survives.

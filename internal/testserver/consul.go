@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -23,6 +24,7 @@ const ConsulNodeName = "t"
 type Consul struct {
 	dir                            string
 	httpPort, serverPort, serfPort int
+	httpsPort                      int // with WithTLS
 	bin                            string
 	args                           []string
 	opts                           options
@@ -32,7 +34,8 @@ type Consul struct {
 }
 
 // StartConsul starts `consul agent -dev` on free loopback ports (HTTP,
-// server RPC, serf LAN; DNS, gRPC, HTTPS and serf WAN disabled), with its log
+// server RPC, serf LAN; DNS, gRPC, serf WAN and, unless WithTLS, HTTPS
+// disabled; ACLs with WithACL), with its log
 // file (consul.log) in a new subdirectory of dir, and waits until
 // /v1/status/leader reports a leader and the node is in the catalog.
 //
@@ -99,6 +102,20 @@ func newConsul(bin, dir string, o options) (*Consul, error) {
 		bin:        bin,
 		opts:       o,
 	}
+	https := "-https-port=-1"
+	var extra []string
+	if o.tls != nil {
+		if c.httpsPort, err = FreePort(); err != nil {
+			return nil, err
+		}
+		https = "-https-port=" + strconv.Itoa(c.httpsPort)
+		extra = append(extra, fmt.Sprintf("-hcl=tls { defaults { ca_file = %q cert_file = %q key_file = %q } https { verify_incoming = %t } }",
+			o.tls.CA, o.tls.ServerCert, o.tls.ServerKey, o.clientAuth))
+	}
+	if o.aclToken != "" {
+		extra = append(extra, fmt.Sprintf(`-hcl=acl { enabled = true default_policy = "deny" enable_token_persistence = false tokens { initial_management = %q agent = %q } }`,
+			o.aclToken, o.aclToken))
+	}
 	c.args = append([]string{
 		"agent", "-dev",
 		"-node=" + ConsulNodeName,
@@ -112,10 +129,10 @@ func newConsul(bin, dir string, o options) (*Consul, error) {
 		"-serf-wan-port=-1",
 		"-grpc-port=-1",
 		"-grpc-tls-port=-1",
-		"-https-port=-1",
+		https,
 		"-hcl=disable_update_check = true",
 		"-log-level=warn",
-	}, o.args...)
+	}, append(extra, o.args...)...)
 	return c, nil
 }
 
@@ -151,20 +168,38 @@ func (c *Consul) waitReady() error {
 // the catalog (so agent service registrations are synced right away).
 func (c *Consul) ready(ctx context.Context) error {
 	var leader string
-	if err := doJSON(ctx, http.MethodGet, c.URL()+"/v1/status/leader", nil, &leader); err != nil {
+	if err := c.doJSON(ctx, http.MethodGet, "/v1/status/leader", nil, &leader); err != nil {
 		return err
 	}
 	if leader == "" {
 		return errors.New("no leader yet")
 	}
 	var node *struct{ Node struct{ Node string } }
-	if err := doJSON(ctx, http.MethodGet, c.URL()+"/v1/catalog/node/"+ConsulNodeName, nil, &node); err != nil {
+	if err := c.doJSON(ctx, http.MethodGet, "/v1/catalog/node/"+ConsulNodeName, nil, &node); err != nil {
 		return err
 	}
 	if node == nil {
 		return errors.New("node not yet in catalog")
 	}
 	return nil
+}
+
+// doJSON is doJSON on the plain HTTP API with the management token, if any.
+func (c *Consul) doJSON(ctx context.Context, method, path string, body io.Reader, v any) error {
+	var hdr http.Header
+	if c.opts.aclToken != "" {
+		hdr = http.Header{"X-Consul-Token": {c.opts.aclToken}}
+	}
+	return doJSONWith(ctx, nil, hdr, method, c.URL()+path, body, v)
+}
+
+// HTTPSAddr returns the HTTPS API address "127.0.0.1:port" (WithTLS), or
+// "" without TLS.
+func (c *Consul) HTTPSAddr() string {
+	if c.httpsPort == 0 {
+		return ""
+	}
+	return "127.0.0.1:" + strconv.Itoa(c.httpsPort)
 }
 
 // Addr returns the HTTP API address "127.0.0.1:port" (what consul/api's
@@ -253,13 +288,13 @@ func (c *Consul) WaitSettled(timeout time.Duration) error {
 	for i := 0; time.Now().Before(deadline); i++ {
 		id := fmt.Sprintf("settle-probe-%d", i)
 		reg := fmt.Sprintf(`{"ID":%q,"Name":"settle-probe","Port":1,"Check":{"CheckID":%q,"TTL":%q,"Status":"passing"}}`, id, id, ttl)
-		if err := doJSON(ctx, http.MethodPut, c.URL()+"/v1/agent/service/register", strings.NewReader(reg), nil); err != nil {
+		if err := c.doJSON(ctx, http.MethodPut, "/v1/agent/service/register", strings.NewReader(reg), nil); err != nil {
 			return fmt.Errorf("consul settle probe: %w", err)
 		}
 		start := time.Now()
 		for time.Now().Before(deadline) {
 			var checks []struct{ CheckID, Status string }
-			if doJSON(ctx, http.MethodGet, c.URL()+"/v1/health/checks/settle-probe", nil, &checks) == nil &&
+			if c.doJSON(ctx, http.MethodGet, "/v1/health/checks/settle-probe", nil, &checks) == nil &&
 				slices.ContainsFunc(checks, func(h struct{ CheckID, Status string }) bool { return h.CheckID == id && h.Status == "critical" }) {
 				break
 			}
@@ -270,7 +305,7 @@ func (c *Consul) WaitSettled(timeout time.Duration) error {
 		} else {
 			prompt = 0
 		}
-		if err := doJSON(ctx, http.MethodPut, c.URL()+"/v1/agent/service/deregister/"+id, nil, nil); err != nil {
+		if err := c.doJSON(ctx, http.MethodPut, "/v1/agent/service/deregister/"+id, nil, nil); err != nil {
 			return fmt.Errorf("consul settle probe: %w", err)
 		}
 		if prompt == 2 {

@@ -24,6 +24,7 @@ type Etcd struct {
 	bin        string
 	args       []string
 	opts       options
+	hc         *http.Client // nil: httpClient; with WithTLS, one with the PKI's client certificate
 
 	mu sync.Mutex
 	p  *proc // nil when not running
@@ -99,11 +100,15 @@ func newSingleEtcd(bin, dir string, o options) (*Etcd, error) {
 		peerPort:       ports[1],
 		initialCluster: fmt.Sprintf("%s=http://127.0.0.1:%d", name, ports[1]),
 		token:          filepath.Base(d),
-	}, o), nil
+	}, o)
 }
 
-func newEtcd(bin string, m etcdMember, o options) *Etcd {
-	client := fmt.Sprintf("http://127.0.0.1:%d", m.clientPort)
+func newEtcd(bin string, m etcdMember, o options) (*Etcd, error) {
+	scheme := "http"
+	if o.tls != nil {
+		scheme = "https"
+	}
+	client := fmt.Sprintf("%s://127.0.0.1:%d", scheme, m.clientPort)
 	peer := fmt.Sprintf("http://127.0.0.1:%d", m.peerPort)
 	args := []string{
 		"--name=" + m.name,
@@ -119,6 +124,18 @@ func newEtcd(bin string, m etcdMember, o options) *Etcd {
 		// process (Kill/Restart); only a machine crash could lose it.
 		"--unsafe-no-fsync",
 	}
+	var hc *http.Client
+	if o.tls != nil {
+		args = append(args, "--cert-file="+o.tls.ServerCert, "--key-file="+o.tls.ServerKey)
+		if o.clientAuth {
+			args = append(args, "--trusted-ca-file="+o.tls.CA, "--client-cert-auth")
+		}
+		cfg, err := o.tls.ClientTLS()
+		if err != nil {
+			return nil, err
+		}
+		hc = tlsHTTPClient(cfg)
+	}
 	args = append(args, o.args...)
 	return &Etcd{
 		name:       m.name,
@@ -128,7 +145,8 @@ func newEtcd(bin string, m etcdMember, o options) *Etcd {
 		bin:        bin,
 		args:       args,
 		opts:       o,
-	}
+		hc:         hc,
+	}, nil
 }
 
 // start launches the process (without waiting for readiness).
@@ -167,7 +185,7 @@ func (e *Etcd) healthy(ctx context.Context) error {
 		Health string `json:"health"`
 		Reason string `json:"reason"`
 	}
-	if err := doJSON(ctx, http.MethodGet, e.ClientURL()+"/health", nil, &h); err != nil {
+	if err := doJSONWith(ctx, e.hc, nil, http.MethodGet, e.ClientURL()+"/health", nil, &h); err != nil {
 		return err
 	}
 	if h.Health != "true" {
@@ -191,8 +209,13 @@ func (e *Etcd) Endpoints() []string {
 	return []string{"127.0.0.1:" + strconv.Itoa(e.clientPort)}
 }
 
-// ClientURL returns "http://127.0.0.1:port".
-func (e *Etcd) ClientURL() string { return "http://127.0.0.1:" + strconv.Itoa(e.clientPort) }
+// ClientURL returns "http://127.0.0.1:port" ("https://" with WithTLS).
+func (e *Etcd) ClientURL() string {
+	if e.opts.tls != nil {
+		return "https://127.0.0.1:" + strconv.Itoa(e.clientPort)
+	}
+	return "http://127.0.0.1:" + strconv.Itoa(e.clientPort)
+}
 
 // ClientPort returns the client port.
 func (e *Etcd) ClientPort() int { return e.clientPort }
@@ -263,7 +286,7 @@ func (e *Etcd) status(ctx context.Context) (member, leader string, err error) {
 		} `json:"header"`
 		Leader string `json:"leader"`
 	}
-	err = doJSON(ctx, http.MethodPost, e.ClientURL()+"/v3/maintenance/status", strings.NewReader("{}"), &st)
+	err = doJSONWith(ctx, e.hc, nil, http.MethodPost, e.ClientURL()+"/v3/maintenance/status", strings.NewReader("{}"), &st)
 	return st.Header.MemberID, st.Leader, err
 }
 
@@ -341,14 +364,18 @@ func newEtcdCluster(bin, dir string, n int, o options) (*EtcdCluster, error) {
 		if err := os.Mkdir(mdir, 0o755); err != nil {
 			return nil, fmt.Errorf("testserver: %w", err)
 		}
-		c.members = append(c.members, newEtcd(bin, etcdMember{
+		m, err := newEtcd(bin, etcdMember{
 			name:           fmt.Sprintf("m%d", i),
 			dir:            mdir,
 			clientPort:     ports[2*i],
 			peerPort:       ports[2*i+1],
 			initialCluster: strings.Join(initial, ","),
 			token:          filepath.Base(cdir),
-		}, o))
+		}, o)
+		if err != nil {
+			return nil, err
+		}
+		c.members = append(c.members, m)
 	}
 	return c, nil
 }
@@ -478,7 +505,11 @@ func (e *Etcd) activePeers() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	resp, err := httpClient.Do(req)
+	hc := e.hc
+	if hc == nil {
+		hc = httpClient
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return 0, err
 	}

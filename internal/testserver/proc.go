@@ -2,6 +2,7 @@ package testserver
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -121,9 +122,23 @@ var httpClient = &http.Client{
 	},
 }
 
+// tlsHTTPClient is httpClient with a TLS configuration.
+func tlsHTTPClient(cfg *tls.Config) *http.Client {
+	return &http.Client{
+		Timeout:   httpClient.Timeout,
+		Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true, TLSClientConfig: cfg},
+	}
+}
+
 // doJSON sends a request (with body, if non-nil) and decodes a JSON
 // response into v, if v is not nil.
 func doJSON(ctx context.Context, method, url string, body io.Reader, v any) error {
+	return doJSONWith(ctx, httpClient, nil, method, url, body, v)
+}
+
+// doJSONWith is doJSON with another client (nil: httpClient) and extra
+// request headers.
+func doJSONWith(ctx context.Context, hc *http.Client, header http.Header, method, url string, body io.Reader, v any) error {
 	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
 		return err
@@ -131,7 +146,13 @@ func doJSON(ctx context.Context, method, url string, body io.Reader, v any) erro
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := httpClient.Do(req)
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	if hc == nil {
+		hc = httpClient
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}

@@ -1,11 +1,16 @@
-// Package testserver starts real etcd and consul servers for integration
-// tests.
+// Package testserver starts real etcd, consul and kube-apiserver servers
+// for integration tests.
 //
 // The binaries are built from pinned versions into <repo root>/.bin by
 // scripts/install-test-servers.sh (directory overridable with the
 // BEACON_TEST_BIN environment variable). A missing binary is an error, never
 // a skip: use Require (or the Must* helpers) so that a machine without the
 // servers fails loudly with the install command.
+//
+// Security: WithTLS (certificates from NewPKI) serves TLS, with client
+// certificates if asked; Etcd.EnableAuth turns on etcd's RBAC with users;
+// WithACL starts consul with ACLs in default-deny mode and
+// Consul.CreateToken makes tokens.
 //
 // Every server listens on kernel-chosen loopback ports, keeps its data and a
 // log file (stdout+stderr of the process) under the directory passed by the
@@ -241,6 +246,9 @@ type options struct {
 	args         []string
 	startTimeout time.Duration
 	stopTimeout  time.Duration
+	tls          *PKI   // WithTLS
+	clientAuth   bool   // WithTLS
+	aclToken     string // WithACL
 }
 
 func buildOptions(opts []Option) options {
@@ -255,6 +263,23 @@ func buildOptions(opts []Option) options {
 // (e.g. WithArgs("--auto-compaction-retention=1") for etcd).
 func WithArgs(args ...string) Option {
 	return func(o *options) { o.args = append(o.args, args...) }
+}
+
+// WithTLS makes the server speak TLS with p's server certificate and, with
+// clientAuth, require client certificates signed by p's CA. etcd then
+// serves its client port with TLS only (https; --client-cert-auth with
+// clientAuth); consul keeps its plain HTTP port and serves HTTPS on another
+// (Consul.HTTPSAddr; verify_incoming with clientAuth). The readiness checks
+// use p's client certificate.
+func WithTLS(p *PKI, clientAuth bool) Option {
+	return func(o *options) { o.tls, o.clientAuth = p, clientAuth }
+}
+
+// WithACL starts consul with ACLs enabled in default-deny mode and
+// managementToken as the initial management token (also the agent's own
+// token). It has no effect on etcd (see Etcd.EnableAuth).
+func WithACL(managementToken string) Option {
+	return func(o *options) { o.aclToken = managementToken }
 }
 
 // WithStartTimeout sets how long to wait for the server to become ready

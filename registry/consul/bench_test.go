@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -72,7 +73,7 @@ func BenchmarkHealthAnswer200(b *testing.B) {
 		if err := json.Unmarshal(body, &out); err != nil {
 			b.Fatal(err)
 		}
-		if set := r.nodeSet("bench", out, nil); len(set) != 200 {
+		if set := r.nodeSet(context.Background(), "bench", out, nil); len(set) != 200 {
 			b.Fatal(len(set))
 		}
 	}
@@ -88,7 +89,7 @@ func BenchmarkHealthAnswer200Cached(b *testing.B) {
 	}
 	r := &Registry{log: slog.New(slog.DiscardHandler), warned: map[string]struct{}{}}
 	var cache decodeCache
-	r.nodeSet("bench", entries, &cache)
+	r.nodeSet(context.Background(), "bench", entries, &cache)
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -97,7 +98,7 @@ func BenchmarkHealthAnswer200Cached(b *testing.B) {
 			b.Fatal(err)
 		}
 		out[0].Service.Meta["version"] = fmt.Sprint(b.N)
-		if set := r.nodeSet("bench", out, &cache); len(set) != 200 {
+		if set := r.nodeSet(context.Background(), "bench", out, &cache); len(set) != 200 {
 			b.Fatal(len(set))
 		}
 	}

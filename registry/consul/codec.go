@@ -74,8 +74,9 @@ func plainKey(prefix, key string) bool {
 // and readers. The zero value is ready to use and it is safe for concurrent
 // use.
 type codec struct {
-	writers sync.Pool // *flate.Writer
-	readers sync.Pool // flate reader (io.ReadCloser and flate.Resetter)
+	writers  sync.Pool // *flate.Writer
+	readers  sync.Pool // flate reader (io.ReadCloser and flate.Resetter)
+	zwriters sync.Pool // *zlib.Writer (go-micro's tags)
 }
 
 // encodeMeta builds the consul service Meta for node n of s (already
@@ -290,20 +291,26 @@ type entryService struct {
 	Service     string
 	Address     string
 	Port        int
+	Tags        []string
 	Meta        map[string]string
+	CreateIndex uint64
 	ModifyIndex uint64
 }
 
 type entryCheck struct {
-	Status string
+	CheckID   string
+	ServiceID string // "" for a node check (serfHealth, maintenance)
+	Status    string
 }
 
 // decodeEntry turns one health entry of service name into a single-node
-// Service. Records written by Beacon are decoded in full and must pass
-// registry.Validate; other services (registered by other tools) become a
-// node with ID "<service ID>@<consul node>", the address and port, the
-// service's Meta as node metadata when it is valid, and an empty version.
-// Errors match registry.ErrMalformed.
+// Service. Records written by Beacon (Meta "beacon") are decoded in full
+// from their Meta; records written by go-micro (a "v-" tag that decodes)
+// from their tags, with go-micro's node ID (the service ID) as it is; both
+// must pass registry.Validate. Other services (registered by other tools)
+// become a node with ID "<service ID>@<consul node>", the address and port,
+// the service's Meta as node metadata when it is valid, and an empty
+// version. Errors match registry.ErrMalformed.
 func (c *codec) decodeEntry(name string, e *entry) (*registry.Service, error) {
 	if e == nil || e.Service == nil {
 		return nil, fmt.Errorf("%w: entry without a service", registry.ErrMalformed)
@@ -337,6 +344,22 @@ func (c *codec) decodeEntry(name string, e *entry) (*registry.Service, error) {
 		}
 		if err := registry.Validate(s); err != nil {
 			return nil, fmt.Errorf("%w: service %q: %w", registry.ErrMalformed, trunc(as.ID), err)
+		}
+		return s, nil
+	}
+	if version, ok := goMicroVersion(as.Tags); ok {
+		md, eps, err := decodeGoMicro(as.Tags)
+		if err != nil {
+			return nil, fmt.Errorf("service %q: %w", trunc(as.ID), err)
+		}
+		s := &registry.Service{
+			Name:      name,
+			Version:   version,
+			Endpoints: eps,
+			Nodes:     []*registry.Node{{ID: as.ID, Address: addr, Metadata: md}},
+		}
+		if err := registry.Validate(s); err != nil {
+			return nil, fmt.Errorf("%w: go-micro service %q: %w", registry.ErrMalformed, trunc(as.ID), err)
 		}
 		return s, nil
 	}

@@ -22,3 +22,17 @@ func TestConformance(t *testing.T) {
 		ExpiryGrace: time.Second,
 	})
 }
+
+// TestConformanceFeed runs the contract with every watch fed (no blocking
+// query of a single service): the shared watch of many services.
+func TestConformanceFeed(t *testing.T) {
+	registrytest.Run(t, registrytest.Config{
+		New: func(t *testing.T) (registry.Registry, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return New(ctx, WithAddrs(agent.Addr()), WithLogger(testLogger(t)), WithServiceQueries(0))
+		},
+		TTL:         time.Second,
+		ExpiryGrace: time.Second,
+	})
+}

@@ -10,6 +10,11 @@
 //	Name     the service name
 //	Address  the host of the node address, Port its port
 //	Meta     the record below
+//	Tags     go-micro's record (gomicro.go): "v-" + hex(zlib(version)),
+//	         "t-" + hex(zlib(JSON {key: value})) per node metadata entry,
+//	         "e-" + hex(zlib(JSON endpoint)) per endpoint, which is all
+//	         go-micro's consul registry reads; and "beacon-rev-<hash>", a
+//	         hash of the record that changes with any change of the node
 //	Check    one TTL check "beacon-ttl:<node ID>" with the register TTL,
 //	         initial status passing, DeregisterCriticalServiceAfter (at
 //	         least consul's minimum of one minute)
@@ -33,13 +38,19 @@
 // Register refuses, with a *registry.ValidationError, a record that does not
 // fit even so (about 30 KB of compressed metadata and endpoints).
 //
-// Services registered by other tools (no "beacon" key) are read as nodes
-// with ID "<service ID>@<consul node name>", the service address (or the
-// node's address when empty) and port, the service Meta as node metadata
-// when it passes registry.ValidateMetadata, and an empty version. Entries
-// that cannot be read (no address, a port outside 1-65535, a garbled blob,
-// a Beacon record failing registry.Validate) are skipped with a slog Warn,
-// once per service instance and consul modify index.
+// Services registered by go-micro (no "beacon" key, a "v-" tag that
+// decodes) are read from their tags as go-micro reads them: node ID = the
+// service ID as it is, version, node metadata and endpoints. Services
+// registered by other tools are read as nodes with ID "<service
+// ID>@<consul node name>", the service address (or the node's address when
+// empty) and port, the service Meta as node metadata when it passes
+// registry.ValidateMetadata, and an empty version. The "consul" service of
+// consul's own servers is left out. Entries that cannot be read (no
+// address, a port outside 1-65535, a garbled blob or tag, a record failing
+// registry.Validate) are skipped with a slog Warn, once per service
+// instance and consul modify index. When entries on several consul nodes
+// carry one node ID, the one registered through its agent with its own
+// check is the node and the others are never shown (owner.go).
 //
 // # Health
 //
@@ -66,8 +77,14 @@
 //
 // All watchers of one service share one blocking query on
 // /v1/health/service/<name>; watchers of all services share one blocking
-// query on /v1/catalog/services plus the per-service queries of every
-// service it lists. The index is reset to 0 when it goes backwards and
+// query on /v1/catalog/services plus the watches of every service it lists.
+// At most WithServiceQueries services (DefaultServiceQueries, 64) have a
+// blocking query of their own; the watches of further services share two
+// blocking queries, on /v1/catalog/services and /v1/health/state/any, which
+// tell which of them changed and must be fetched again (feed.go). So one
+// Registry watches any number of services within consul's
+// http_max_conns_per_client (200 connections per client address): 1,000
+// services take about 70. The index is reset to 0 when it goes backwards and
 // after every error (the agent may have been replaced); errors back off
 // exponentially (50 ms to 5 s) and keep the last state: nodes are only
 // reported deleted on a successful answer. A query that returns at once
@@ -83,15 +100,31 @@
 // registers the node on the new agent and the copy on the old one (if it
 // still runs) goes critical and is hidden.
 //
+// # ACLs and TLS
+//
+// Every request carries the ACL token of WithToken (else of
+// CONSUL_HTTP_TOKEN_FILE or CONSUL_HTTP_TOKEN; else none, which consul
+// serves as its anonymous token). New checks the token against
+// /v1/acl/token/self: a token consul does not know fails New with
+// registry.ErrPermission. Afterwards consul's 401 and 403 answers are
+// registry.ErrPermission (not ErrUnavailable), and so is a read whose every
+// result consul's ACLs hid: consul filters reads instead of refusing them,
+// and says so (X-Consul-Results-Filtered-By-ACLs) for tokens other than the
+// anonymous one; an empty catalog is always hidden, since it lists consul's
+// own "consul" service. Watches log either at Error, once, and go on. TLS:
+// WithTLS or WithTLSFiles, or an "https://" address (the system roots).
+//
 // # Transport
 //
 // One HTTP transport per Registry, with keep-alive connections, responses
 // not gzip-compressed (inflating consul's large health answers costs far
 // more than it saves on a local link) and capped at MaxResponseBytes.
 //
-// Limits: the agent refuses more than http_max_conns_per_client (default
-// 200) concurrent connections from one client address, which bounds the
-// number of services one Registry can watch through one agent.
+// Connections: a Registry holds one per blocking query (at most
+// WithServiceQueries, plus the catalog and checks watches and 4 fetchers
+// of fed services) and per call in flight; the agent refuses more than
+// http_max_conns_per_client (default 200) from one client address, shared
+// by every program on that address.
 package consul
 
 import (
@@ -115,6 +148,8 @@ import (
 // Create it with New and release it with Close.
 type Registry struct {
 	opts      options
+	token     string // the ACL token sent ("": none, consul uses its anonymous token)
+	anonymous bool   // ACLs are on and no token was given (checkToken)
 	log       *slog.Logger
 	transport *http.Transport
 	clients   []*api.Client // one per address, in WithAddrs order
@@ -131,6 +166,8 @@ type Registry struct {
 	nodesMu sync.Mutex
 	nodes   map[string]*nodeState // node ID -> what this Registry registered
 
+	members membersCache // owner.go
+
 	watch watchState
 
 	warnMu sync.Mutex
@@ -144,15 +181,22 @@ var _ registry.Registry = (*Registry)(nil)
 // each for its share of the connect timeout (WithConnectTimeout, default
 // DefaultConnectTimeout), and never past ctx. When none does, it returns an
 // error matching registry.ErrUnavailable. Invalid options (a TLS file that cannot be read,
-// an address with an unknown scheme) are returned as they are.
+// an address with an unknown scheme) are returned as they are. It then
+// checks the ACL token (see the package documentation): one that consul
+// does not know is an error matching registry.ErrPermission.
 func New(ctx context.Context, opts ...Option) (*Registry, error) {
 	o := buildOptions(opts)
+	token, err := resolveToken(o.token)
+	if err != nil {
+		return nil, err
+	}
 	tr, err := newTransport(&o)
 	if err != nil {
 		return nil, err
 	}
-	hc := &http.Client{Transport: &limitedTransport{base: tr, max: MaxResponseBytes}}
+	hc := &http.Client{Transport: &limitedTransport{base: tr, max: MaxResponseBytes, token: token}}
 	r := &Registry{
+		token:     token,
 		opts:      o,
 		log:       o.log.With("registry", "consul"),
 		transport: tr,
@@ -164,7 +208,7 @@ func New(ctx context.Context, opts ...Option) (*Registry, error) {
 			Address:    addr,
 			Datacenter: o.datacenter,
 			HttpClient: hc,
-			Token:      o.token,
+			Token:      token, // the transport sets it, whatever the library read from the environment
 		}
 		if o.tlsConfig != nil || o.tlsFiles {
 			cfg.Scheme = "https"
@@ -200,9 +244,13 @@ func New(ctx context.Context, opts ...Option) (*Registry, error) {
 	}
 	if found < 0 {
 		tr.CloseIdleConnections()
-		return nil, fmt.Errorf("%w: consul: no agent answered within %v: %w", registry.ErrUnavailable, o.connectTimeout, errors.Join(errs...))
+		return nil, fmt.Errorf("%w: consul: no agent answered (connect timeout %v): %w", registry.ErrUnavailable, o.connectTimeout, errors.Join(errs...))
 	}
 	r.active.Store(int32(found))
+	if err := r.checkToken(cctx); err != nil {
+		tr.CloseIdleConnections()
+		return nil, err
+	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.watch.init()
 	r.wg.Add(1)
@@ -326,7 +374,9 @@ func statusCode(err error) int {
 }
 
 // wrap turns a consul client error into the registry's: the caller's
-// context error as is, anything else wrapped with ErrUnavailable.
+// context error as is, 401 and 403 (consul refused the ACL token, or it
+// lacks a permission) wrapped with ErrPermission, anything else with
+// ErrUnavailable.
 func (r *Registry) wrap(ctx context.Context, op string, err error) error {
 	if ctx.Err() != nil {
 		r.closeMu.RLock()
@@ -337,7 +387,16 @@ func (r *Registry) wrap(ctx context.Context, op string, err error) error {
 		}
 		return fmt.Errorf("consul: %s: %w", op, ctx.Err())
 	}
+	if permissionStatus(err) {
+		return fmt.Errorf("%w: consul: %s (%s): %w", registry.ErrPermission, op, r.tokenDesc(), err)
+	}
 	return fmt.Errorf("%w: consul: %s: %w", registry.ErrUnavailable, op, err)
+}
+
+// permissionStatus reports whether consul answered 401 or 403.
+func permissionStatus(err error) bool {
+	c := statusCode(err)
+	return c == http.StatusUnauthorized || c == http.StatusForbidden
 }
 
 // warnMalformed logs a skipped record once per instance and modify index.
@@ -369,13 +428,24 @@ func (r *Registry) firstWarning(key string) bool {
 // maxWarned bounds the memory of warnings already given.
 const maxWarned = 4096
 
-// limitedTransport caps response bodies at max bytes.
+// limitedTransport caps response bodies at max bytes and sends the ACL
+// token (and only it: the consul library may have read another from the
+// environment).
 type limitedTransport struct {
-	base http.RoundTripper
-	max  int64
+	base  http.RoundTripper
+	max   int64
+	token string
 }
 
 func (t *limitedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if got := req.Header.Get(tokenHeader); got != t.token {
+		req = req.Clone(req.Context())
+		if t.token == "" {
+			req.Header.Del(tokenHeader)
+		} else {
+			req.Header.Set(tokenHeader, t.token)
+		}
+	}
 	resp, err := t.base.RoundTrip(req)
 	if err != nil {
 		return nil, err

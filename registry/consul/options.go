@@ -42,6 +42,7 @@ type options struct {
 	connectTimeout  time.Duration
 	waitTime        time.Duration
 	deregisterAfter time.Duration
+	serviceQueries  *int // WithServiceQueries (feed.go); nil: the default
 }
 
 func buildOptions(opts []Option) options {
@@ -87,9 +88,11 @@ func WithAddrs(addrs ...string) Option {
 	}
 }
 
-// WithToken sets the ACL token sent with every request. Without it the
-// consul client library's own default applies (the CONSUL_HTTP_TOKEN and
-// CONSUL_HTTP_TOKEN_FILE environment variables), or no token.
+// WithToken sets the ACL token sent with every request. Without it, as
+// consul's own tools do, the token is read from the file named by
+// CONSUL_HTTP_TOKEN_FILE, else from CONSUL_HTTP_TOKEN; else no token is sent
+// (consul then uses its anonymous token). New checks the token: one consul
+// does not know fails New with registry.ErrPermission.
 func WithToken(token string) Option { return func(o *options) { o.token = token } }
 
 // WithTLS makes the registry talk HTTPS to consul with a clone of cfg

@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 
@@ -26,34 +27,40 @@ func (r *Registry) queryOpts(ctx context.Context, index uint64) *api.QueryOption
 // blocking query that returns when the answer may have changed after index.
 // cache, if not nil, carries decoded records from one answer to the next.
 func (r *Registry) fetch(ctx context.Context, name string, index uint64, cache *decodeCache) (registry.NodeSet, *api.QueryMeta, error) {
+	set, _, meta, err := r.fetchEntries(ctx, name, index, cache)
+	return set, meta, err
+}
+
+// fetchEntries is fetch that also returns consul's entries.
+func (r *Registry) fetchEntries(ctx context.Context, name string, index uint64, cache *decodeCache) (registry.NodeSet, []*entry, *api.QueryMeta, error) {
 	c, ci := r.client()
 	var entries []*entry
 	meta, err := c.Raw().Query("/v1/health/service/"+name, &entries, r.queryOpts(ctx, index))
 	if err != nil {
 		r.fail(ci, err)
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return r.nodeSet(name, entries, cache), meta, nil
+	return r.nodeSet(ctx, name, entries, cache), entries, meta, nil
 }
 
-// nodeSet decodes a health answer for service name: entries with a critical
-// check are hidden, unreadable ones are skipped (logged once). When two
-// entries carry the same node ID (one node on two agents after a move) the
-// most recently modified wins. With a cache, entries whose record did not
-// change since the previous answer are not decoded again.
-func (r *Registry) nodeSet(name string, entries []*entry, cache *decodeCache) registry.NodeSet {
-	set := make(registry.NodeSet, len(entries))
-	var mod map[string]uint64
+// nodeSet decodes a health answer for service name: unreadable entries are
+// skipped (logged once), consul's own "consul" service is left out, entries
+// sharing a node ID are settled as owner.go says, and nodes with a critical
+// check are hidden. With a cache, entries whose record did not change since
+// the previous answer are not decoded again.
+func (r *Registry) nodeSet(ctx context.Context, name string, entries []*entry, cache *decodeCache) registry.NodeSet {
 	var next map[cacheKey]*cached
 	if cache != nil {
 		next = make(map[cacheKey]*cached, len(entries))
 	}
+	byID := make(map[string]candidate, len(entries))
+	var dups map[string][]candidate // node ID -> all its entries, when more than one
 	for _, e := range entries {
 		if e == nil || e.Service == nil {
 			r.warnMalformed(name, e, registry.ErrMalformed)
 			continue
 		}
-		if e.Service.Service != name || critical(e.Checks) {
+		if e.Service.Service != name || consulServer(e) {
 			continue
 		}
 		var s *registry.Service
@@ -67,19 +74,36 @@ func (r *Registry) nodeSet(name string, entries []*entry, cache *decodeCache) re
 			r.warnMalformed(name, e, err)
 			continue
 		}
+		c := candidate{e: e, svc: s}
 		id := s.Nodes[0].ID
-		if _, dup := set[id]; dup {
-			if mod[id] >= e.Service.ModifyIndex {
-				continue
-			}
+		prev, dup := byID[id]
+		if !dup {
+			byID[id] = c
+			continue
 		}
-		if mod == nil {
-			mod = make(map[string]uint64)
+		if dups == nil {
+			dups = make(map[string][]candidate)
 		}
-		set[id], mod[id] = s, e.Service.ModifyIndex
+		if dups[id] == nil {
+			dups[id] = []candidate{prev}
+		}
+		dups[id] = append(dups[id], c)
 	}
 	if cache != nil {
 		cache.m = next
+	}
+	var members map[string]bool
+	if len(dups) > 0 {
+		members = r.liveMembers(ctx)
+	}
+	set := make(registry.NodeSet, len(byID))
+	for id, c := range byID {
+		if d := dups[id]; d != nil {
+			c = owner(d, members)
+		}
+		if !critical(c.e.Checks) {
+			set[id] = c.svc
+		}
 	}
 	return set
 }
@@ -95,6 +119,7 @@ type cacheKey struct{ serviceID, node string }
 type cached struct {
 	address, nodeAddress string
 	port                 int
+	tags                 []string
 	meta                 map[string]string
 	svc                  *registry.Service // nil when err != nil
 	err                  error
@@ -111,19 +136,21 @@ func (c *decodeCache) decode(cd *codec, name string, e *entry, next map[cacheKey
 		key.node, nodeAddr = e.Node.Node, e.Node.Address
 	}
 	if old := c.m[key]; old != nil && old.address == e.Service.Address && old.port == e.Service.Port &&
-		old.nodeAddress == nodeAddr && maps.Equal(old.meta, e.Service.Meta) {
+		old.nodeAddress == nodeAddr && maps.Equal(old.meta, e.Service.Meta) && slices.Equal(old.tags, e.Service.Tags) {
 		next[key] = old
 		return old.svc, old.err
 	}
 	s, err := cd.decodeEntry(name, e)
-	next[key] = &cached{address: e.Service.Address, nodeAddress: nodeAddr, port: e.Service.Port, meta: e.Service.Meta, svc: s, err: err}
+	next[key] = &cached{address: e.Service.Address, nodeAddress: nodeAddr, port: e.Service.Port, tags: e.Service.Tags, meta: e.Service.Meta, svc: s, err: err}
 	return s, err
 }
 
 // GetService implements registry.Registry: one health query (stale if
 // WithStale), nodes with a critical check left out. It returns
 // registry.ErrNotFound when no node is visible, an error matching
-// registry.ErrUnavailable when consul fails. The result is the caller's.
+// registry.ErrPermission when consul refused the ACL token (401, 403) or
+// said that its ACLs hid every node, registry.ErrUnavailable when consul
+// fails otherwise. The result is the caller's.
 func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.GetOption) ([]*registry.Service, error) {
 	if err := registry.ValidateName(name); err != nil {
 		return nil, err
@@ -133,11 +160,17 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 		return nil, err
 	}
 	defer done()
-	set, _, err := r.fetch(ctx, name, 0, nil)
+	set, meta, err := r.fetch(ctx, name, 0, nil)
 	if err != nil {
 		return nil, r.wrap(ctx, "get "+name, err)
 	}
 	if len(set) == 0 {
+		switch {
+		case r.hiddenByACL(meta, false):
+			return nil, r.errHidden("get " + name)
+		case r.anonymous: // consul does not say whether it hid anything
+			return nil, fmt.Errorf("%w (consul: %s; it may hide the service)", registry.ErrNotFound, r.tokenDesc())
+		}
 		return nil, registry.ErrNotFound
 	}
 	return set.Group(), nil
@@ -147,7 +180,9 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 // then one health query per name (at most 8 at a time). Each entry carries
 // its visible nodes and endpoints; services without visible nodes, and
 // names that registry.ValidateName refuses, are left out. Consul failures
-// match registry.ErrUnavailable.
+// match registry.ErrUnavailable; a refused ACL token (401, 403), or a
+// catalog whose every service consul's ACLs hid (it always lists its own
+// "consul" service, so an empty one is hidden), registry.ErrPermission.
 func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) ([]*registry.Service, error) {
 	ctx, done, err := r.begin(ctx)
 	if err != nil {
@@ -155,10 +190,13 @@ func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) (
 	}
 	defer done()
 	c, ci := r.client()
-	catalog, _, err := c.Catalog().Services(r.queryOpts(ctx, 0))
+	catalog, meta, err := c.Catalog().Services(r.queryOpts(ctx, 0))
 	if err != nil {
 		r.fail(ci, err)
 		return nil, r.wrap(ctx, "list", err)
+	}
+	if len(catalog) == 0 && r.hiddenByACL(meta, true) {
+		return nil, r.errHidden("list")
 	}
 	names := r.validNames(catalog)
 	groups := make([][]*registry.Service, len(names))

@@ -59,7 +59,11 @@ func (r *Registry) registration(s *registry.Service, n *registry.Node, ttl time.
 	if err != nil { // cannot happen after Validate
 		return nil, &registry.ValidationError{Field: "node.address", Value: n.Address, Reason: err.Error()}
 	}
-	reg := &api.AgentServiceRegistration{ID: n.ID, Name: s.Name, Address: host, Port: port, Meta: meta}
+	tags, err := r.codec.encodeTags(s, n, host, port, meta)
+	if err != nil {
+		return nil, err
+	}
+	reg := &api.AgentServiceRegistration{ID: n.ID, Name: s.Name, Address: host, Port: port, Tags: tags, Meta: meta}
 	if ttl > 0 {
 		reg.Checks = api.AgentServiceChecks{{
 			CheckID:                        checkID(n.ID),
@@ -98,8 +102,9 @@ func sameRegistration(a, b *api.AgentServiceRegistration) bool {
 //
 // Invalid input, or a record too large for consul's metadata, is refused
 // with a *registry.ValidationError before anything is written. Consul
-// failures match registry.ErrUnavailable; nodes before the failing one may
-// have been written. Register blocks until consul has answered for every
+// failures match registry.ErrUnavailable, or registry.ErrPermission when
+// consul refused the ACL token or its permissions (401, 403); nodes before
+// the failing one may have been written. Register blocks until consul has answered for every
 // node or ctx is done.
 func (r *Registry) Register(ctx context.Context, s *registry.Service, opts ...registry.RegisterOption) error {
 	if err := registry.Validate(s); err != nil {
@@ -160,7 +165,7 @@ func (r *Registry) registerNode(ctx context.Context, reg *api.AgentServiceRegist
 // Deregister implements registry.Registry: it removes the agent services
 // with the node IDs of s from the active agent, skipping IDs that the agent
 // does not know or that belong to another service name. Consul failures
-// match registry.ErrUnavailable. It blocks until consul has answered or ctx
+// match registry.ErrUnavailable (registry.ErrPermission for 401 and 403). It blocks until consul has answered or ctx
 // is done.
 func (r *Registry) Deregister(ctx context.Context, s *registry.Service, _ ...registry.DeregisterOption) error {
 	if err := registry.ValidateDeregister(s); err != nil {

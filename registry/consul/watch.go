@@ -19,9 +19,11 @@ import (
 // subscriber under mu.
 type watchState struct {
 	mu       sync.Mutex
-	services map[string]*serviceWatch // one blocking health query per name
+	services map[string]*serviceWatch // one per watched name: its own blocking query, or fed
 	all      map[*sub]struct{}        // watchers of every service
-	catalog  *catalogWatch            // running while all is not empty
+	catalog  *catalogWatch            // running while all is not empty or feed is running
+	direct   int                      // services with a blocking query of their own
+	feed     *feed                    // the shared watch of the fed services (feed.go); nil when none
 	closed   bool
 
 	pendMu  sync.Mutex
@@ -41,20 +43,32 @@ type sub struct {
 	service string // "" for all services
 }
 
-// serviceWatch is the blocking health query of one service, shared by its
-// subscribers, by the watchers of all services, and by the catalog watch.
+// serviceWatch is the watch of one service, shared by its subscribers, by
+// the watchers of all services, and by the catalog watch: either a blocking
+// health query of its own (at most WithServiceQueries of them run) or, for
+// the services beyond, fed: fetched again by the feed when it tells that
+// the service changed (feed.go).
 type serviceWatch struct {
 	name   string
-	cancel context.CancelFunc
+	cancel context.CancelFunc // direct only
 	subs   map[*sub]struct{}
 	held   bool             // the catalog watch lists the service
 	ready  bool             // state holds a first answer
 	state  registry.NodeSet // last answer
+
+	fed     bool
+	stopped bool                // fed: released; a fetch in flight is dropped
+	nodes   map[string]struct{} // fed: consul nodes of its entries (critical ones too) in the last answer
+	probe   bool                // fed: has entries whose changes the feed cannot pinpoint
+	index   uint64              // fed: X-Consul-Index of the last answer
+	cache   decodeCache         // fed: used by the one feed worker fetching it
 }
 
 // catalogWatch is the blocking query on the catalog's service names.
 type catalogWatch struct {
 	cancel context.CancelFunc
+	names  []string            // valid names of the last answer; nil before the first
+	tags   map[string][]string // the last answer, tags sorted (the feed's baseline)
 }
 
 // Watch implements registry.Registry. The watcher first receives one Create
@@ -87,11 +101,10 @@ func (r *Registry) Watch(ctx context.Context, opts ...registry.WatchOption) (reg
 		}
 	} else {
 		w.all[s] = struct{}{}
-		if w.catalog == nil {
-			cctx, cancel := context.WithCancel(r.ctx)
-			w.catalog = &catalogWatch{cancel: cancel}
-			r.wg.Add(1)
-			go r.runCatalog(cctx, w.catalog)
+		r.startCatalogLocked()
+		if len(w.all) == 1 && w.catalog.names != nil {
+			// The catalog watch was running for the feed alone.
+			r.syncCatalogLocked(w.catalog.names)
 		}
 		now := time.Now()
 		for _, name := range slices.Sorted(maps.Keys(w.services)) {
@@ -118,29 +131,66 @@ func copyEvent(ev *registry.Event) *registry.Event {
 	return &registry.Event{Type: ev.Type, Service: ev.Service.Copy(), Timestamp: ev.Timestamp}
 }
 
+// startCatalogLocked starts the catalog watch if it is not running.
+func (r *Registry) startCatalogLocked() {
+	w := &r.watch
+	if w.catalog != nil {
+		return
+	}
+	cctx, cancel := context.WithCancel(r.ctx)
+	w.catalog = &catalogWatch{cancel: cancel}
+	r.wg.Add(1)
+	go r.runCatalog(cctx, w.catalog)
+}
+
+// maybeStopCatalogLocked stops the catalog watch when neither watchers of
+// all services nor the feed need it.
+func (r *Registry) maybeStopCatalogLocked() {
+	w := &r.watch
+	if len(w.all) > 0 || w.feed != nil || w.catalog == nil {
+		return
+	}
+	w.catalog.cancel()
+	w.catalog = nil
+}
+
 // serviceWatchLocked returns the running watch of name, starting it if
-// needed.
+// needed: with a blocking query of its own while fewer than
+// WithServiceQueries run, fed otherwise.
 func (r *Registry) serviceWatchLocked(name string) *serviceWatch {
 	w := &r.watch
 	if sw := w.services[name]; sw != nil {
 		return sw
 	}
-	ctx, cancel := context.WithCancel(r.ctx)
-	sw := &serviceWatch{name: name, cancel: cancel, subs: make(map[*sub]struct{})}
+	sw := &serviceWatch{name: name, subs: make(map[*sub]struct{})}
 	w.services[name] = sw
-	r.wg.Add(1)
-	go r.runService(ctx, sw)
+	if w.direct < r.opts.maxServiceQueries() {
+		w.direct++
+		ctx, cancel := context.WithCancel(r.ctx)
+		sw.cancel = cancel
+		r.wg.Add(1)
+		go r.runService(ctx, sw)
+		return sw
+	}
+	sw.fed = true
+	r.feedAddLocked(sw)
 	return sw
 }
 
 // maybeStopLocked stops sw when nothing needs it any more.
 func (r *Registry) maybeStopLocked(sw *serviceWatch) {
-	if len(sw.subs) == 0 && !sw.held {
-		sw.cancel()
-		if r.watch.services[sw.name] == sw {
-			delete(r.watch.services, sw.name)
-		}
+	if len(sw.subs) > 0 || sw.held {
+		return
 	}
+	if r.watch.services[sw.name] == sw {
+		delete(r.watch.services, sw.name)
+	}
+	if sw.fed {
+		r.feedRemoveLocked(sw)
+		return
+	}
+	sw.cancel()
+	r.watch.direct--
 }
 
 // unsubscribeLater queues s for removal by the janitor. It is the queues'
@@ -194,17 +244,16 @@ func (r *Registry) removeSubLocked(s *sub) {
 		return
 	}
 	delete(w.all, s)
-	if len(w.all) > 0 || w.catalog == nil {
+	if len(w.all) > 0 {
 		return
 	}
-	w.catalog.cancel()
-	w.catalog = nil
 	for _, sw := range w.services {
 		if sw.held {
 			sw.held = false
 			r.maybeStopLocked(sw)
 		}
 	}
+	r.maybeStopCatalogLocked()
 }
 
 // stopWatches stops every watcher and loop (Close).
@@ -214,7 +263,10 @@ func (r *Registry) stopWatches() {
 	w.closed = true
 	var subs []*sub
 	for _, sw := range w.services {
-		sw.cancel()
+		if sw.cancel != nil {
+			sw.cancel()
+		}
+		sw.stopped = true
 		for s := range sw.subs {
 			subs = append(subs, s)
 		}
@@ -225,7 +277,10 @@ func (r *Registry) stopWatches() {
 	if w.catalog != nil {
 		w.catalog.cancel()
 	}
-	w.services, w.all, w.catalog = nil, nil, nil
+	if w.feed != nil {
+		w.feed.cancel()
+	}
+	w.services, w.all, w.catalog, w.feed = nil, nil, nil, nil
 	w.mu.Unlock()
 	for _, s := range subs {
 		s.q.Stop()
@@ -271,6 +326,7 @@ func (r *Registry) runService(ctx context.Context, sw *serviceWatch) {
 			continue
 		}
 		l.succeeded()
+		l.hidden(len(set) == 0 && r.hiddenByACL(meta, false))
 		prev := index
 		index = nextIndex(index, meta.LastIndex)
 		w := &r.watch
@@ -287,8 +343,9 @@ func (r *Registry) runService(ctx context.Context, sw *serviceWatch) {
 	}
 }
 
-// runCatalog is the blocking query loop on the catalog's service names: it
-// keeps a serviceWatch running for every name.
+// runCatalog is the blocking query loop on the catalog's service names:
+// while there are watchers of all services it keeps a serviceWatch running
+// for every name, and it tells the feed which fed services changed.
 func (r *Registry) runCatalog(ctx context.Context, cw *catalogWatch) {
 	defer r.wg.Done()
 	l := loop{r: r, what: "catalog"}
@@ -309,16 +366,24 @@ func (r *Registry) runCatalog(ctx context.Context, cw *catalogWatch) {
 			continue
 		}
 		l.succeeded()
+		l.hidden(len(catalog) == 0 && r.hiddenByACL(meta, true))
 		prev := index
 		index = nextIndex(index, meta.LastIndex)
 		names := r.validNames(catalog)
+		for _, tags := range catalog {
+			slices.Sort(tags)
+		}
 		w := &r.watch
 		w.mu.Lock()
 		if w.catalog != cw {
 			w.mu.Unlock()
 			return
 		}
-		r.syncCatalogLocked(names)
+		cw.names, cw.tags = names, catalog
+		if len(w.all) > 0 {
+			r.syncCatalogLocked(names)
+		}
+		r.feedCatalogLocked(catalog, prev, meta.LastIndex)
 		w.mu.Unlock()
 		if !l.pace(ctx, prev, meta.LastIndex, time.Since(start)) {
 			return
@@ -372,10 +437,11 @@ func nextIndex(prev, got uint64) uint64 {
 
 // loop holds the error and pacing state of one watch loop.
 type loop struct {
-	r       *Registry
-	what    string
-	backoff int // consecutive failures or hasty answers
-	failing bool
+	r         *Registry
+	what      string
+	backoff   int // consecutive failures or hasty answers
+	failing   bool
+	aclHidden bool // the last answer was empty because of ACLs
 }
 
 const (
@@ -383,16 +449,30 @@ const (
 	maxBackoff = 5 * time.Second
 )
 
-// failed logs err (Warn on the first failure, Debug while it goes on) and
-// waits the backoff. It returns false when ctx ended.
+// failed logs err (Warn on the first failure, Error when consul refused
+// the ACL token; Debug while it goes on) and waits the backoff. It returns
+// false when ctx ended.
 func (l *loop) failed(ctx context.Context, err error) bool {
-	if !l.failing {
+	switch {
+	case !l.failing && permissionStatus(err):
+		l.r.log.Error("consul watch query failed: permission denied, retrying with backoff", "watch", l.what,
+			"credentials", l.r.tokenDesc(), "err", err)
+	case !l.failing:
 		l.r.log.Warn("consul watch query failed, retrying with backoff", "watch", l.what, "err", err)
-	} else {
+	default:
 		l.r.log.Debug("consul watch query failed again", "watch", l.what, "err", err)
 	}
 	l.failing = true
 	return l.sleep(ctx)
+}
+
+// hidden logs, at Error and once until it changes, that consul's ACLs hide
+// every result of the query: the watch then reports nothing.
+func (l *loop) hidden(h bool) {
+	if h && !l.aclHidden {
+		l.r.log.Error("consul watch: permission denied: consul's ACLs hide every result", "watch", l.what, "credentials", l.r.tokenDesc())
+	}
+	l.aclHidden = h
 }
 
 func (l *loop) succeeded() {

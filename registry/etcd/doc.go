@@ -53,6 +53,22 @@
 // the Registry: a watch stream is shared by the watches of a client, and
 // refusing a large response would break them all.
 //
+// # go-zero services
+//
+// WithGoZero("greeter.rpc") also reads the keys that go-zero's etcd
+// publisher (core/discov.Publisher, used by zrpc servers configured with
+// Etcd{Hosts, Key}) writes under that key, read-only:
+//
+//	greeter.rpc/7587890123456789    (<key>/<lease ID in decimal>, or <key>/<Etcd.ID>)
+//	127.0.0.1:8080                  (the server's address, plain text; on the lease)
+//
+// Each such key is a node of the Beacon service of that name (or of
+// another name: "greeter=greeter.rpc"): ID the last part of the key,
+// address the value, metadata protocol=grpc and MetaGoZeroKey, no version.
+// GetService, ListServices and Watch merge them with Beacon's records; a
+// watch follows the go-zero keys with one more etcd watch per key, resumed
+// from its own revision, and the records come and go with their leases.
+//
 // # Leases and heartbeats
 //
 // A node registered with a TTL is attached to a lease of its own, granted
@@ -96,7 +112,24 @@
 //
 // A Registry is safe for concurrent use. Every etcd request is bounded by the
 // caller's context and by WithRequestTimeout. Errors from etcd wrap
-// registry.ErrUnavailable (and the etcd client's error). Per registered node
-// the Registry runs one goroutine; per watch, one; Close stops them all and
+// registry.ErrUnavailable (and the etcd client's error), except etcd's
+// refusals of the credentials or of the operation (authentication failed,
+// no user, permission denied), which wrap registry.ErrPermission. As etcd's
+// client hides why it cannot connect behind its timeout, New dials the
+// endpoints itself and fails at once with the cause when none can serve
+// (connection refused, DNS, TLS); a request that times out later names
+// what a short dial of the endpoints finds.
+//
+// # Security
+//
+// TLS: WithTLS or WithTLSFiles (a client certificate for etcd's
+// --client-cert-auth); "https://" endpoints always use TLS. Authentication:
+// WithAuth (user and password; etcd's RBAC then limits the user to the
+// key ranges of its roles: the prefix needs read for New, GetService,
+// ListServices and Watch, and write for Register and Deregister). With
+// --client-cert-auth and no password, etcd takes the client certificate's
+// common name as the user. Per registered node
+// the Registry runs one goroutine; per watch, one, plus one per key range it
+// watches (one, and one more per go-zero key); Close stops them all and
 // closes the etcd client.
 package etcd

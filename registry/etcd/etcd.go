@@ -36,8 +36,12 @@ const reconnectMax = 500 * time.Millisecond
 type Registry struct {
 	cli    *clientv3.Client
 	prefix string
+	gozero []goZeroKey // WithGoZero
 	reqTO  time.Duration
 	log    *slog.Logger
+	probe  func() error // dials the endpoints after a timeout: the causes found, or nil
+
+	cliCancel context.CancelFunc // ends the client's context (Close)
 
 	ctx    context.Context // canceled by Close; parent of keepers and watches
 	cancel context.CancelFunc
@@ -56,8 +60,18 @@ var _ registry.Registry = (*Registry)(nil)
 // New connects to etcd and checks, within the dial timeout (and ctx), that
 // it answers a linearizable read of the prefix (which also checks the
 // credentials). If it does not, New closes the client and returns an error
-// wrapping registry.ErrUnavailable. Invalid TLS files fail New with an error
-// that does not. ctx bounds only New itself, not the Registry's lifetime.
+// wrapping registry.ErrPermission when etcd refused the credentials or the
+// read (a wrong password, no user, a user without a role on the prefix),
+// else registry.ErrUnavailable. Invalid TLS files fail New with an error
+// that wraps neither. ctx bounds only New itself, not the Registry's
+// lifetime.
+//
+// Meanwhile New dials every endpoint itself (TCP, TLS handshake): when all
+// of them fail in a way that no wait can mend (connection refused, a DNS
+// failure, a TLS failure: an untrusted certificate, a client certificate
+// refused, TLS against plain text or the reverse), New returns at once with
+// that cause instead of waiting out the dial timeout; after a timeout the
+// error names what the dial found.
 func New(ctx context.Context, opts ...Option) (*Registry, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -65,6 +79,9 @@ func New(ctx context.Context, opts ...Option) (*Registry, error) {
 	}
 	if len(o.addrs) == 0 {
 		o.addrs = []string{DefaultAddr}
+	}
+	if err := checkGoZero(o.gozero, o.prefix); err != nil {
+		return nil, err
 	}
 	tlsCfg, err := o.tlsConfig()
 	if err != nil {
@@ -92,23 +109,23 @@ func New(ctx context.Context, opts ...Option) (*Registry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("etcd: connect to %s: %w", addrs, err)
 	}
-	cli, err := clientv3.New(cfg)
+	cli, cliCancel, err := connect(ctx, cfg, o, tlsCfg)
 	if err != nil {
-		return nil, fmt.Errorf("etcd: connect to %s: %w: %w", addrs, registry.ErrUnavailable, err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, o.dialTimeout)
-	_, err = cli.Get(pctx, o.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
-	cancel()
-	if err != nil {
-		_ = cli.Close()
-		return nil, fmt.Errorf("etcd: connect to %s: %w: %w", addrs, registry.ErrUnavailable, err)
+		return nil, fmt.Errorf("etcd: connect to %s: %w", addrs, err)
 	}
 	r := &Registry{
-		cli:    cli,
-		prefix: o.prefix,
-		reqTO:  o.requestTimeout,
-		log:    o.log,
-		nodes:  make(map[string]*node),
+		cli:       cli,
+		cliCancel: cliCancel,
+		prefix:    o.prefix,
+		gozero:    o.gozero,
+		reqTO:     o.requestTimeout,
+		log:       o.log,
+		nodes:     make(map[string]*node),
+	}
+	r.probe = func() error {
+		pctx, cancel := context.WithTimeout(context.Background(), min(r.reqTO, failProbeTimeout))
+		defer cancel()
+		return causes(probeEndpoints(pctx, o.addrs, tlsCfg))
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	return r, nil
@@ -226,7 +243,8 @@ func (r *Registry) Deregister(ctx context.Context, s *registry.Service, _ ...reg
 	return errors.Join(errs...)
 }
 
-// GetService reads the service's keys (one linearizable range read) and
+// GetService reads the service's keys (one linearizable range read, and one
+// more at the same revision per go-zero key of the service: WithGoZero) and
 // returns its nodes grouped by version; malformed records are skipped with
 // a log line. It returns registry.ErrNotFound when no valid node is left.
 func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.GetOption) ([]*registry.Service, error) {
@@ -236,7 +254,7 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 	if r.isClosed() {
 		return nil, registry.ErrClosed
 	}
-	set, _, err := r.listSet(ctx, r.prefix+name+"/")
+	set, _, err := r.listSet(ctx, r.spans(name))
 	if err != nil {
 		return nil, r.fail(ctx, "get service "+name, err)
 	}
@@ -246,26 +264,26 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 	return set.Group(), nil
 }
 
-// ListServices reads the whole prefix (in pages of a consistent snapshot)
-// and returns one entry per service name and version, with its nodes,
-// sorted by name then version. Malformed records are skipped with a log
-// line.
+// ListServices reads the whole prefix and the go-zero keys (WithGoZero),
+// in pages of one consistent snapshot, and returns one entry per service
+// name and version, with its nodes, sorted by name then version. Malformed
+// records are skipped with a log line.
 func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) ([]*registry.Service, error) {
 	if r.isClosed() {
 		return nil, registry.ErrClosed
 	}
-	set, _, err := r.listSet(ctx, r.prefix)
+	set, _, err := r.listSet(ctx, r.spans(""))
 	if err != nil {
 		return nil, r.fail(ctx, "list services", err)
 	}
 	byName := make(map[string]registry.NodeSet)
-	for rel, s := range set {
+	for key, s := range set {
 		ns := byName[s.Name]
 		if ns == nil {
 			ns = make(registry.NodeSet)
 			byName[s.Name] = ns
 		}
-		ns[rel] = s
+		ns[key] = s
 	}
 	names := make([]string, 0, len(byName))
 	for name := range byName {
@@ -294,6 +312,7 @@ func (r *Registry) Close() error {
 	r.mu.Unlock()
 	r.cancel()
 	r.wg.Wait()
+	defer r.cliCancel()
 	if err := r.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("etcd: close client: %w", err)
 	}
@@ -312,62 +331,80 @@ func (r *Registry) reqCtx(ctx context.Context) (context.Context, context.CancelF
 }
 
 // fail wraps an etcd error: registry.ErrClosed after Close, the bare context
-// error when the caller canceled, registry.ErrUnavailable otherwise.
+// error when the caller canceled, registry.ErrPermission when etcd refused
+// the credentials or the operation, registry.ErrUnavailable otherwise. A
+// timeout is followed by what a short direct dial of the endpoints finds
+// (e.g. "connection refused"), since etcd's client hides dial errors.
 func (r *Registry) fail(ctx context.Context, op string, err error) error {
 	switch {
 	case r.isClosed():
 		return fmt.Errorf("etcd: %s: %w", op, registry.ErrClosed)
 	case errors.Is(ctx.Err(), context.Canceled):
 		return fmt.Errorf("etcd: %s: %w", op, ctx.Err())
+	case isPermission(err):
+		return fmt.Errorf("etcd: %s: %w: %w", op, registry.ErrPermission, err)
+	case isTimeout(err) && r.probe != nil:
+		if c := r.probe(); c != nil {
+			return fmt.Errorf("etcd: %s: %w: %w (%w)", op, registry.ErrUnavailable, err, c)
+		}
 	}
 	return fmt.Errorf("etcd: %s: %w: %w", op, registry.ErrUnavailable, err)
 }
 
-// listSet lists prefix and decodes it into a NodeSet keyed by the key
-// relative to the registry prefix ("<service>/<node id>"), skipping
-// malformed records.
-func (r *Registry) listSet(ctx context.Context, prefix string) (registry.NodeSet, int64, error) {
+// listSet lists the spans at one revision and decodes them into a NodeSet
+// keyed by etcd key, skipping malformed records. It returns that revision.
+func (r *Registry) listSet(ctx context.Context, spans []span) (registry.NodeSet, int64, error) {
 	var set registry.NodeSet
-	rev, err := r.listRecords(ctx, prefix, &decoder{}, func() { set = make(registry.NodeSet) },
-		func(rel string, _ *mvccpb.KeyValue, s *registry.Service) { set[rel] = s })
+	rev, err := r.listRecords(ctx, spans, &decoder{}, func() { set = make(registry.NodeSet) },
+		func(key string, _ *mvccpb.KeyValue, s *registry.Service) { set[key] = s })
 	return set, rev, err
 }
 
-// listRecords lists prefix at one revision, which it returns, and calls each
-// with every valid record, decoded by dec, in key order; malformed records
-// are skipped (see BadRecords). start is called before the first record of
-// each attempt: a compaction between pages makes the listing start over.
-// Each request is bounded by the request timeout, the listing by ctx.
-func (r *Registry) listRecords(ctx context.Context, prefix string, dec *decoder, start func(),
-	each func(rel string, kv *mvccpb.KeyValue, s *registry.Service)) (int64, error) {
+// listRecords lists the spans at one revision, which it returns, and calls
+// each with every valid record (by etcd key), decoded by dec (Beacon's
+// records) or as a go-zero key's, span by span in key order; malformed
+// records are skipped (see BadRecords). start is called before the first
+// record of each attempt: a compaction between pages or spans makes the
+// listing start over. Each request is bounded by the request timeout, the
+// listing by ctx.
+func (r *Registry) listRecords(ctx context.Context, spans []span, dec *decoder, start func(),
+	each func(key string, kv *mvccpb.KeyValue, s *registry.Service)) (int64, error) {
 	bad := r.badRecords()
 	defer bad.Flush()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		start()
 		d := *dec // a fresh copy per attempt
-		anyBad := bad.Any(prefix)
-		rev, err := r.scan(ctx, prefix, func(kv *mvccpb.KeyValue) {
-			if anyBad && bad.Known(string(kv.Key), uint64(kv.ModRevision), 0) {
-				return
-			}
-			rel := string(kv.Key[len(r.prefix):])
-			s, err := d.decode(rel, kv.Value)
+		var (
+			rev int64
+			err error
+		)
+		for _, sp := range spans {
+			anyBad := bad.Any(sp.prefix)
+			rev, err = r.scan(ctx, sp.prefix, rev, func(kv *mvccpb.KeyValue) {
+				if anyBad && bad.Known(string(kv.Key), uint64(kv.ModRevision), 0) {
+					return
+				}
+				s, err := r.decodeIn(sp, &d, kv.Key, kv.Value)
+				if err != nil {
+					r.malformed(kv.Key, kv.ModRevision, kv.Value, err)
+					return
+				}
+				if anyBad {
+					bad.Forget(string(kv.Key))
+				}
+				each(string(kv.Key), kv, s)
+			})
 			if err != nil {
-				r.malformed(kv.Key, kv.ModRevision, kv.Value, err)
-				return
+				break
 			}
-			if anyBad {
-				bad.Forget(string(kv.Key))
-			}
-			each(rel, kv, s)
-		})
+		}
 		if err == nil {
 			return rev, nil
 		}
 		lastErr = err
 		if !errors.Is(err, rpctypes.ErrCompacted) {
-			break // a compaction between pages is worth a fresh start; nothing else is
+			break // a compaction between pages or spans is worth a fresh start; nothing else is
 		}
 	}
 	return 0, lastErr

@@ -381,6 +381,12 @@ func (r *Registry) restoreLocked(n *node) bool {
 			if n.failures == 1 {
 				level = slog.LevelWarn
 			}
+			if isPermission(err) { // the credentials, not etcd's health
+				err = fmt.Errorf("%w: %w", registry.ErrPermission, err)
+				if n.failures == 1 {
+					level = slog.LevelError
+				}
+			}
 			r.log.Log(context.Background(), level, "etcd registry: re-registering failed; retrying until etcd answers or the TTL ends",
 				"key", n.key, "attempt", n.failures, "err", err)
 		}

@@ -81,12 +81,12 @@ func tooLarge(err error) (bool, int) {
 
 var sizeRE = regexp.MustCompile(`larger than max \((\d+) vs`)
 
-// scan calls fn with every key-value under prefix, at one revision, which
-// it returns; see ListPageBytes. The values of keys that BadRecords knows
+// scan calls fn with every key-value under prefix, at revision rev (0: the
+// current one), which it returns; see ListPageBytes. The values of keys that BadRecords knows
 // to be malformed at their current revision are not fetched: when there
 // are some under prefix, a keys-only pass (WithKeysOnly) finds the ranges
 // of the others, and only those ranges' values are read.
-func (r *Registry) scan(ctx context.Context, prefix string, fn func(*mvccpb.KeyValue)) (int64, error) {
+func (r *Registry) scan(ctx context.Context, prefix string, rev int64, fn func(*mvccpb.KeyValue)) (int64, error) {
 	capped := clientv3.NewKVFromKVClient(cappedKV{clientv3.RetryKVClient(r.cli)}, r.cli)
 	// Each request is bounded by the request timeout (the listing as a
 	// whole by ctx only: a large registry takes many pages).
@@ -96,9 +96,9 @@ func (r *Registry) scan(ctx context.Context, prefix string, fn func(*mvccpb.KeyV
 		return capped.Get(ctx, key, opts...)
 	}
 	end := clientv3.GetPrefixRangeEnd(prefix)
-	var rev int64
 	if !r.badRecords().Any(prefix) {
-		return rev, r.scanValues(get, prefix, end, &rev, fn)
+		err := r.scanValues(get, prefix, end, &rev, fn)
+		return rev, err
 	}
 	bad := r.badRecords()
 	key := prefix

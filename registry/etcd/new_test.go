@@ -14,7 +14,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,7 +27,8 @@ import (
 )
 
 // New fails in bounded time, with ErrUnavailable, when etcd is not there:
-// nothing listening, or a listener that never speaks.
+// nothing listening, or a listener that never speaks. A refused connection
+// is reported at once, with its cause.
 func TestNewUnreachable(t *testing.T) {
 	refused := func(t *testing.T) string {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -94,6 +97,26 @@ func TestNewUnreachable(t *testing.T) {
 			}
 		})
 	}
+	// Before, a refused port waited the whole dial timeout (5 s by default)
+	// and said "context deadline exceeded".
+	t.Run("refused, cause at once", func(t *testing.T) {
+		addr := refused(t)
+		for _, opts := range [][]Option{nil, {WithAuth("u", "p")}} {
+			start := time.Now()
+			r, err := New(context.Background(), append(opts, WithAddrs(addr), WithLogger(newLogBuf().Logger()))...)
+			took := time.Since(start)
+			if err == nil {
+				r.Close()
+				t.Fatal("New succeeded without etcd")
+			}
+			if !errors.Is(err, registry.ErrUnavailable) || !errors.Is(err, syscall.ECONNREFUSED) || !strings.Contains(err.Error(), "connection refused") {
+				t.Errorf("err = %v, want ErrUnavailable caused by ECONNREFUSED", err)
+			}
+			if took > time.Second {
+				t.Errorf("New took %v to report a refused connection (dial timeout %v)", took, DefaultDialTimeout)
+			}
+		}
+	})
 	t.Run("context canceled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
@@ -120,6 +143,10 @@ func TestRequestTimeout(t *testing.T) {
 	}
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("two calls took %v with a 300ms request timeout", took)
+	}
+	// The timeout is explained by what a direct dial of the endpoint finds.
+	if !strings.Contains(err.Error(), "closed the connection without answering") {
+		t.Errorf("Register err = %v, want the cause found by the probe", err)
 	}
 	// The failed registration is restored by the keeper once etcd is back.
 	p.Restore()
@@ -247,23 +274,35 @@ func TestTLS(t *testing.T) {
 			}
 		})
 	}
+	// A TLS failure is known at the first handshake: New says so at once
+	// (well within the default dial timeout of 5 s), with the cause.
 	bad := []struct {
 		name string
 		opts []Option
+		want string
 	}{
-		{"no client certificate", []Option{WithTLSFiles(pk.ca, "", "")}},
-		{"server not signed by the CA", []Option{WithTLSFiles(pk.otherCA, pk.cert, pk.key)}},
-		{"plain text to a TLS port", nil},
+		{"no client certificate", []Option{WithTLSFiles(pk.ca, "", "")}, "TLS: the server refused the handshake"},
+		{"server not signed by the CA", []Option{WithTLSFiles(pk.otherCA, pk.cert, pk.key)}, "TLS: the server's certificate is not trusted"},
+		{"plain text to a TLS port", nil, "the endpoint speaks TLS"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := New(ctxT(t), append(tc.opts, WithAddrs(p.Addr()), WithDialTimeout(500*time.Millisecond), WithLogger(newLogBuf().Logger()))...)
+			start := time.Now()
+			r, err := New(ctxT(t), append(tc.opts, WithAddrs(p.Addr()), WithLogger(newLogBuf().Logger()))...)
+			took := time.Since(start)
 			if err == nil {
 				r.Close()
 				t.Fatal("New succeeded")
 			}
+			t.Logf("New failed after %v: %v", took.Round(time.Millisecond), err)
 			if !errors.Is(err, registry.ErrUnavailable) {
 				t.Errorf("err = %v, want ErrUnavailable", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want the cause %q", err, tc.want)
+			}
+			if took > time.Second {
+				t.Errorf("New took %v to report a TLS failure", took)
 			}
 		})
 	}
@@ -332,8 +371,8 @@ func TestAuth(t *testing.T) {
 			t.Errorf("%s: New succeeded", name)
 			continue
 		}
-		if !errors.Is(err, registry.ErrUnavailable) {
-			t.Errorf("%s: err = %v, want ErrUnavailable", name, err)
+		if !errors.Is(err, registry.ErrPermission) || errors.Is(err, registry.ErrUnavailable) {
+			t.Errorf("%s: err = %v, want ErrPermission (and not ErrUnavailable)", name, err)
 		}
 		t.Logf("%s: New failed after %v: %v", name, time.Since(start).Round(time.Millisecond), err)
 	}

@@ -35,6 +35,7 @@ type options struct {
 	password       string
 	prefix         string
 	log            *slog.Logger
+	gozero         []goZeroKey
 }
 
 type tlsFiles struct{ ca, cert, key string }

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -18,18 +19,19 @@ import (
 	"github.com/beacon-go/beacon/registry"
 )
 
-// watcher follows one prefix. Its state is what it has reported so far, so
-// that a re-list after a compaction can report exactly the difference. The
-// state keeps, per node, hashes of its record and what a Delete event
-// reports, not the record: records go to the reader in events (decoded for
-// it alone, so it may modify them), and the watcher keeps about 100 bytes a
-// node.
+// watcher follows one prefix of Beacon's layout and the go-zero keys that
+// go with it (WithGoZero): one etcd watch per span, each resumed from its
+// own revision. Its state is what it has reported so far, so that a re-list
+// after a compaction can report exactly the difference. The state keeps,
+// per node, hashes of its record and what a Delete event reports, not the
+// record: records go to the reader in events (decoded for it alone, so it
+// may modify them), and the watcher keeps about 100 bytes a node.
 type watcher struct {
 	r      *Registry
 	q      *registry.Queue
-	prefix string           // etcd key prefix watched
-	state  map[string]entry // key relative to the registry prefix -> node
-	rev    int64            // next revision to watch from
+	spans  []span           // key ranges watched
+	state  map[string]entry // etcd key -> node
+	revs   []int64          // per span, the next revision to watch from
 	ctx    context.Context  // ends with Stop, the watch's context, or Close
 	cancel context.CancelFunc
 }
@@ -46,11 +48,45 @@ func entryOf(raw uint64, s *registry.Service) entry {
 	return entry{raw: raw, sum: recordSum(s), version: s.Version, address: s.Nodes[0].Address}
 }
 
-// gone returns the Delete event's service of the node at rel: its name,
-// version, ID and address (registry.Event promises the name and the ID).
-func (e entry) gone(rel string) *registry.Service {
-	name, id, _ := strings.Cut(rel, "/")
+// gone returns the Delete event's service of the node at etcd key: its
+// name, version, ID and address (registry.Event promises the name and the
+// ID), and for a go-zero node its metadata too.
+func (w *watcher) gone(key string, e entry) *registry.Service {
+	for _, sp := range w.spans {
+		if sp.gz != nil && strings.HasPrefix(key, sp.prefix) {
+			if s, err := decodeGoZero(*sp.gz, key, []byte(e.address)); err == nil {
+				return s
+			}
+			return &registry.Service{Name: sp.gz.name, Nodes: []*registry.Node{{ID: key[len(sp.prefix):], Address: e.address}}}
+		}
+	}
+	name, id, _ := strings.Cut(strings.TrimPrefix(key, w.r.prefix), "/")
 	return &registry.Service{Name: name, Version: e.version, Nodes: []*registry.Node{{ID: id, Address: e.address}}}
+}
+
+// newWatcher returns a watcher of spans whose state was listed at rev.
+func (r *Registry) newWatcher(spans []span, state map[string]entry, rev int64) *watcher {
+	w := &watcher{r: r, spans: spans, state: state, revs: make([]int64, len(spans))}
+	w.setRev(rev + 1)
+	return w
+}
+
+func (w *watcher) setRev(rev int64) {
+	for i := range w.revs {
+		w.revs[i] = rev
+	}
+}
+
+// prefix names what the watcher watches, for log lines.
+func (w *watcher) prefix() string {
+	if len(w.spans) == 1 {
+		return w.spans[0].prefix
+	}
+	ps := make([]string, len(w.spans))
+	for i, sp := range w.spans {
+		ps[i] = sp.prefix
+	}
+	return strings.Join(ps, ",")
 }
 
 // Watch lists the prefix of one service (WatchService) or of all services
@@ -67,21 +103,21 @@ func (r *Registry) Watch(ctx context.Context, opts ...registry.WatchOption) (reg
 	if r.isClosed() {
 		return nil, registry.ErrClosed
 	}
-	w := &watcher{r: r, prefix: r.prefix}
-	if o.Service != "" {
-		w.prefix += o.Service + "/"
-	}
-	var creates []*registry.Service
-	rev, err := r.listRecords(ctx, w.prefix, &decoder{whole: true},
-		func() { w.state, creates = make(map[string]entry), nil },
-		func(rel string, kv *mvccpb.KeyValue, s *registry.Service) {
-			w.state[rel] = entryOf(valueSum(kv.Value), s)
+	spans := r.spans(o.Service)
+	var (
+		state   map[string]entry
+		creates []*registry.Service
+	)
+	rev, err := r.listRecords(ctx, spans, &decoder{whole: true},
+		func() { state, creates = make(map[string]entry), nil },
+		func(key string, kv *mvccpb.KeyValue, s *registry.Service) {
+			state[key] = entryOf(valueSum(kv.Value), s)
 			creates = append(creates, s)
 		})
 	if err != nil {
 		return nil, r.fail(ctx, "watch", err)
 	}
-	w.rev = rev + 1
+	w := r.newWatcher(spans, state, rev)
 	w.ctx, w.cancel = context.WithCancel(r.ctx)
 	w.q = registry.NewQueue(ctx, w.cancel)
 
@@ -133,15 +169,20 @@ func (w *watcher) run() {
 			level = slog.LevelInfo
 		}
 		if compacted {
-			w.r.log.Warn("etcd registry: watch revision compacted; listing again", "prefix", w.prefix, "rev", w.rev, "err", err)
+			w.r.log.Warn("etcd registry: watch revision compacted; listing again", "prefix", w.prefix(), "rev", w.revs, "err", err)
 			if err := w.resync(); err == nil {
 				retry, fails = 0, 0
 				continue
 			} else if w.ctx.Err() == nil {
-				w.r.log.Log(context.Background(), level, "etcd registry: re-listing after compaction failed; retrying", "prefix", w.prefix, "err", err)
+				w.r.log.Log(context.Background(), level, "etcd registry: re-listing after compaction failed; retrying", "prefix", w.prefix(), "err", err)
 			}
+		} else if isPermission(err) {
+			if fails == 1 {
+				level = slog.LevelError
+			}
+			w.r.log.Log(context.Background(), level, "etcd registry: watch refused: permission denied; retrying", "prefix", w.prefix(), "rev", w.revs, "err", err)
 		} else {
-			w.r.log.Log(context.Background(), level, "etcd registry: watch interrupted; resuming from the last revision", "prefix", w.prefix, "rev", w.rev, "err", err)
+			w.r.log.Log(context.Background(), level, "etcd registry: watch interrupted; resuming from the last revision", "prefix", w.prefix(), "rev", w.revs, "err", err)
 		}
 		retry = min(max(2*retry, retryMin), retryMax)
 		t := time.NewTimer(retry)
@@ -158,19 +199,61 @@ func (w *watcher) run() {
 // made once (gRPC only reads it).
 var requireLeader = metadata.Pairs(rpctypes.MetadataRequireLeaderKey, rpctypes.MetadataHasLeader)
 
-// watchOnce watches from w.rev until the watch ends. It reports whether it
-// ended because w.rev was compacted and whether it delivered anything.
+// watchOnce watches every span from its revision until one watch ends. It
+// reports whether it ended because a revision was compacted and whether it
+// delivered anything.
 func (w *watcher) watchOnce() (compacted, progressed bool, err error) {
 	// RequireLeader (clientv3.WithRequireLeader, with metadata shared by
 	// every watch): a member cut off from its cluster ends the watch
 	// instead of going silent, and the client moves to another member.
 	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(w.ctx, requireLeader))
-	defer cancel()
-	// No WithPrevKV: it would double the bytes of every event, and the
-	// state has what the previous values would tell.
-	wch := w.r.cli.Watch(ctx, w.prefix, clientv3.WithPrefix(),
-		clientv3.WithRev(w.rev), clientv3.WithProgressNotify())
-	for resp := range wch {
+	type spanResp struct {
+		i    int
+		resp clientv3.WatchResponse
+		ok   bool
+	}
+	var (
+		merged = make(chan spanResp)
+		wg     sync.WaitGroup
+	)
+	defer func() {
+		cancel() // the client closes the watch channels
+		wg.Wait()
+	}()
+	for i, sp := range w.spans {
+		// No WithPrevKV: it would double the bytes of every event, and the
+		// state has what the previous values would tell.
+		wch := w.r.cli.Watch(ctx, sp.prefix, clientv3.WithPrefix(),
+			clientv3.WithRev(w.revs[i]), clientv3.WithProgressNotify())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				resp, ok := <-wch
+				select {
+				case merged <- spanResp{i, resp, ok}:
+				case <-ctx.Done():
+					for range wch { // drain until the client closes it
+					}
+					return
+				}
+				if !ok {
+					return
+				}
+			}
+		}()
+	}
+	for {
+		var m spanResp
+		select {
+		case m = <-merged:
+		case <-ctx.Done():
+			return false, progressed, ctx.Err()
+		}
+		if !m.ok {
+			return false, progressed, errors.New("watch channel closed")
+		}
+		resp := m.resp
 		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
 			return true, progressed, resp.Err()
 		}
@@ -179,41 +262,40 @@ func (w *watcher) watchOnce() (compacted, progressed bool, err error) {
 		}
 		progressed = true
 		if resp.IsProgressNotify() {
-			w.rev = max(w.rev, resp.Header.Revision+1)
+			w.revs[m.i] = max(w.revs[m.i], resp.Header.Revision+1)
 			continue
 		}
 		now := time.Now()
 		for _, ev := range resp.Events {
-			w.apply(ev, now)
-			w.rev = max(w.rev, ev.Kv.ModRevision+1)
+			w.apply(w.spans[m.i], ev, now)
+			w.revs[m.i] = max(w.revs[m.i], ev.Kv.ModRevision+1)
 		}
 	}
-	return false, progressed, errors.New("watch channel closed")
 }
 
-// apply turns one etcd event into at most one registry event. Its cost is
-// that of the event's record: one decode at most (none for a value over
-// MaxRecordSize, for bad bytes seen before, or for the same bytes again),
-// whatever the size of the state.
-func (w *watcher) apply(ev *clientv3.Event, now time.Time) {
-	rel := string(ev.Kv.Key[len(w.r.prefix):])
-	old, had := w.state[rel]
+// apply turns one etcd event of span sp into at most one registry event.
+// Its cost is that of the event's record: one decode at most (none for a
+// value over MaxRecordSize, for bad bytes seen before, or for the same
+// bytes again), whatever the size of the state.
+func (w *watcher) apply(sp span, ev *clientv3.Event, now time.Time) {
+	key := string(ev.Kv.Key)
+	old, had := w.state[key]
 	switch ev.Type {
 	case clientv3.EventTypePut:
 		raw := valueSum(ev.Kv.Value)
 		if had && old.raw == raw {
 			return // the same record written again
 		}
-		s, err := w.decodeEvent(ev.Kv, rel, raw)
+		s, err := w.decodeEvent(sp, ev.Kv, raw)
 		if err != nil {
 			if had { // no longer a valid node
-				delete(w.state, rel)
-				w.push(registry.Delete, old.gone(rel), now)
+				delete(w.state, key)
+				w.push(registry.Delete, w.gone(key, old), now)
 			}
 			return
 		}
 		e := entryOf(raw, s)
-		w.state[rel] = e
+		w.state[key] = e
 		switch {
 		case !had:
 			w.push(registry.Create, s, now)
@@ -223,15 +305,15 @@ func (w *watcher) apply(ev *clientv3.Event, now time.Time) {
 	case clientv3.EventTypeDelete:
 		w.r.forgetBad(ev.Kv.Key)
 		if had {
-			delete(w.state, rel)
-			w.push(registry.Delete, old.gone(rel), now)
+			delete(w.state, key)
+			w.push(registry.Delete, w.gone(key, old), now)
 		}
 	}
 }
 
 // decodeEvent decodes the record of a put, skipping (before decoding)
 // values over MaxRecordSize and bad values written again.
-func (w *watcher) decodeEvent(kv *mvccpb.KeyValue, rel string, raw uint64) (*registry.Service, error) {
+func (w *watcher) decodeEvent(sp span, kv *mvccpb.KeyValue, raw uint64) (*registry.Service, error) {
 	if len(kv.Value) > MaxRecordSize {
 		err := fmt.Errorf("%w: value of %d bytes, more than %d", registry.ErrMalformed, len(kv.Value), MaxRecordSize)
 		w.r.badRecords().Report(string(kv.Key), uint64(kv.ModRevision), 0, len(kv.Value), err)
@@ -241,7 +323,7 @@ func (w *watcher) decodeEvent(kv *mvccpb.KeyValue, rel string, raw uint64) (*reg
 	if bad.Has(string(kv.Key)) && bad.Known(string(kv.Key), uint64(kv.ModRevision), raw) {
 		return nil, registry.ErrMalformed
 	}
-	s, err := decode(rel, kv.Value)
+	s, err := w.r.decodeIn(sp, nil, kv.Key, kv.Value)
 	if err != nil {
 		w.r.malformed(kv.Key, kv.ModRevision, kv.Value, err)
 		return nil, err
@@ -250,7 +332,7 @@ func (w *watcher) decodeEvent(kv *mvccpb.KeyValue, rel string, raw uint64) (*reg
 	return s, nil
 }
 
-// resync lists the prefix again and reports the difference to the state:
+// resync lists the spans again and reports the difference to the state:
 // Create and Update events in key order, then Delete events in key order,
 // all with one timestamp (registry.Diff's order).
 func (w *watcher) resync() error {
@@ -258,12 +340,12 @@ func (w *watcher) resync() error {
 		state   map[string]entry
 		changes []*registry.Event
 	)
-	rev, err := w.r.listRecords(w.ctx, w.prefix, &decoder{whole: true},
+	rev, err := w.r.listRecords(w.ctx, w.spans, &decoder{whole: true},
 		func() { state, changes = make(map[string]entry), nil },
-		func(rel string, kv *mvccpb.KeyValue, s *registry.Service) {
+		func(key string, kv *mvccpb.KeyValue, s *registry.Service) {
 			e := entryOf(valueSum(kv.Value), s)
-			state[rel] = e
-			switch old, had := w.state[rel]; {
+			state[key] = e
+			switch old, had := w.state[key]; {
 			case !had:
 				changes = append(changes, &registry.Event{Type: registry.Create, Service: s})
 			case old.sum != e.sum:
@@ -277,11 +359,12 @@ func (w *watcher) resync() error {
 	for _, ev := range changes {
 		w.push(ev.Type, ev.Service, now)
 	}
-	for _, rel := range slices.Sorted(maps.Keys(w.state)) {
-		if _, ok := state[rel]; !ok {
-			w.push(registry.Delete, w.state[rel].gone(rel), now)
+	for _, key := range slices.Sorted(maps.Keys(w.state)) {
+		if _, ok := state[key]; !ok {
+			w.push(registry.Delete, w.gone(key, w.state[key]), now)
 		}
 	}
-	w.state, w.rev = state, rev+1
+	w.state = state
+	w.setRev(rev + 1)
 	return nil
 }

@@ -239,8 +239,8 @@ func TestWatchFromCompactedRevision(t *testing.T) {
 		t.Fatal(err)
 	}
 	state := make(map[string]entry)
-	rev, err := r.listRecords(ctxT(t), prefix+"old/", &decoder{}, func() {}, func(rel string, kv *mvccpb.KeyValue, s *registry.Service) {
-		state[rel] = entryOf(valueSum(kv.Value), s)
+	rev, err := r.listRecords(ctxT(t), r.spans("old"), &decoder{}, func() {}, func(key string, kv *mvccpb.KeyValue, s *registry.Service) {
+		state[key] = entryOf(valueSum(kv.Value), s)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +256,7 @@ func TestWatchFromCompactedRevision(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	w := &watcher{r: r, prefix: prefix + "old/", state: state, rev: rev + 1}
+	w := r.newWatcher(r.spans("old"), state, rev)
 	w.ctx, w.cancel = context.WithCancel(r.ctx)
 	w.q = registry.NewQueue(context.Background(), w.cancel)
 	r.wg.Add(1)

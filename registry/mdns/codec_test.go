@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"reflect"
 	"strings"
@@ -371,4 +372,38 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestMetadataLayout: "metadata" holds the node's metadata, which is what
+// go-micro reads; the service's travels in "service_metadata". Records of
+// older Beacon versions (service metadata in "metadata", no
+// "service_metadata") still read right.
+func TestMetadataLayout(t *testing.T) {
+	s := testService("n1", "10.0.0.1:8080")
+	txt, err := encodeTXT(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := hex.DecodeString(strings.Join(txt, ""))
+	zr, _ := zlib.NewReader(bytes.NewReader(b))
+	js, _ := io.ReadAll(zr)
+	var gm struct{ Metadata map[string]string } // go-micro's mdnsTxt
+	if err := json.Unmarshal(js, &gm); err != nil || !reflect.DeepEqual(gm.Metadata, s.Nodes[0].Metadata) {
+		t.Errorf("go-micro reads metadata %v, want the node's %v", gm.Metadata, s.Nodes[0].Metadata)
+	}
+	rec, _ := decodeTXT(txt)
+	got, err := rec.service()
+	if err != nil || !reflect.DeepEqual(got.Metadata, s.Metadata) || !reflect.DeepEqual(got.Nodes[0].Metadata, s.Nodes[0].Metadata) {
+		t.Errorf("read back service metadata %v, node metadata %v (%v)", got.Metadata, got.Nodes[0].Metadata, err)
+	}
+	// An older Beacon record.
+	old, _ := json.Marshal(map[string]any{"name": s.Name, "service": s.Name, "version": s.Version,
+		"metadata": s.Metadata, "endpoints": s.Endpoints, "nodes": s.Nodes})
+	rec, err = decodeTXT(chunk(zlibBytes(t, old)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err = rec.service(); err != nil || !reflect.DeepEqual(got.Metadata, s.Metadata) || !reflect.DeepEqual(got.Nodes[0].Metadata, s.Nodes[0].Metadata) {
+		t.Errorf("older record read as service metadata %v, node metadata %v (%v)", got.Metadata, got.Nodes[0].Metadata, err)
+	}
 }

@@ -28,7 +28,8 @@ const (
 	envService = "BEACON_MDNS_SERVICE"
 	envNode    = "BEACON_MDNS_NODE"
 	envTTL     = "BEACON_MDNS_TTL"
-	envFamily  = "BEACON_MDNS_FAMILY" // "4" (default) or "6"
+	envFamily  = "BEACON_MDNS_FAMILY"   // "4" (default) or "6"
+	envKey     = "BEACON_MDNS_TEST_KEY" // signing key, if any
 )
 
 // TestHelperNode is not a test: it is the node process of the LAN tests,
@@ -48,6 +49,9 @@ func TestHelperNode(t *testing.T) {
 	}
 	if os.Getenv(envFamily) == "6" {
 		opts = append(opts, mdns.WithIPv4(false), mdns.WithIPv6(true))
+	}
+	if k := os.Getenv(envKey); k != "" {
+		opts = append(opts, mdns.WithKey([]byte(k)))
 	}
 	r, err := mdns.New(ctx, opts...)
 	if err != nil {

@@ -77,15 +77,18 @@ func (r *Registry) lookup(ctx context.Context, services []string, list bool) (re
 		r.mu.Unlock()
 		close(c.done)
 	}()
+	r.lim.sent(len(msgs))
 	for _, m := range msgs {
 		if err := r.tr.sendQuery(m); err != nil {
 			return nil, nil, fmt.Errorf("%w: mdns: sending query: %v", registry.ErrUnavailable, err)
 		}
 	}
+	progress := false
 	heard := func(k string) {
 		if h, ok := expected[k]; ok && !h {
 			expected[k] = true
 			missing--
+			progress = true
 		}
 	}
 	set, names := registry.NodeSet{}, map[string]bool{}
@@ -97,6 +100,7 @@ func (r *Registry) lookup(ctx context.Context, services []string, list bool) (re
 	for {
 		select {
 		case d := <-c.in:
+			progress = false
 			for _, o := range d.nodes {
 				if !c.services[o.service] {
 					continue
@@ -114,6 +118,12 @@ func (r *Registry) lookup(ctx context.Context, services []string, list bool) (re
 					heard(nameKey(s))
 					names[s] = true
 				}
+			}
+			// Answers to the query (unicast) move the end; announcements
+			// (multicast) only when they bring a node expected: a host
+			// multicasting records cannot keep a lookup going.
+			if !d.unicast && !progress {
+				continue
 			}
 			if missing == 0 && len(expected) > 0 {
 				quiet.Reset(r.opts.quiet)

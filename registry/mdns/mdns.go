@@ -3,14 +3,14 @@ package mdns
 import (
 	"context"
 	"fmt"
-	"log"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/mdns"
 	"github.com/miekg/dns"
 
 	"github.com/beacon-go/beacon/registry"
@@ -28,12 +28,13 @@ const (
 type Registry struct {
 	opts    options
 	log     *slog.Logger
-	stdLog  *log.Logger // for hashicorp/mdns, at Debug level
 	names   names
 	iface   *net.Interface
 	hostIPs []net.IP
 	tr      *transport
 	warn    limiter
+	sig     *signer     // nil without a key
+	lim     *limiterSet // per-source packet budgets
 
 	mu      sync.Mutex
 	closed  bool
@@ -42,14 +43,17 @@ type Registry struct {
 	loops   map[string]*watchLoop   // service ("" = all) -> its watch loop
 	lookups map[*collector]struct{} // lookups in flight
 	seen    *seen                   // who was heard lately, for lookups
+	owners  map[string]*owner       // nodeKey -> who speaks for it (without a key)
 
 	kick chan struct{} // wakes the keeper
 	done chan struct{} // closed by Close
 	wg   sync.WaitGroup
+
+	dropReport atomic.Int64 // Unix ns of the next report of dropped packets
 }
 
 type pendingBye struct {
-	msg []byte
+	rec *nodeRecords
 	at  time.Time
 }
 
@@ -83,6 +87,10 @@ func New(ctx context.Context, opts ...Option) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.key != nil && len(o.key) < MinKeySize {
+		return nil, &registry.ValidationError{Field: "mdns.key", Value: fmt.Sprintf("%d bytes", len(o.key)), Reason: fmt.Sprintf("a signing key needs at least %d bytes", MinKeySize)}
+	}
+	lim := newLimiterSet() // before the sockets: it reads this host's addresses
 	tr, err := newTransport(o.log, ifi, o.ipv4, o.ipv6)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", registry.ErrUnavailable, err)
@@ -90,7 +98,7 @@ func New(ctx context.Context, opts ...Option) (*Registry, error) {
 	r := &Registry{
 		opts:    o,
 		log:     o.log,
-		stdLog:  slog.NewLogLogger(o.log.Handler(), slog.LevelDebug),
+		lim:     lim,
 		names:   names{domain: domain + "."},
 		iface:   ifi,
 		hostIPs: hostIPs,
@@ -100,8 +108,12 @@ func New(ctx context.Context, opts ...Option) (*Registry, error) {
 		loops:   make(map[string]*watchLoop),
 		lookups: make(map[*collector]struct{}),
 		seen:    newSeen(),
+		owners:  make(map[string]*owner),
 		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
+	}
+	if o.key != nil {
+		r.sig = newSigner(o.key, r.names.domain, o.window)
 	}
 	tr.start(r.handlePacket)
 	r.wg.Add(1)
@@ -164,8 +176,8 @@ func hostIPs(o *options, ifi *net.Interface) ([]net.IP, error) {
 // String returns "mdns".
 func (r *Registry) String() string { return "mdns" }
 
-// Register starts (or refreshes) one hashicorp/mdns responder per node of s
-// and announces new or changed nodes. Registering a node again with the same
+// Register publishes (or refreshes) the nodes of s, which this Registry then
+// answers queries for, and announces new or changed nodes. Registering a node again with the same
 // data only extends its TTL (no packet, no event). All nodes are validated
 // and encoded before anything changes: invalid input, a node ID that is not
 // a DNS name, or a record over MaxRecordSize fail with an error matching
@@ -200,46 +212,21 @@ func (r *Registry) Register(ctx context.Context, s *registry.Service, opts ...re
 	if r.closed {
 		return registry.ErrClosed
 	}
-	// Start the responders of new nodes first: if one cannot start, stop
-	// the others and change nothing.
-	type started struct {
-		zone   *zone
-		server *mdns.Server
-	}
-	fresh := map[string]started{}
-	for _, p := range preps {
-		if _, ok := r.nodes[p.key]; ok {
-			continue
-		}
-		z := &zone{}
-		z.cur.Store(p.data)
-		srv, err := mdns.NewServer(&mdns.Config{Zone: z, Iface: r.iface, Logger: r.stdLog})
-		if err != nil {
-			for _, st := range fresh {
-				_ = st.server.Shutdown()
-			}
-			return fmt.Errorf("%w: mdns: starting responder for %s/%s: %v", registry.ErrUnavailable, s.Name, p.svc.Nodes[0].ID, err)
-		}
-		fresh[p.key] = started{z, srv}
-	}
 	for _, p := range preps {
 		delete(r.byes, p.key) // registering again cancels a pending goodbye
 		ln, ok := r.nodes[p.key]
 		switch {
 		case !ok:
-			st := fresh[p.key]
-			ln = &localNode{svc: p.svc, ttl: ttl, expires: expires, zone: st.zone, server: st.server, ann: p.ann, bye: p.bye}
+			ln = &localNode{svc: p.svc, ttl: ttl, expires: expires, rec: p.rec}
 			r.nodes[p.key] = ln
 			r.announceLocked(ln, now)
 		case registry.SameNode(ln.svc, p.svc):
 			ln.expires = expires
 			if ln.ttl != ttl { // same data, new TTL: answer with it from now on
-				ln.ttl, ln.ann, ln.bye = ttl, p.ann, p.bye
-				ln.zone.cur.Store(p.data)
+				ln.ttl, ln.rec = ttl, p.rec
 			}
-		default: // changed data: same responder, new answers, announced
-			ln.svc, ln.ttl, ln.expires, ln.ann, ln.bye = p.svc, ttl, expires, p.ann, p.bye
-			ln.zone.cur.Store(p.data)
+		default: // changed data: new answers, announced
+			ln.svc, ln.ttl, ln.expires, ln.rec = p.svc, ttl, expires, p.rec
 			r.announceLocked(ln, now)
 		}
 	}
@@ -277,7 +264,7 @@ func (r *Registry) heartbeat(s *registry.Service, ttl time.Duration) (bool, erro
 
 // announceLocked sends the first announcement now and schedules the rest.
 func (r *Registry) announceLocked(ln *localNode, now time.Time) {
-	r.send(ln.ann, "announcement")
+	r.sendMsg(r.announcement(ln.rec, now), "announcement")
 	ln.annLeft, ln.annNext = announcements-1, now.Add(announceGap)
 }
 
@@ -294,7 +281,7 @@ func (r *Registry) kickKeeper() {
 	}
 }
 
-// Deregister stops the responders of the nodes of s and sends goodbyes
+// Deregister stops answering for the nodes of s and sends goodbyes
 // (TTL 0), so that watchers drop the nodes at once. Unknown nodes are
 // ignored. It does not block on the network.
 func (r *Registry) Deregister(ctx context.Context, s *registry.Service, _ ...registry.DeregisterOption) error {
@@ -320,12 +307,11 @@ func (r *Registry) Deregister(ctx context.Context, s *registry.Service, _ ...reg
 	return nil
 }
 
-// dropLocked stops a local node's responder and says goodbye.
+// dropLocked stops answering for a local node and says goodbye.
 func (r *Registry) dropLocked(key string, ln *localNode, now time.Time) {
 	delete(r.nodes, key)
-	_ = ln.server.Shutdown()
-	r.send(ln.bye, "goodbye")
-	r.byes[key] = &pendingBye{msg: ln.bye, at: now.Add(goodbyeRepeat)}
+	r.sendMsg(r.goodbye(ln.rec, now), "goodbye")
+	r.byes[key] = &pendingBye{rec: ln.rec, at: now.Add(goodbyeRepeat)}
 }
 
 // keeper sends repeated announcements and goodbyes and expires local nodes
@@ -369,7 +355,7 @@ func (r *Registry) due(now time.Time) time.Time {
 			continue
 		}
 		if ln.annLeft > 0 && !now.Before(ln.annNext) {
-			r.send(ln.ann, "announcement")
+			r.sendMsg(r.announcement(ln.rec, now), "announcement")
 			ln.annLeft--
 			ln.annNext = now.Add(announceGap)
 		}
@@ -385,7 +371,7 @@ func (r *Registry) due(now time.Time) time.Time {
 			at(b.at)
 			continue
 		}
-		r.send(b.msg, "goodbye")
+		r.sendMsg(r.goodbye(b.rec, now), "goodbye")
 		delete(r.byes, key)
 	}
 	return next
@@ -394,30 +380,166 @@ func (r *Registry) due(now time.Time) time.Time {
 // delivery is one received message's observations.
 type delivery struct {
 	at      time.Time
-	unicast bool // arrived on the query socket: an answer to a query
+	unicast bool       // arrived on the query socket: an answer to a query
+	src     netip.Addr // the sender
 	parsed
 }
 
-// handlePacket is called by the socket readers for every packet.
-func (r *Registry) handlePacket(b []byte, from *net.UDPAddr, unicast bool) {
+// handlePacket is called by the socket readers for every packet. Packets
+// over their source's budget (guard.go) are dropped before anything else.
+// Queries arriving on a listener are answered for the local nodes;
+// responses are parsed, checked (signatures with a key, who speaks for a
+// node without) and dispatched.
+func (r *Registry) handlePacket(b []byte, from *net.UDPAddr, c *conn) {
+	now := time.Now()
+	src := srcAddr(from)
+	if len(b) < 12 {
+		return // not even a DNS header
+	}
+	kind := kindMulticast
+	switch {
+	case b[2]&0x80 == 0: // QR bit clear: a query
+		if c.unicast {
+			return // queries go to port 5353, never to a query socket
+		}
+		kind = kindQuery
+	case c.unicast:
+		kind = kindAnswer
+	}
+	if !r.lim.allow(now, src, kind) {
+		r.reportDrops(now)
+		return
+	}
 	var m dns.Msg
 	if err := m.Unpack(b); err != nil {
 		r.log.Debug("mdns: ignoring packet that is not DNS", "from", from, "bytes", len(b), "err", err)
 		return
 	}
-	if !m.Response || m.Opcode != dns.OpcodeQuery || m.Rcode != dns.RcodeSuccess {
-		return // queries (ours and others'), and what RFC 6762 says to ignore
+	if m.Opcode != dns.OpcodeQuery || m.Rcode != dns.RcodeSuccess {
+		return // what RFC 6762 says to ignore
+	}
+	if !m.Response {
+		r.answer(&m, from, c, now)
+		return
 	}
 	p, bad := r.names.parse(&m)
 	for _, br := range bad {
-		if r.warn.allow(time.Now(), r.log) {
-			r.log.Warn("mdns: ignoring bad record", "from", from, "instance", br.instance, "err", br.err)
+		r.warnBad(now, from, br.instance, br.err)
+	}
+	if r.sig != nil {
+		kept := p.nodes[:0]
+		for _, o := range p.nodes {
+			if err := r.sig.verify(now, o.goodbye, o.txtTTL, o.raw, o.sig); err != nil {
+				r.warnBad(now, from, o.service+"/"+o.id, err)
+				continue
+			}
+			kept = append(kept, o)
 		}
+		p.nodes = kept
 	}
 	if len(p.nodes) == 0 && len(p.services) == 0 {
 		return
 	}
-	r.dispatch(&delivery{at: time.Now(), unicast: unicast, parsed: p})
+	if r.lim.local(src) {
+		src = thisHost
+	}
+	r.dispatch(&delivery{at: now, unicast: c.unicast, src: src, parsed: p})
+}
+
+func (r *Registry) warnBad(now time.Time, from *net.UDPAddr, instance string, err error) {
+	if r.warn.allow(now, r.log) {
+		r.log.Warn("mdns: ignoring bad record", "from", from, "instance", instance, "err", err)
+	}
+}
+
+// reportDrops logs, at most every warnWindow, how many packets the
+// per-source budgets dropped.
+func (r *Registry) reportDrops(now time.Time) {
+	if next := r.dropReport.Load(); now.UnixNano() < next || !r.dropReport.CompareAndSwap(next, now.Add(warnWindow).UnixNano()) {
+		return
+	}
+	if n, top, most := r.lim.report(); n > 0 {
+		r.log.Warn("mdns: packets over their source's budget dropped", "count", n, "top_source", top, "top_count", most)
+	}
+}
+
+// answer answers a query for the local nodes, by unicast to its source
+// (with its ID and question, as RFC 6762 6.7 asks and go-micro's reader
+// needs), or by multicast when it came from port 5353 (a full mDNS querier).
+func (r *Registry) answer(q *dns.Msg, from *net.UDPAddr, c *conn, now time.Time) {
+	r.mu.Lock()
+	if r.closed || len(r.nodes) == 0 {
+		r.mu.Unlock()
+		return
+	}
+	msgs := r.answersLocked(q, now)
+	r.mu.Unlock()
+	for _, m := range msgs {
+		if from.Port == mdnsPort {
+			m.Id = 0
+		}
+		b, err := m.Pack()
+		if err != nil {
+			r.log.Warn("mdns: packing answer", "err", err)
+			continue
+		}
+		if from.Port == mdnsPort {
+			r.send(b, "answer")
+		} else if _, err := c.c.WriteToUDP(b, from); err != nil {
+			r.log.Debug("mdns: sending answer", "to", from, "err", err)
+		}
+	}
+}
+
+// admitLocked decides, without a key, whether an observation from src may
+// change what is known of its node: a node is spoken for by the address it
+// was first heard from, and by its own address's IP; records and goodbyes
+// for it from elsewhere are ignored until it has not been heard for its
+// record TTL (then whoever speaks next takes it over).
+func (r *Registry) admitLocked(o *observation, src netip.Addr, now time.Time) bool {
+	key := nodeKey(o.service, o.id)
+	ow := r.owners[key]
+	if ow != nil && !ow.speaks(src) && (o.goodbye || now.Sub(ow.heard) <= ow.hold) {
+		if r.warn.allow(now, r.log) {
+			what := "record"
+			if o.goodbye {
+				what = "goodbye"
+			}
+			r.log.Warn("mdns: ignoring "+what+" for a node from another host than its own", "service", o.service, "node", o.id,
+				"from", src, "node_heard_from", ow.src, "node_address", ow.addr)
+		}
+		return false
+	}
+	if o.goodbye {
+		delete(r.owners, key)
+		return true
+	}
+	if ow == nil || !ow.speaks(src) {
+		if ow == nil && src != thisHost && !r.lim.allow(now, src, kindNewNode) {
+			if r.warn.allow(now, r.log) {
+				r.log.Warn("mdns: ignoring record of a new node: its host brought too many new nodes lately",
+					"service", o.service, "node", o.id, "from", src, "burst", newNodeBurst, "per_second", newNodeRate)
+			}
+			return false
+		}
+		if len(r.owners) >= MaxSeen {
+			for k, x := range r.owners {
+				if now.Sub(x.heard) > x.hold {
+					delete(r.owners, k)
+				}
+			}
+			if len(r.owners) >= MaxSeen {
+				return true // cannot remember more: take it, unowned
+			}
+		}
+		ow = &owner{src: src}
+		r.owners[key] = ow
+	}
+	if ow.addr = addrIP(o.svc.Nodes[0].Address); ow.addr.IsValid() && r.lim.local(ow.addr) {
+		ow.addr = thisHost
+	}
+	ow.heard, ow.hold = now, max(o.ttl, time.Second)
+	return true
 }
 
 // dispatch hands a delivery to the lookups and watch loops that want it.
@@ -428,6 +550,19 @@ func (r *Registry) dispatch(d *delivery) {
 	if r.closed {
 		r.mu.Unlock()
 		return
+	}
+	if r.sig == nil && d.src.IsValid() {
+		kept := d.nodes[:0]
+		for _, o := range d.nodes {
+			if r.admitLocked(&o, d.src, d.at) {
+				kept = append(kept, o)
+			}
+		}
+		d.nodes = kept
+		if len(d.nodes) == 0 && len(d.services) == 0 {
+			r.mu.Unlock()
+			return
+		}
 	}
 	r.seen.note(d)
 	var cs []*collector
@@ -459,7 +594,7 @@ func (r *Registry) dispatch(d *delivery) {
 	}
 }
 
-// Close stops every responder (without goodbyes: Close does not
+// Close stops answering for every node (without goodbyes: Close does not
 // deregister), every watcher (their Next returns registry.ErrWatcherStopped)
 // and every goroutine of the Registry, and waits for them. Lookups in flight
 // return registry.ErrClosed. Close is idempotent.
@@ -471,12 +606,9 @@ func (r *Registry) Close() error {
 	}
 	r.closed = true
 	close(r.done)
-	nodes, loops := r.nodes, r.loops
+	loops := r.loops
 	r.nodes, r.loops, r.byes, r.lookups = nil, nil, nil, nil
 	r.mu.Unlock()
-	for _, ln := range nodes {
-		_ = ln.server.Shutdown()
-	}
 	r.tr.close()
 	r.wg.Wait()
 	for _, l := range loops {

@@ -22,6 +22,9 @@ type observation struct {
 	goodbye bool
 	ttl     time.Duration     // record TTL; 0 for goodbyes
 	svc     *registry.Service // one node; nil for goodbyes
+	txtTTL  uint32            // the TXT record's TTL, which a signature covers
+	raw     []byte            // the TXT's zlib bytes, which a signature covers
+	sig     []byte            // the TXT's signature block; nil: unsigned
 }
 
 // parsed is what one message says: nodes, and service names from
@@ -151,19 +154,12 @@ func (n names) observe(inst string, ptrSvc map[string]string, ptrTTL map[string]
 		txt != nil && txt.Hdr.Ttl == 0 ||
 		txt == nil && srv != nil && srv.Hdr.Ttl == 0
 	if goodbye {
-		if !hasPTR {
-			return nil, nil // cannot split instance into service and ID without the PTR
-		}
-		id, ok := n.idFrom(rawInst, svcFromPTR)
-		if !ok {
-			return nil, fmt.Errorf("%w: goodbye for %q does not match service %q", registry.ErrMalformed, rawInst, svcFromPTR)
-		}
-		return &observation{service: svcFromPTR, id: id, goodbye: true}, nil
+		return n.goodbye(rawInst, svcFromPTR, hasPTR, txt)
 	}
 	if txt == nil {
 		return nil, nil // a PTR or SRV alone: the TXT comes in another message
 	}
-	rec, err := decodeTXT(txt.Txt)
+	rec, raw, sig, err := decodeSigned(txt.Txt)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +179,52 @@ func (n names) observe(inst string, ptrSvc map[string]string, ptrTTL map[string]
 	if hasPTR && svcFromPTR != s.Name {
 		return nil, fmt.Errorf("%w: record of service %q listed under service %q", registry.ErrMalformed, s.Name, svcFromPTR)
 	}
-	return &observation{service: s.Name, id: s.Nodes[0].ID, ttl: time.Duration(txt.Hdr.Ttl) * time.Second, svc: s}, nil
+	return &observation{service: s.Name, id: s.Nodes[0].ID, ttl: time.Duration(txt.Hdr.Ttl) * time.Second, svc: s,
+		txtTTL: txt.Hdr.Ttl, raw: raw, sig: sig}, nil
+}
+
+// goodbye builds the observation of a goodbye. The service comes from the
+// PTR or, without one (go-micro's goodbye is SRV, A and TXT), from the TXT;
+// when both are there they must agree. Beacon's goodbyes carry the TXT,
+// whose signature (with a key) makes the goodbye count.
+func (n names) goodbye(rawInst, svcFromPTR string, hasPTR bool, txt *dns.TXT) (*observation, error) {
+	o := &observation{service: svcFromPTR, goodbye: true}
+	if txt != nil {
+		rec, raw, sig, err := decodeSigned(txt.Txt)
+		switch {
+		case err != nil && !hasPTR:
+			return nil, err
+		case err == nil:
+			var name, id string
+			if rec.goMicro() {
+				name = rec.Service
+			} else if s, err := rec.service(); err == nil {
+				name, id = s.Name, s.Nodes[0].ID
+				o.svc = s
+			} else if !hasPTR {
+				return nil, err
+			}
+			if hasPTR && name != "" && name != svcFromPTR {
+				return nil, fmt.Errorf("%w: goodbye of service %q listed under service %q", registry.ErrMalformed, name, svcFromPTR)
+			}
+			if o.service == "" {
+				o.service = name
+			}
+			if id != "" && !strings.EqualFold(rawInst, id+"."+name+"."+n.domain) {
+				return nil, fmt.Errorf("%w: goodbye of node %q of %q published under instance %q", registry.ErrMalformed, id, name, rawInst)
+			}
+			o.txtTTL, o.raw, o.sig = txt.Hdr.Ttl, raw, sig
+		}
+	}
+	if o.service == "" {
+		return nil, nil // cannot split instance into service and ID
+	}
+	id, ok := n.idFrom(rawInst, o.service)
+	if !ok {
+		return nil, fmt.Errorf("%w: goodbye for %q does not match service %q", registry.ErrMalformed, rawInst, o.service)
+	}
+	o.id = id
+	return o, nil
 }
 
 // idFrom cuts "<id>.<svc>.<domain>" into the ID.

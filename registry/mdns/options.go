@@ -39,6 +39,8 @@ const (
 	PacketSize = 1472
 	// MaxDecodedSize caps the decompressed JSON of a TXT record.
 	MaxDecodedSize = 256 << 10
+	// MinKeySize is the shortest signing key WithKey accepts.
+	MinKeySize = 16
 )
 
 // Option configures a Registry.
@@ -57,6 +59,8 @@ type options struct {
 	timeout   time.Duration
 	interval  time.Duration
 	missed    int
+	key       []byte
+	window    time.Duration
 }
 
 func defaults() options {
@@ -69,6 +73,7 @@ func defaults() options {
 		timeout:  DefaultLookupTimeout,
 		interval: DefaultQueryInterval,
 		missed:   DefaultMissedQueries,
+		window:   DefaultSignatureWindow,
 	}
 }
 
@@ -107,8 +112,7 @@ func WithIPv4(enabled bool) Option { return func(o *options) { o.ipv4 = enabled 
 
 // WithIPv6 enables or disables IPv6 multicast on ff02::fb (default
 // disabled). With IPv6, also set WithInterface: link-local multicast needs
-// one. Note that hashicorp/mdns responders always also answer on IPv6 when
-// the host can.
+// one.
 func WithIPv6(enabled bool) Option { return func(o *options) { o.ipv6 = enabled } }
 
 // WithQuietPeriod sets how long a lookup waits after the last answer once
@@ -159,6 +163,37 @@ func WithMissedQueries(n int) Option {
 	return func(o *options) {
 		if n > 0 {
 			o.missed = n
+		}
+	}
+}
+
+// WithKey makes the Registry sign the records of its nodes (announcements,
+// answers, goodbyes) with HMAC-SHA256 under key, and drop every node record
+// or goodbye that is not signed with it: unsigned (go-micro's and Beacon's
+// without a key), badly signed, with a timestamp further than the
+// signature window from this host's clock, or seen before within the
+// window (a replay). All the Registries of a domain that must see each
+// other need the same key. A key of less than MinKeySize bytes makes New
+// fail; nil or empty means no key (the default). See the package doc,
+// "Signed records".
+func WithKey(key []byte) Option {
+	return func(o *options) {
+		if len(key) == 0 {
+			o.key = nil
+			return
+		}
+		o.key = append([]byte(nil), key...)
+	}
+}
+
+// WithSignatureWindow sets how far a signed record's timestamp may be from
+// this host's clock (default DefaultSignatureWindow): it bounds both the
+// clock difference between hosts and how long a captured record can be
+// replayed to a reader that did not see it.
+func WithSignatureWindow(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.window = d
 		}
 	}
 }

@@ -25,10 +25,13 @@ type conn struct {
 	unicast bool // the querier's socket: answers to our queries arrive here
 }
 
+// A listener (unicast false) receives queries, which are answered from it
+// (port 5353), and announcements and goodbyes.
+
 // transport owns the Registry's sockets: per IP family a listener on
 // <group>:5353 (joined, SO_REUSEADDR, loopback on, also used to send
 // announcements and goodbyes from port 5353) and a querier on an ephemeral
-// port (queries go out from it, hashicorp/mdns answers to it by unicast).
+// port (queries go out from it, responders answer to it by unicast).
 type transport struct {
 	log    *slog.Logger
 	conns  []conn
@@ -113,14 +116,14 @@ func newTransport(log *slog.Logger, ifi *net.Interface, v4, v6 bool) (*transport
 
 // start runs one reader goroutine per socket; handle is called with each
 // packet (the buffer is reused after handle returns).
-func (t *transport) start(handle func(b []byte, from *net.UDPAddr, unicast bool)) {
-	for _, c := range t.conns {
+func (t *transport) start(handle func(b []byte, from *net.UDPAddr, c *conn)) {
+	for i := range t.conns {
 		t.wg.Add(1)
-		go t.read(c, handle)
+		go t.read(&t.conns[i], handle)
 	}
 }
 
-func (t *transport) read(c conn, handle func([]byte, *net.UDPAddr, bool)) {
+func (t *transport) read(c *conn, handle func([]byte, *net.UDPAddr, *conn)) {
 	defer t.wg.Done()
 	buf := make([]byte, 65536)
 	backoff := time.Millisecond
@@ -141,12 +144,15 @@ func (t *transport) read(c conn, handle func([]byte, *net.UDPAddr, bool)) {
 			continue
 		}
 		backoff = time.Millisecond
-		handle(buf[:n], from, c.unicast)
+		handle(buf[:n], from, c)
 	}
 }
 
 // sendQuery multicasts b from the query sockets.
 func (t *transport) sendQuery(b []byte) error { return t.send(t.query, b) }
+
+// queryFamilies is how many sockets a query goes out on.
+func (t *transport) queryFamilies() int { return len(t.query) }
 
 // sendResponse multicasts b from port 5353 (announcements, goodbyes).
 func (t *transport) sendResponse(b []byte) error { return t.send(t.mcast, b) }

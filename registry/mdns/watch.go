@@ -216,6 +216,7 @@ func (l *watchLoop) send(qnames []string) {
 		l.r.log.Warn("mdns: packing watch query", "err", err)
 		return
 	}
+	l.r.lim.sent(len(msgs))
 	for _, m := range msgs {
 		if err := l.r.tr.sendQuery(m); err != nil {
 			l.r.log.Warn("mdns: sending watch query", "err", err)

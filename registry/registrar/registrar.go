@@ -7,7 +7,9 @@
 // heartbeat that registers it again every interval; a failed registration
 // or heartbeat is logged and retried with jittered backoff (from 100 ms,
 // doubling, up to the interval), never fatal, and recreates a record the
-// backend lost. Stop stops the heartbeat, deregisters, then waits the drain
+// backend lost. A registry that refuses the credentials
+// (registry.ErrPermission) is logged at Error as "registry permission
+// denied" at every attempt, never as a passing outage. Stop stops the heartbeat, deregisters, then waits the drain
 // grace so that callers' caches drop the node before the server stops
 // serving (the caller of Stop then stops its server).
 package registrar
@@ -94,11 +96,12 @@ type Registrar struct {
 	svc *registry.Service
 	o   options
 
-	mu      sync.Mutex
-	started bool
-	stopped bool
-	cancel  context.CancelFunc
-	done    chan struct{}
+	mu       sync.Mutex
+	started  bool
+	stopped  bool
+	readOnly bool // the registry refused the node as read-only: no heartbeat
+	cancel   context.CancelFunc
+	done     chan struct{}
 }
 
 // New returns a Registrar of svc (a copy is kept; it should hold exactly
@@ -147,9 +150,20 @@ func (r *Registrar) Start(ctx context.Context) error {
 	if errors.Is(err, registry.ErrInvalid) {
 		return err
 	}
-	if err != nil {
+	if errors.Is(err, registry.ErrReadOnly) {
+		// A read-only registry (static): the node is listed there by its
+		// operator, or not at all; nothing to heartbeat or deregister.
+		r.o.log.Info(r.o.prefix+": the registry is read-only; not registering (list the node in it)", "service", r.svc.Name, "node", r.node(), "registry", r.reg.String())
+		r.started, r.readOnly = true, true
+		return nil
+	}
+	switch {
+	case errors.Is(err, registry.ErrPermission):
+		r.o.log.Error(r.o.prefix+": register failed: registry permission denied (check the registry credentials); the heartbeat will retry",
+			"service", r.svc.Name, "node", r.node(), "registry", r.reg.String(), "err", err)
+	case err != nil:
 		r.o.log.Error(r.o.prefix+": register failed; the heartbeat will retry", "service", r.svc.Name, "node", r.node(), "err", err)
-	} else {
+	default:
 		addr := ""
 		if len(r.svc.Nodes) > 0 {
 			addr = r.svc.Nodes[0].Address
@@ -181,6 +195,14 @@ func (r *Registrar) heartbeat(ctx context.Context, ok bool) {
 		switch {
 		case ctx.Err() != nil:
 			return
+		case errors.Is(err, registry.ErrPermission):
+			// The credentials, not the registry's health: say it at
+			// Error every time, and keep trying (grants may change).
+			wait = bo.Next()
+			log.Error(r.o.prefix+": heartbeat failed: registry permission denied (check the registry credentials); retrying",
+				"registry", r.reg.String(), "err", err, "retry_in", wait)
+			failing = true
+			continue
 		case err != nil:
 			wait = bo.Next()
 			log.Warn(r.o.prefix+": heartbeat failed; retrying", "err", err, "retry_in", wait)
@@ -209,7 +231,7 @@ func (r *Registrar) Deregister(ctx context.Context) error {
 	r.stopped = true
 	started := r.started
 	r.mu.Unlock()
-	if !started {
+	if !started || r.readOnly {
 		return nil
 	}
 	r.cancel()

@@ -1,6 +1,7 @@
 package registrar_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -267,4 +268,52 @@ func TestAdvertiseAddrAndID(t *testing.T) {
 	if !strings.HasPrefix(id, "greeter-") || len(id) != len("greeter-")+16 || id == registrar.NewID("greeter") {
 		t.Fatalf("NewID = %s", id)
 	}
+}
+
+type readOnlyReg struct{ registry.Registry }
+
+func (readOnlyReg) String() string { return "readonly" }
+
+func (readOnlyReg) Register(context.Context, *registry.Service, ...registry.RegisterOption) error {
+	return registry.ErrReadOnly
+}
+
+func (readOnlyReg) Deregister(context.Context, *registry.Service, ...registry.DeregisterOption) error {
+	return registry.ErrReadOnly
+}
+
+// TestReadOnlyRegistry: a read-only registry (static) is told once, at
+// info level, and neither heartbeated nor deregistered.
+func TestReadOnlyRegistry(t *testing.T) {
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(&lockedBuf{b: &buf, mu: &mu}, nil))
+	svc := &registry.Service{Name: "ro", Nodes: []*registry.Node{{ID: "n", Address: "127.0.0.1:1"}}}
+	r, err := registrar.New(readOnlyReg{}, svc, registrar.Logger(log), registrar.TTL(2*time.Second), registrar.Interval(10*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // several intervals: a heartbeat would have logged
+	if err := r.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if out := buf.String(); strings.Count(out, "\n") != 1 || !strings.Contains(out, "level=INFO") || !strings.Contains(out, "read-only") {
+		t.Fatalf("logs:\n%s", out)
+	}
+}
+
+type lockedBuf struct {
+	b  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
 }

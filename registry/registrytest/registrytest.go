@@ -53,6 +53,13 @@ type Config struct {
 	// SkipLeakCheck disables the goroutine check (only for backends whose
 	// client library cannot be shut down cleanly; say why where it is set).
 	SkipLeakCheck bool
+	// Seed, when set, marks a read-only backend (Register and Deregister
+	// fail with registry.ErrReadOnly) and runs the read-only suite instead
+	// (see RunReadOnly): Seed puts exactly services in place in what r
+	// serves, replacing what an earlier Seed of the same test put there,
+	// e.g. by rewriting the file r watches. Changes may show up later
+	// (watchers and lookups are waited for up to Wait).
+	Seed func(t *testing.T, r registry.Registry, services []*registry.Service) error
 }
 
 func (c *Config) defaults() {
@@ -70,8 +77,13 @@ func (c *Config) defaults() {
 	}
 }
 
-// Run runs the whole conformance suite.
+// Run runs the whole conformance suite (the read-only one when cfg.Seed
+// is set).
 func Run(t *testing.T, cfg Config) {
+	if cfg.Seed != nil {
+		RunReadOnly(t, cfg)
+		return
+	}
 	cfg.defaults()
 	tests := []struct {
 		name string

@@ -21,19 +21,19 @@ func main() {
 	var count int
 	var every time.Duration
 	var name string
-	svc, err := beacon.NewService(
-		beacon.Logger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))),
-		beacon.Flags(
+	svc, err := cmd.NewService(cmd.App{
+		Usage: "call the greeter service by name and print which node answers",
+		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "count", Value: 6, Usage: "number of calls"},
 			&cli.DurationFlag{Name: "every", Value: 200 * time.Millisecond, Usage: "pause between calls"},
 			&cli.StringFlag{Name: "name", Value: "Ann", Usage: "who to greet"},
-		),
-		beacon.Action(func(c *cmd.Context) error {
+		},
+		Action: func(c *cli.Context) error {
 			count, every, name = c.Int("count"), c.Duration("every"), c.String("name")
 			return nil
-		}),
-	)
-	if errors.Is(err, beacon.ErrHelp) {
+		},
+	}, beacon.LogLevel(slog.LevelWarn)) // --log_level overrides it
+	if errors.Is(err, cmd.ErrHelp) {
 		return
 	}
 	if err != nil {

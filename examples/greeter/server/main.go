@@ -19,21 +19,20 @@ import (
 
 func main() {
 	g := &greeter.Greeter{}
-	svc, err := beacon.NewService(
-		beacon.Name("greeter"),
-		beacon.Version("1.0.0"),
-		beacon.Flags(&cli.StringFlag{Name: "node", EnvVars: []string{"GREETER_NODE"}, Usage: "node name shown in answers"},
-			&cli.DurationFlag{Name: "delay", Usage: "answer each call after this delay (to watch load balancing)"}),
-		beacon.Action(func(c *cmd.Context) error {
+	svc, err := cmd.NewService(cmd.App{
+		Usage: "run one node of the greeter service",
+		Flags: []cli.Flag{&cli.StringFlag{Name: "node", EnvVars: []string{"GREETER_NODE"}, Usage: "node name shown in answers"},
+			&cli.DurationFlag{Name: "delay", Usage: "answer each call after this delay (to watch load balancing)"}},
+		Action: func(c *cli.Context) error {
 			g.Delay = c.Duration("delay")
 			g.Node = c.String("node")
 			if g.Node == "" {
 				g.Node, _ = os.Hostname()
 			}
 			return nil
-		}),
-	)
-	if errors.Is(err, beacon.ErrHelp) {
+		},
+	}, beacon.Name("greeter"), beacon.Version("1.0.0"))
+	if errors.Is(err, cmd.ErrHelp) {
 		return
 	}
 	if err != nil {
