@@ -23,6 +23,7 @@ type Queue struct {
 	mu     sync.Mutex
 	items  []*Event
 	head   int
+	first  int // events of PushInitial not read yet (the first ones queued)
 	err    error
 	notify chan struct{}
 	done   chan struct{}
@@ -52,7 +53,7 @@ func (q *Queue) Push(ev *Event) bool {
 		q.mu.Unlock()
 		return false
 	}
-	if len(q.items)-q.head >= MaxQueued {
+	if len(q.items)-q.head-q.first >= MaxQueued {
 		q.mu.Unlock()
 		q.StopWith(fmt.Errorf("%w: %w: more than %d events queued", ErrWatcherStopped, ErrOverflow, MaxQueued))
 		return false
@@ -66,6 +67,29 @@ func (q *Queue) Push(ev *Event) bool {
 	select {
 	case q.notify <- struct{}{}:
 	default:
+	}
+	return true
+}
+
+// PushInitial queues the events that report the state when a watch
+// opens, ahead of anything else. They do not count against MaxQueued, which
+// bounds how far a reader may fall behind the changes that follow: a watch
+// of a registry with more nodes than MaxQueued must not fail at once. Call
+// it before any Push; it returns false when the queue is stopped.
+func (q *Queue) PushInitial(evs []*Event) bool {
+	q.mu.Lock()
+	if q.err != nil {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, evs...)
+	q.first += len(evs)
+	q.mu.Unlock()
+	if len(evs) > 0 {
+		select {
+		case q.notify <- struct{}{}:
+		default:
+		}
 	}
 	return true
 }
@@ -84,6 +108,7 @@ func (q *Queue) Next() (*Event, error) {
 			ev := q.items[q.head]
 			q.items[q.head] = nil
 			q.head++
+			q.first = max(0, q.first-1)
 			q.mu.Unlock()
 			return ev, nil
 		}
@@ -94,6 +119,31 @@ func (q *Queue) Next() (*Event, error) {
 		}
 	}
 }
+
+// TryNext returns the next event without waiting; ok is false when none is
+// queued. Once the queue has stopped it returns the error that Next returns
+// (events queued before the stop are not delivered, as with Next).
+func (q *Queue) TryNext() (ev *Event, ok bool, err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.err != nil {
+		return nil, false, q.err
+	}
+	if q.head < len(q.items) {
+		ev = q.items[q.head]
+		q.items[q.head] = nil
+		q.head++
+		q.first = max(0, q.first-1)
+		return ev, true, nil
+	}
+	return nil, false, nil
+}
+
+// Ready returns a channel that receives after events are pushed, for a
+// reader that waits in a select (alongside Done) instead of in Next: after
+// a receive it calls TryNext until nothing is queued. A receive may find
+// nothing new. Next consumes the same signals: read with one or the other.
+func (q *Queue) Ready() <-chan struct{} { return q.notify }
 
 // Stop stops the queue; Next returns ErrWatcherStopped.
 func (q *Queue) Stop() { q.StopWith(ErrWatcherStopped) }
@@ -107,7 +157,7 @@ func (q *Queue) StopWith(err error) {
 		return
 	}
 	q.err = err
-	q.items, q.head = nil, 0
+	q.items, q.head, q.first = nil, 0, 0
 	close(q.done)
 	stopAF := q.stopAF
 	q.mu.Unlock()

@@ -48,6 +48,15 @@
 // registry. An entry with a subscriber (see below) is never dropped. Close
 // stops every watch.
 //
+// # Memory
+//
+// The nodes of an entry share their equal service metadata, endpoints and
+// node metadata, however they arrived (a fetch, or watch events that each
+// carry a copy of their own). An entry runs one goroutine; it reads its
+// watch in the same select as its timers when the watch is a
+// registry.Queue (what every backend's Watch returns), else through a
+// second goroutine.
+//
 // # Subscriptions
 //
 // Cache.Subscribe hands a consumer (a gRPC resolver, say) a service's
@@ -535,6 +544,8 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedA
 	defer refresh.Stop()
 	idle := 0
 	lastFetchOK := true
+	var in interner // shares what the nodes have alike
+	in.all(set)
 	failed := func() { failedAt = time.Now() }
 
 	// publish swaps in a snapshot of set. News that takes the service from
@@ -596,6 +607,13 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedA
 		}
 		n := len(set)
 		changed := set.Apply(ev)
+		if changed && ev.Type != registry.Delete && ev.Service != nil {
+			for _, node := range ev.Service.Nodes {
+				if node != nil {
+					in.one(set, node.ID)
+				}
+			}
+		}
 		if ev.Type == registry.Delete {
 			gone += n - len(set)
 			if n > 0 && len(set) == 0 {
@@ -627,29 +645,34 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedA
 			}
 			continue
 		}
-		// Events are read by a helper goroutine so that refreshes and
-		// shutdown are not stuck behind a blocking Next.
-		events := make(chan *registry.Event, 64)
-		werr := make(chan error, 1)
-		go func() {
-			defer close(events)
+		// Events are read without blocking (see source), so that
+		// refreshes and shutdown are not stuck behind a blocking Next.
+		src, release := sourceOf(ctx, w)
+		stop := func() {
+			w.Stop()
+			release()
+		}
+		var werr error
+		// drain applies what is queued; ok is false once the watch ended.
+		drain := func() (changed, ok bool) {
 			for {
-				ev, err := w.Next()
+				ev, got, err := src.TryNext()
 				if err != nil {
-					werr <- err
-					return
+					werr = err
+					return changed, false
 				}
-				select {
-				case events <- ev:
-				case <-ctx.Done():
-					return
+				if !got {
+					return changed, true
 				}
+				bo.Reset()
+				changed = apply(ev) || changed
 			}
-		}()
+		}
 		// The watch's initial Create events do not report nodes that left
 		// while we were not watching: resynchronise from a full fetch.
 		if fresh, ok := c.fetch(ctx, e.name, log); ok {
 			set = fresh
+			in.all(set)
 			publish(fetchedNone)
 		} else {
 			failed()
@@ -657,35 +680,15 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedA
 		healthy := true
 		for healthy {
 			select {
-			case ev, ok := <-events:
-				if !ok {
-					healthy = false
-					break
-				}
-				bo.Reset()
-				changed := apply(ev)
-				// Drain what is already queued before rebuilding once.
-				for more := true; more; {
-					select {
-					case ev, ok := <-events:
-						if !ok {
-							more, healthy = false, false
-							break
-						}
-						changed = apply(ev) || changed
-					default:
-						more = false
-					}
-				}
-				if changed {
-					publishEvents()
-				}
+			case <-src.Ready():
+			case <-src.Done():
 			case <-holdC:
 				holdC = nil
 				if len(set) == 0 {
 					log.Info("cache: no nodes after the hold; the service is gone")
 					e.store(build(set))
 				}
+				continue
 			case <-refresh.C:
 				if e.nsubs.Load() > 0 || e.state.CompareAndSwap(entryUsed, entryIdle) {
 					// Subscribed, or read since the last tick. (A subscriber
@@ -694,41 +697,75 @@ func (c *Cache) run(ctx context.Context, e *Entry, set registry.NodeSet, failedA
 					idle = 0
 				} else if idle++; idle >= 2 && lastFetchOK && c.drop(e) {
 					log.Debug("cache: dropping idle entry")
-					w.Stop()
-					for range events {
-					}
+					stop()
 					return
 				}
 				fresh, ok := c.fetch(ctx, e.name, log)
 				if ok {
 					set = fresh
+					in.all(set)
 					publish(fetchedNone)
 				} else {
 					failed()
 				}
 				lastFetchOK = ok
+				continue
 			case <-ctx.Done():
-				w.Stop()
-				for range events {
-				}
+				stop()
 				return
 			}
-		}
-		w.Stop()
-		for range events {
-		}
-		select {
-		case err := <-werr:
-			if ctx.Err() == nil {
-				failed()
-				c.failed(e.name, OpWatch, err)
-				log.Warn("cache: watch ended; serving the last snapshot and re-watching", "err", err, "retry_in", bo.Peek())
+			// Apply everything queued, then rebuild once.
+			changed, ok := drain()
+			healthy = ok
+			if changed {
+				publishEvents()
 			}
-		default:
+		}
+		stop()
+		if werr != nil && ctx.Err() == nil {
+			failed()
+			c.failed(e.name, OpWatch, werr)
+			log.Warn("cache: watch ended; serving the last snapshot and re-watching", "err", werr, "retry_in", bo.Peek())
 		}
 		if !backoff.Sleep(ctx, bo.Next()) {
 			return
 		}
+	}
+}
+
+// source is what an entry reads events from without blocking.
+// registry.Queue, which every backend's Watch returns, is one; any other
+// Watcher is read by a goroutine into a Queue (sourceOf).
+type source interface {
+	Ready() <-chan struct{}
+	Done() <-chan struct{}
+	TryNext() (*registry.Event, bool, error)
+}
+
+// sourceOf returns w as a source, and a func that waits, once w is
+// stopped, for the goroutine that reads it, if any.
+func sourceOf(ctx context.Context, w registry.Watcher) (source, func()) {
+	if q, ok := w.(source); ok {
+		return q, func() {}
+	}
+	q := registry.NewQueue(ctx, nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			ev, err := w.Next()
+			if err != nil {
+				q.StopWith(err)
+				return
+			}
+			if !q.Push(ev) {
+				return
+			}
+		}
+	}()
+	return q, func() {
+		<-done
+		q.Stop()
 	}
 }
 

@@ -169,3 +169,123 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeShared: a decoder that shares parts between records decodes
+// each record exactly as a fresh one does (the same error or the same
+// data), whatever it decoded before.
+func FuzzDecodeShared(f *testing.F) {
+	a := svc("greeter", "1.0.0", "a")
+	b := svc("greeter", "1.0.0", "b")
+	b.Nodes[0].Metadata = map[string]string{"i": "0"} // a's node metadata
+	c := svc("greeter", "2.0.0", "a")
+	c.Endpoints = nil
+	va, _ := encode(a)
+	vb, _ := encode(b)
+	vc, _ := encode(c)
+	f.Add(va, vb, vc)
+	f.Add(va, va, vb)
+	f.Add(vb, []byte(`{"name":"greeter","metadata":{"k":"v"},"nodes":[{"id":"b","address":"h:1","metadata":{"i":"0"}}]}`), va)
+	f.Add(va, []byte(`{"name":"greeter","version":"1.0.0","metadata":{"k":"v"},"endpoints":null,"nodes":[{"id":"b","address":"h:1","metadata":null}]}`), vc)
+	// Keys twice: encoding/json merges the objects.
+	f.Add(va, []byte(`{"name":"greeter","metadata":{"a":"1"},"metadata":{"b":"2"},"nodes":[{"id":"b","address":"h:1","metadata":{"x":"1"},"metadata":{"y":"2"}}]}`), vb)
+	f.Add(va, []byte(`{"name":"greeter","endpoints":[{"name":"E","metadata":{"m":"1"}}],"endpoints":[{"name":"F"}],"nodes":[{"id":"b","address":"h:1"}],"nodes":[{"address":"h:2"}]}`), vb)
+	f.Fuzz(func(t *testing.T, v1, v2, v3 []byte) {
+		for _, whole := range []bool{false, true} {
+			d := &decoder{whole: whole}
+			for i, v := range [][]byte{v1, v2, v3, v2} {
+				key := "greeter/" + string(rune('a'+i%2))
+				got, err := d.decode(key, v)
+				want, werr := decode(key, v)
+				if (err == nil) != (werr == nil) {
+					t.Fatalf("record %d: shared decoder err %v, fresh decoder err %v", i, err, werr)
+				}
+				if err == nil && !registry.SameNode(got, want) {
+					t.Fatalf("record %d: shared decoder gave %+v, fresh %+v", i, got, want)
+				}
+			}
+		}
+	})
+}
+
+// recordSum tells records apart as registry.SameNode does, whatever their
+// bytes.
+func TestRecordSum(t *testing.T) {
+	base := func() *registry.Service { return scaleService(3, 1) }
+	b := base()
+	raw, _ := json.Marshal(b)
+	var indented strings.Builder
+	var v any
+	_ = json.Unmarshal(raw, &v)
+	enc := json.NewEncoder(&indented)
+	enc.SetIndent("", "    ")
+	_ = enc.Encode(v)
+	again, err := decode(b.Name+"/"+b.Nodes[0].ID, []byte(indented.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recordSum(b) != recordSum(again) {
+		t.Error("the same record re-encoded hashes otherwise")
+	}
+	empty := base()
+	empty.Endpoints[0].Metadata = map[string]string{}
+	empty.Endpoints[1].Metadata = nil
+	if recordSum(empty) != recordSum(func() *registry.Service { s := base(); s.Endpoints[0].Metadata = nil; return s }()) {
+		t.Error("empty and absent metadata hash otherwise")
+	}
+	changes := map[string]func(*registry.Service){
+		"version":             func(s *registry.Service) { s.Version = "9" },
+		"service metadata":    func(s *registry.Service) { s.Metadata["team"] = "other" },
+		"metadata key moved":  func(s *registry.Service) { s.Metadata = map[string]string{"team": "", "tier": "platformbackend"} },
+		"endpoint name":       func(s *registry.Service) { s.Endpoints[1].Name = "Store.Del" },
+		"endpoint dropped":    func(s *registry.Service) { s.Endpoints = s.Endpoints[:1] },
+		"request field type":  func(s *registry.Service) { s.Endpoints[0].Request.Values[0].Type = "int64" },
+		"request field added": func(s *registry.Service) { s.Endpoints[0].Request.Values = append(s.Endpoints[0].Request.Values, nil) },
+		"response nil":        func(s *registry.Service) { s.Endpoints[1].Response = nil },
+		"endpoint metadata":   func(s *registry.Service) { s.Endpoints[0].Metadata["idempotent"] = "false" },
+		"address":             func(s *registry.Service) { s.Nodes[0].Address = "10.9.9.9:1" },
+		"node metadata":       func(s *registry.Service) { s.Nodes[0].Metadata["zone"] = "b" },
+		"strings run together": func(s *registry.Service) {
+			s.Name, s.Version = s.Name+"1", s.Version[1:]
+		},
+	}
+	for what, change := range changes {
+		s := base()
+		change(s)
+		if registry.SameNode(b, s) {
+			t.Fatalf("%s: SameNode says no change", what)
+		}
+		if recordSum(s) == recordSum(b) {
+			t.Errorf("%s: same hash", what)
+		}
+	}
+}
+
+// A listing's decoder shares a version's metadata and endpoints between
+// its nodes (as Group does), but each node keeps a map of its own, and
+// another version's records share nothing with it.
+func TestDecoderSharesWithinAVersion(t *testing.T) {
+	var d decoder
+	dec := func(version, id string) *registry.Service {
+		s := scaleService(1, 0)
+		s.Version = version
+		s.Nodes = []*registry.Node{scaleNode(1, 0, 0)}
+		s.Nodes[0].ID = id
+		b, _ := encode(s)
+		got, err := d.decode(s.Name+"/"+id, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	a, b, c, e := dec("1", "a"), dec("1", "b"), dec("2", "c"), dec("1", "e")
+	if &b.Endpoints[0] != &e.Endpoints[0] || &a.Endpoints[0] != &b.Endpoints[0] {
+		t.Error("nodes of one version do not share their endpoints")
+	}
+	if &c.Endpoints[0] == &b.Endpoints[0] {
+		t.Error("two versions share their endpoints")
+	}
+	b.Nodes[0].Metadata["x"] = "y"
+	if _, ok := e.Nodes[0].Metadata["x"]; ok {
+		t.Error("two nodes share their node metadata")
+	}
+}

@@ -19,7 +19,39 @@
 // Values under the prefix that are not such a record (not JSON, JSON of
 // another shape, no node or several nodes, a name or node ID that does not
 // match the key, data that fails registry.Validate, values larger than
-// MaxRecordSize) are skipped everywhere with a Warn log line.
+// MaxRecordSize) are skipped everywhere, with Warn log lines limited by
+// registry.BadRecords: each bad key named at most once per 10 minutes, at
+// most 5 keys named a minute, the others counted in a summary line.
+//
+// # Byte budgets
+//
+// Junk under the prefix must not cost a reader memory in proportion to it:
+//
+//   - a value is decoded only when it is at most MaxRecordSize (1 MiB);
+//     decoding allocates in proportion to the value;
+//   - a listing (GetService, ListServices, a watch's first listing or
+//     re-listing) reads range pages of at most 1,000 keys and ListPageBytes
+//     (4 MiB): the etcd client refuses a larger response before reading it
+//     (gRPC's receive limit, per request), and the listing asks again for
+//     as many keys as fit in half a page. A page is decoded and dropped
+//     before the next is read, so a listing holds at most one page of raw
+//     values besides the records it returns. A value larger than a page is
+//     never fetched: it is skipped by key;
+//   - the Registry remembers up to registry.MaxBadRecords malformed keys
+//     with their mod revision (and a hash of the value). A listing of a
+//     prefix under which some are remembered first reads the keys only
+//     (WithKeysOnly) and then fetches the values of the other keys, range
+//     by range: a bad record is fetched and decoded once per revision,
+//     not on every listing;
+//   - a watch decodes each event's record at most once, none for a value
+//     over MaxRecordSize or for bad bytes written again; it asks for no
+//     previous values (WithPrevKV would double every event's bytes).
+//
+// What the etcd client receives on a watch is bounded by etcd's own limit
+// per write (--max-request-bytes, 1.5 MiB by default; one watch response
+// may carry several writes' events when a watch catches up) rather than by
+// the Registry: a watch stream is shared by the watches of a client, and
+// refusing a large response would break them all.
 //
 // # go-zero services
 //
@@ -69,8 +101,8 @@
 //
 // A watch lists the prefix (all services, or "<prefix><service>/") and
 // reports every node as a Create event, then watches from the listing's
-// revision + 1 with previous values. Puts that do not change the record
-// produce no event; changed records produce Update. After a disconnect the
+// revision + 1. Puts that do not change the record produce no event;
+// changed records produce Update. After a disconnect the
 // watch resumes from the last revision it delivered; if that revision has
 // been compacted meanwhile, it lists again and emits the difference between
 // what it had reported and the new listing (registry.Diff), so that a watcher

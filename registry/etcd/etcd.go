@@ -27,9 +27,6 @@ import (
 // (and any TTL up to whole seconds) instead of failing.
 const MinTTL = 2 * time.Second
 
-// listPage is how many keys one range request of a listing returns.
-const listPage = 1000
-
 // reconnectMax is the longest wait between two attempts to reconnect to an
 // etcd endpoint.
 const reconnectMax = 500 * time.Millisecond
@@ -53,6 +50,9 @@ type Registry struct {
 	mu     sync.Mutex
 	closed bool
 	nodes  map[string]*node // etcd key -> registration made through this Registry
+
+	badOnce sync.Once
+	bad     *registry.BadRecords // records found malformed (see list.go)
 }
 
 var _ registry.Registry = (*Registry)(nil)
@@ -351,79 +351,61 @@ func (r *Registry) fail(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("etcd: %s: %w: %w", op, registry.ErrUnavailable, err)
 }
 
-// list returns every key-value under prefix at revision rev (0: the
-// current one), reading in pages of listPage keys, and that revision.
-func (r *Registry) list(ctx context.Context, prefix string, rev int64) ([]*mvccpb.KeyValue, int64, error) {
-	ctx, cancel := r.reqCtx(ctx)
-	defer cancel()
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		var (
-			kvs []*mvccpb.KeyValue
-			at  = rev
-			key = prefix
-		)
-		for {
-			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
-			if at != 0 {
-				opts = append(opts, clientv3.WithRev(at))
-			}
-			resp, err := r.cli.Get(ctx, key, opts...)
-			if err != nil {
-				lastErr = err
-				break
-			}
-			if at == 0 {
-				at = resp.Header.Revision
-			}
-			kvs = append(kvs, resp.Kvs...)
-			if !resp.More || len(resp.Kvs) == 0 {
-				return kvs, at, nil
-			}
-			key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-		}
-		if rev != 0 || !errors.Is(lastErr, rpctypes.ErrCompacted) {
-			break // a compaction between pages is worth a fresh start; nothing else is
-		}
-	}
-	return nil, 0, lastErr
+// listSet lists the spans at one revision and decodes them into a NodeSet
+// keyed by etcd key, skipping malformed records. It returns that revision.
+func (r *Registry) listSet(ctx context.Context, spans []span) (registry.NodeSet, int64, error) {
+	var set registry.NodeSet
+	rev, err := r.listRecords(ctx, spans, &decoder{}, func() { set = make(registry.NodeSet) },
+		func(key string, _ *mvccpb.KeyValue, s *registry.Service) { set[key] = s })
+	return set, rev, err
 }
 
-// listSet lists the spans at one revision and decodes them into a NodeSet
-// keyed by etcd key, skipping malformed records with a log line. It returns
-// that revision.
-func (r *Registry) listSet(ctx context.Context, spans []span) (registry.NodeSet, int64, error) {
+// listRecords lists the spans at one revision, which it returns, and calls
+// each with every valid record (by etcd key), decoded by dec (Beacon's
+// records) or as a go-zero key's, span by span in key order; malformed
+// records are skipped (see BadRecords). start is called before the first
+// record of each attempt: a compaction between pages or spans makes the
+// listing start over. Each request is bounded by the request timeout, the
+// listing by ctx.
+func (r *Registry) listRecords(ctx context.Context, spans []span, dec *decoder, start func(),
+	each func(key string, kv *mvccpb.KeyValue, s *registry.Service)) (int64, error) {
+	bad := r.badRecords()
+	defer bad.Flush()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		set := make(registry.NodeSet)
-		var rev int64
-		var err error
+		start()
+		d := *dec // a fresh copy per attempt
+		var (
+			rev int64
+			err error
+		)
 		for _, sp := range spans {
-			var kvs []*mvccpb.KeyValue
-			if kvs, rev, err = r.list(ctx, sp.prefix, rev); err != nil {
-				break
-			}
-			for _, kv := range kvs {
-				s, derr := sp.decode(string(kv.Key), kv.Value)
-				if derr != nil {
-					r.malformed(kv.Key, derr)
-					continue
+			anyBad := bad.Any(sp.prefix)
+			rev, err = r.scan(ctx, sp.prefix, rev, func(kv *mvccpb.KeyValue) {
+				if anyBad && bad.Known(string(kv.Key), uint64(kv.ModRevision), 0) {
+					return
 				}
-				set[string(kv.Key)] = s
+				s, err := r.decodeIn(sp, &d, kv.Key, kv.Value)
+				if err != nil {
+					r.malformed(kv.Key, kv.ModRevision, kv.Value, err)
+					return
+				}
+				if anyBad {
+					bad.Forget(string(kv.Key))
+				}
+				each(string(kv.Key), kv, s)
+			})
+			if err != nil {
+				break
 			}
 		}
 		if err == nil {
-			return set, rev, nil
+			return rev, nil
 		}
 		lastErr = err
 		if !errors.Is(err, rpctypes.ErrCompacted) {
-			break // compacted between two spans: worth a fresh start
+			break // a compaction between pages or spans is worth a fresh start; nothing else is
 		}
 	}
-	return nil, 0, lastErr
-}
-
-func (r *Registry) malformed(key []byte, err error) {
-	r.log.Warn("etcd registry: skipping malformed record", "key", trunc(string(key)), "err", err)
+	return 0, lastErr
 }

@@ -116,7 +116,7 @@ func decodeGoZero(g goZeroKey, key string, value []byte) (*registry.Service, err
 // prefix (all, or one service's), or a go-zero key's publishers.
 type span struct {
 	prefix string
-	decode func(key string, value []byte) (*registry.Service, error)
+	gz     *goZeroKey // nil: Beacon's records
 }
 
 // spans returns what to read for one service, or for all ("").
@@ -125,15 +125,24 @@ func (r *Registry) spans(service string) []span {
 	if service != "" {
 		beacon += service + "/"
 	}
-	out := []span{{prefix: beacon, decode: func(key string, v []byte) (*registry.Service, error) {
-		return decode(key[len(r.prefix):], v)
-	}}}
-	for _, g := range r.gozero {
+	out := []span{{prefix: beacon}}
+	for i, g := range r.gozero {
 		if service == "" || g.name == service {
-			out = append(out, span{prefix: g.key + "/", decode: func(key string, v []byte) (*registry.Service, error) {
-				return decodeGoZero(g, key, v)
-			}})
+			out = append(out, span{prefix: g.key + "/", gz: &r.gozero[i]})
 		}
 	}
 	return out
+}
+
+// decodeIn decodes the record at etcd key of span sp: a Beacon record with
+// d (nil: decoded whole, by decode), or a go-zero publisher's value.
+func (r *Registry) decodeIn(sp span, d *decoder, key, value []byte) (*registry.Service, error) {
+	if sp.gz != nil {
+		return decodeGoZero(*sp.gz, string(key), value)
+	}
+	rel := string(key[len(r.prefix):])
+	if d == nil {
+		return decode(rel, value)
+	}
+	return d.decode(rel, value)
 }
