@@ -102,27 +102,36 @@ type options struct {
 
 	// explicit holds the settings given by the environment or the command
 	// line (by name): they beat ServerOptions and ClientOptions too.
-	explicit map[string]bool
+	explicit  map[string]bool
+	aboveCode bool // options now applied come from the environment or Explicit
 }
 
 // Name sets the service name (--server_name); a service without a name is
 // a client only.
-func Name(n string) Option { return func(o *options) { o.name = n } }
+func Name(n string) Option { return func(o *options) { o.name = n; o.mark(SettingServerName) } }
 
 // Version sets the service version (--server_version).
-func Version(v string) Option { return func(o *options) { o.version = v } }
+func Version(v string) Option {
+	return func(o *options) { o.version = v; o.mark(SettingServerVersion) }
+}
 
 // ID sets the node ID (--server_id; default: the name and a random suffix).
-func ID(id string) Option { return func(o *options) { o.id = id } }
+func ID(id string) Option { return func(o *options) { o.id = id; o.mark(SettingServerID) } }
 
 // Metadata sets the node's metadata (--server_metadata k=v).
-func Metadata(md map[string]string) Option { return func(o *options) { o.metadata = md } }
+func Metadata(md map[string]string) Option {
+	return func(o *options) { o.metadata = md; o.mark(SettingServerMetadata) }
+}
 
 // Address sets the server's listen address (--server_address).
-func Address(a string) Option { return func(o *options) { o.address = a } }
+func Address(a string) Option {
+	return func(o *options) { o.address = a; o.mark(SettingServerAddress) }
+}
 
 // Advertise sets the address registered for callers (--server_advertise).
-func Advertise(a string) Option { return func(o *options) { o.advertise = a } }
+func Advertise(a string) Option {
+	return func(o *options) { o.advertise = a; o.mark(SettingServerAdvertise) }
+}
 
 // Registry sets the registry. The service does not close a registry given
 // this way.
@@ -150,26 +159,32 @@ func RegistryEmptyHold(d time.Duration) Option {
 
 // RegisterTTL sets the registration TTL (--register_ttl), at most
 // server.MaxRegisterTTL.
-func RegisterTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
+func RegisterTTL(d time.Duration) Option {
+	return func(o *options) { o.ttl = d; o.mark(SettingRegisterTTL) }
+}
 
 // RegisterInterval sets the heartbeat interval (--register_interval).
-func RegisterInterval(d time.Duration) Option { return func(o *options) { o.interval = d } }
+func RegisterInterval(d time.Duration) Option {
+	return func(o *options) { o.interval = d; o.mark(SettingRegisterInterval) }
+}
 
 // DrainGrace sets how long Stop keeps serving after deregistering, while
 // callers' caches learn that the node left (--server_drain_grace; default
 // server.DefaultDrainGrace). Tests usually want 0.
 func DrainGrace(d time.Duration) Option {
-	return func(o *options) { o.drainGrace, o.drainSet = d, true }
+	return func(o *options) { o.drainGrace, o.drainSet = d, true; o.mark(SettingServerDrainGrace) }
 }
 
 // Retries sets the client's retries of a call on another node
 // (--client_retries; default client.DefaultRetries).
-func Retries(n int) Option { return func(o *options) { o.retries, o.retriesSet = n, true } }
+func Retries(n int) Option {
+	return func(o *options) { o.retries, o.retriesSet = n, true; o.mark(SettingClientRetries) }
+}
 
 // RequestTimeout sets the client's per-attempt timeout
 // (--client_request_timeout; default client.DefaultRequestTimeout).
 func RequestTimeout(d time.Duration) Option {
-	return func(o *options) { o.reqTimeout, o.reqTimeoutSet = d, true }
+	return func(o *options) { o.reqTimeout, o.reqTimeoutSet = d, true; o.mark(SettingClientRequestTimeout) }
 }
 
 // LogLevel sets the level of the default logger (--log_level; default
@@ -184,7 +199,7 @@ func LogFormat(f string) Option { return func(o *options) { o.logFormat = f } }
 // --tls_client_auth): with any of them the client speaks TLS and a service
 // with a name serves TLS only (see package tlsconfig; the files are
 // reloaded when they change).
-func TLS(f tlsconfig.Files) Option { return func(o *options) { o.tls = f } }
+func TLS(f tlsconfig.Files) Option { return func(o *options) { o.tls = f; o.mark(SettingTLSCert) } }
 
 // NoEnv makes the service ignore the environment (BEACON_*, MICRO_*).
 func NoEnv() Option { return func(o *options) { o.noEnv = true } }
@@ -250,42 +265,12 @@ type Service struct {
 	stopped bool
 }
 
-// snapshot records the explicit-layer values of the settings an option set
-// can change, to tell which ones it set.
-type snapshot struct {
-	name, version, id, address, advertise, logFormat string
-	ttl, interval, drain, reqTimeout, hold           time.Duration
-	retries                                          int
-	md                                               int
-	tls                                              tlsconfig.Files
-	strategy                                         selector.Strategy
-	level                                            slog.Level
-}
-
-func snap(o *options) snapshot {
-	return snapshot{o.name, o.version, o.id, o.address, o.advertise, o.logFormat, o.ttl, o.interval, o.drainGrace,
-		o.reqTimeout, o.emptyHold, o.retries, len(o.metadata), o.tls, o.strategy, o.logLevel}
-}
-
-// markChanged marks the settings that changed between a and b explicit.
-func markChanged(o *options, a, b snapshot) {
-	mark := func(changed bool, name string) {
-		if changed {
-			o.explicit[name] = true
-		}
+// mark records that setting name was given above code (by the environment
+// or Explicit): it then beats ServerOptions and ClientOptions too.
+func (o *options) mark(name string) {
+	if o.aboveCode {
+		o.explicit[name] = true
 	}
-	mark(a.name != b.name, SettingServerName)
-	mark(a.version != b.version, SettingServerVersion)
-	mark(a.id != b.id, SettingServerID)
-	mark(a.address != b.address, SettingServerAddress)
-	mark(a.advertise != b.advertise, SettingServerAdvertise)
-	mark(a.ttl != b.ttl, SettingRegisterTTL)
-	mark(a.interval != b.interval, SettingRegisterInterval)
-	mark(a.drain != b.drain, SettingServerDrainGrace)
-	mark(a.reqTimeout != b.reqTimeout, SettingClientRequestTimeout)
-	mark(a.retries != b.retries, SettingClientRetries)
-	mark(a.md != b.md, SettingServerMetadata)
-	mark(a.tls != b.tls, SettingTLSCert)
 }
 
 // NewService reads the environment, makes the registry when it was not
@@ -303,10 +288,9 @@ func NewService(opts ...Option) (*Service, error) {
 			return nil, err
 		}
 	}
+	o.aboveCode = true
 	for _, f := range o.explicitOpts {
-		before := snap(&o)
 		f(&o)
-		markChanged(&o, before, snap(&o))
 	}
 	switch t := o.tls; {
 	case t.Cert != "" && t.Key == "":
@@ -385,9 +369,7 @@ func NewService(opts ...Option) (*Service, error) {
 	if o.explicit[SettingClientRequestTimeout] {
 		copts = append(copts, timeout())
 	}
-	if o.explicit[SettingTLSCert] || o.tls != (tlsconfig.Files{}) {
-		copts = append(copts, tlsClient...)
-	}
+	copts = append(copts, tlsClient...) // TLS settings: code or above, after ClientOptions
 	s.cli = client.New(s.sel, copts...)
 
 	if o.name != "" {

@@ -115,6 +115,7 @@ func TestPrecedence(t *testing.T) {
 		{"NoEnv", map[string]string{"BEACON_SERVER_ID": "env"}, nil, []beacon.Option{beacon.ID("code"), beacon.NoEnv()}, "code", ""},
 		{"metadata from env", map[string]string{"BEACON_SERVER_METADATA": "zone=a,rack=3"}, nil, nil, "", "rack=3 zone=a"},
 		{"command line beats env", map[string]string{"BEACON_SERVER_ID": "env"}, []string{"--server_id", "flag"}, []beacon.Option{beacon.ID("code")}, "flag", ""},
+		{"command line equal to code still beats ServerOptions", nil, []string{"--server_id", "same"}, []beacon.Option{beacon.ID("same"), beacon.ServerOptions(server.ID("serveropt"))}, "same", ""},
 		{"command line metadata", nil, []string{"--server_metadata", "zone=b", "--server_metadata", "k=v"}, nil, "", "k=v zone=b"},
 		{"no command line given: env and code", map[string]string{"BEACON_SERVER_ID": "env"}, []string{}, []beacon.Option{beacon.ID("code")}, "env", ""},
 	}
