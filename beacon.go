@@ -307,7 +307,7 @@ func NewService(opts ...Option) (*Service, error) {
 		}
 	}
 	log := o.log
-	tlsServer, tlsClient, err := tlsOptions(o.tls, o.name != "", log)
+	tlsServer, tlsClient, err := TLSOptions(o.tls, o.name != "", log)
 	if err != nil {
 		return nil, err
 	}
@@ -406,10 +406,13 @@ func NewService(opts ...Option) (*Service, error) {
 	return s, nil
 }
 
-// tlsOptions returns the server and client options of the TLS files: none
+// TLSOptions returns the server and client options of the TLS files: none
 // when none is set; else the client speaks TLS and, when serving, the
-// server serves TLS only (which needs a certificate and its key).
-func tlsOptions(f tlsconfig.Files, serving bool, log *slog.Logger) ([]server.Option, []client.Option, error) {
+// server serves TLS only (which needs a certificate and its key: else an
+// error matching ErrTLSSettings). It reads the files (an error names them);
+// the configs reload them when they change (package tlsconfig), logging to
+// log.
+func TLSOptions(f tlsconfig.Files, serving bool, log *slog.Logger) ([]server.Option, []client.Option, error) {
 	if f.Cert == "" && f.Key == "" && f.CA == "" && !f.ClientAuth {
 		return nil, nil, nil
 	}

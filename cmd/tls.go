@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/beacon-go/beacon"
 	"github.com/beacon-go/beacon/client"
 	"github.com/beacon-go/beacon/server"
 	"github.com/beacon-go/beacon/tlsconfig"
@@ -88,25 +89,5 @@ func tlsFrom(c *cli.Context, cfg *Config) error {
 // the flag); the configs reload them when they change (package tlsconfig),
 // logging failures to log (nil: slog.Default()).
 func (t TLSConfig) Options(withServer bool, log *slog.Logger) ([]server.Option, []client.Option, error) {
-	if !t.Enabled() {
-		return nil, nil, nil
-	}
-	f := tlsconfig.Files{Cert: t.Cert, Key: t.Key, CA: t.CA, ClientAuth: t.ClientAuth, Logger: log}
-	var sopts []server.Option
-	if withServer {
-		if t.Cert == "" {
-			return nil, nil, fmt.Errorf("%w: serving TLS needs --%s and --%s (TLS is on: --%s or --%s was given)",
-				ErrTLSFlags, FlagTLSCert, FlagTLSKey, FlagTLSCA, FlagTLSClientAuth)
-		}
-		cfg, err := f.Server()
-		if err != nil {
-			return nil, nil, fmt.Errorf("cmd: --%s, --%s, --%s: %w", FlagTLSCert, FlagTLSKey, FlagTLSCA, err)
-		}
-		sopts = append(sopts, server.TLS(cfg))
-	}
-	cfg, err := f.Client()
-	if err != nil {
-		return nil, nil, fmt.Errorf("cmd: --%s, --%s, --%s: %w", FlagTLSCert, FlagTLSKey, FlagTLSCA, err)
-	}
-	return sopts, []client.Option{client.TLS(cfg)}, nil
+	return beacon.TLSOptions(tlsconfig.Files{Cert: t.Cert, Key: t.Key, CA: t.CA, ClientAuth: t.ClientAuth}, withServer, log)
 }
