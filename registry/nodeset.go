@@ -53,6 +53,16 @@ func (set NodeSet) Group() []*Service {
 	return out
 }
 
+// GroupCopy is Group with every Service a deep copy: what a backend hands
+// out from state it keeps (callers may modify what they get).
+func (set NodeSet) GroupCopy() []*Service {
+	out := set.Group()
+	for i, s := range out {
+		out[i] = s.Copy()
+	}
+	return out
+}
+
 // Diff returns the events that turn prev into next: Create for nodes only in
 // next, Delete for nodes only in prev, Update for nodes whose data changed.
 // Events are ordered by node ID.

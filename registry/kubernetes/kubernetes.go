@@ -472,7 +472,7 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 	if len(set) == 0 {
 		return nil, registry.ErrNotFound
 	}
-	return copyAll(set.Group()), nil
+	return set.GroupCopy(), nil
 }
 
 // ListServices implements registry.Registry: every service with at least
@@ -491,7 +491,7 @@ func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) (
 	}
 	var out []*registry.Service
 	for _, name := range slices.Sorted(maps.Keys(r.state)) {
-		out = append(out, copyAll(r.state[name].Group())...)
+		out = append(out, r.state[name].GroupCopy()...)
 	}
 	return out, nil
 }
@@ -553,14 +553,6 @@ func (r *Registry) Close() error {
 	r.httpc.CloseIdleConnections()
 	r.closeConns() // nothing of this registry uses them any more
 	return nil
-}
-
-func copyAll(in []*registry.Service) []*registry.Service {
-	out := make([]*registry.Service, len(in))
-	for i, s := range in {
-		out[i] = s.Copy()
-	}
-	return out
 }
 
 // warnings logs the API server's warnings (deprecations) with the

@@ -167,7 +167,7 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 	if len(set) == 0 {
 		return nil, registry.ErrNotFound
 	}
-	return copyAll(set.Group()), nil
+	return set.GroupCopy(), nil
 }
 
 // ListServices implements registry.Registry. Each entry carries its nodes.
@@ -182,7 +182,7 @@ func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) (
 	}
 	var out []*registry.Service
 	for _, name := range slices.Sorted(maps.Keys(r.services)) {
-		out = append(out, copyAll(r.setLocked(name).Group())...)
+		out = append(out, r.setLocked(name).GroupCopy()...)
 	}
 	return out, nil
 }
@@ -304,12 +304,4 @@ func (r *Registry) expire() time.Time {
 	slices.SortFunc(evs, func(a, b *registry.Event) int { return strings.Compare(a.Service.Nodes[0].ID, b.Service.Nodes[0].ID) })
 	r.publishLocked(evs)
 	return next
-}
-
-func copyAll(in []*registry.Service) []*registry.Service {
-	out := make([]*registry.Service, len(in))
-	for i, s := range in {
-		out[i] = s.Copy()
-	}
-	return out
 }

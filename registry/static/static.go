@@ -232,7 +232,7 @@ func (r *Registry) GetService(ctx context.Context, name string, _ ...registry.Ge
 	if len(set) == 0 {
 		return nil, registry.ErrNotFound
 	}
-	return copyAll(set.Group()), nil
+	return set.GroupCopy(), nil
 }
 
 // ListServices implements registry.Registry. Each entry carries its nodes.
@@ -247,7 +247,7 @@ func (r *Registry) ListServices(ctx context.Context, _ ...registry.ListOption) (
 	}
 	var out []*registry.Service
 	for _, name := range slices.Sorted(maps.Keys(r.state)) {
-		out = append(out, copyAll(r.state[name].Group())...)
+		out = append(out, r.state[name].GroupCopy()...)
 	}
 	return out, nil
 }
@@ -347,12 +347,4 @@ func (r *Registry) replace(services []*registry.Service) int {
 
 func copyEvent(ev *registry.Event) *registry.Event {
 	return &registry.Event{Type: ev.Type, Service: ev.Service.Copy(), Timestamp: ev.Timestamp}
-}
-
-func copyAll(in []*registry.Service) []*registry.Service {
-	out := make([]*registry.Service, len(in))
-	for i, s := range in {
-		out[i] = s.Copy()
-	}
-	return out
 }
