@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +31,7 @@ func hello(req *HelloReq, rsp *HelloRsp) { rsp.Msg, rsp.Node = "Hello "+req.Name
 // b.SetParallelism(32) on 2 CPUs gives 64 goroutines.
 func BenchmarkCall(b *testing.B) {
 	for _, conc := range []int{1, 64} {
+		benchFloor(b, conc) // floor-pingpong and floor-mux (floor_test.go)
 		for _, strat := range []selector.Strategy{selector.LeastLoaded(), selector.RoundRobin()} {
 			b.Run(fmt.Sprintf("beacon-%s/c=%d", strat, conc), func(b *testing.B) {
 				e := newEnv(b, 3)
@@ -93,25 +95,58 @@ func BenchmarkCall(b *testing.B) {
 }
 
 func run(b *testing.B, conc int, fn func() error) {
+	runEach(b, conc, func() func() error { return fn })
+}
+
+// runEach runs the calls of setup's functions (one per calling goroutine)
+// at concurrency conc, and reports beside ns/op and allocs/op the latency
+// of a call (p50-us, p99-us) and the write system calls per call of the
+// whole process, client and server together (writes/op).
+func runEach(b *testing.B, conc int, setup func() func() error) {
+	var (
+		mu  sync.Mutex
+		all latency
+	)
 	b.ReportAllocs()
+	writes := writeSyscalls()
 	b.ResetTimer()
 	if conc == 1 {
+		fn := setup()
+		var h latency
 		for b.Loop() {
+			t0 := time.Now()
 			if err := fn(); err != nil {
 				b.Fatal(err)
 			}
+			h.add(time.Since(t0))
 		}
-		return
-	}
-	b.SetParallelism((conc + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := fn(); err != nil {
-				b.Error(err)
-				return
+		all = h
+	} else {
+		b.SetParallelism((conc + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+		b.RunParallel(func(pb *testing.PB) {
+			fn := setup()
+			h := new(latency)
+			defer func() {
+				mu.Lock()
+				all.merge(h)
+				mu.Unlock()
+			}()
+			for pb.Next() {
+				t0 := time.Now()
+				if err := fn(); err != nil {
+					b.Error(err)
+					return
+				}
+				h.add(time.Since(t0))
 			}
-		}
-	})
+		})
+	}
+	b.StopTimer()
+	if w := writeSyscalls(); writes >= 0 && w >= 0 {
+		b.ReportMetric(float64(w-writes)/float64(b.N), "writes/op")
+	}
+	b.ReportMetric(float64(all.quantile(0.5))/1e3, "p50-us")
+	b.ReportMetric(float64(all.quantile(0.99))/1e3, "p99-us")
 }
 
 func httpServer(b *testing.B) (string, func()) {
