@@ -100,15 +100,17 @@ func run(b *testing.B, conc int, fn func() error) {
 
 // runEach runs the calls of setup's functions (one per calling goroutine)
 // at concurrency conc, and reports beside ns/op and allocs/op the latency
-// of a call (p50-us, p99-us) and the write system calls per call of the
-// whole process, client and server together (writes/op).
+// of a call (p50-us, p99-us), and for the whole process, client and server
+// together, the write system calls (writes/op) and the CPU time, user and
+// system (cpu-us/op: on a shared machine a steadier measure of cost than
+// the time per call, which other processes' load stretches).
 func runEach(b *testing.B, conc int, setup func() func() error) {
 	var (
 		mu  sync.Mutex
 		all latency
 	)
 	b.ReportAllocs()
-	writes := writeSyscalls()
+	writes, cpu0 := writeSyscalls(), cpuTime()
 	b.ResetTimer()
 	if conc == 1 {
 		fn := setup()
@@ -144,6 +146,9 @@ func runEach(b *testing.B, conc int, setup func() func() error) {
 	b.StopTimer()
 	if w := writeSyscalls(); writes >= 0 && w >= 0 {
 		b.ReportMetric(float64(w-writes)/float64(b.N), "writes/op")
+	}
+	if cpu0 >= 0 {
+		b.ReportMetric(float64(cpuTime()-cpu0)/1e3/float64(b.N), "cpu-us/op")
 	}
 	b.ReportMetric(float64(all.quantile(0.5))/1e3, "p50-us")
 	b.ReportMetric(float64(all.quantile(0.99))/1e3, "p99-us")

@@ -323,8 +323,12 @@ func (c *Client) Call(ctx context.Context, service, endpoint string, req, rsp an
 		return &status.Error{Code: status.Unavailable, Detail: "client closed", Causes: []error{ErrClosed, ErrNotRun}}
 	}
 	ci := CallInfo{Service: service, Endpoint: endpoint, Request: req, Response: rsp, Options: c.o.call}
-	for _, f := range opts {
-		f(&ci.Options)
+	if len(opts) > 0 {
+		o := c.o.call // options see a copy of their own, so a call without options keeps ci on the stack
+		for _, f := range opts {
+			f(&o)
+		}
+		ci.Options = o
 	}
 	if c.invokeCall != nil {
 		hci := new(CallInfo)
@@ -412,7 +416,8 @@ func (c *Client) invoke(ctx context.Context, ci *CallInfo) error {
 		start := time.Now()
 		hedge := o.Hedge > 0 && pk.Node != nil && (o.Idempotent || idempotent(pk.Service, endpoint))
 		if hedge {
-			err = c.hedged(ctx, next, pk, tried[:min(attempt+1, len(tried))], &call, attempt+1, rsp, o)
+			hc, ho := call, *o // the hedge's goroutines hold these: copies, so a call without hedging allocates neither
+			err = c.hedged(ctx, next, pk, tried[:min(attempt+1, len(tried))], &hc, attempt+1, rsp, &ho)
 		} else {
 			st := c.states.Get().(*attemptState)
 			err = c.attempt(ctx, st, start, &call, attempt+1, pk.Node, addr, o.RequestTimeout)
@@ -426,8 +431,8 @@ func (c *Client) invoke(ctx context.Context, ci *CallInfo) error {
 			}
 			c.putState(st)
 		}
-		var te *TransportError
-		isTE := errors.As(err, &te)
+		te := asTransportError(err)
+		isTE := te != nil
 		if pk.Node != nil && !hedge {
 			var failure error
 			if isTE {
@@ -480,6 +485,33 @@ func (c *Client) invoke(ctx context.Context, ci *CallInfo) error {
 		causes = append(causes, ctx.Err())
 	}
 	return &status.Error{Code: code, Detail: fmt.Sprintf("call %s %s failed after %d attempt(s)", service, endpoint, len(causes)), Causes: causes}
+}
+
+// asTransportError is errors.As(err, &te) for a *TransportError, without
+// the allocation of the target errors.As needs.
+func asTransportError(err error) *TransportError {
+	for err != nil {
+		switch x := err.(type) {
+		case *TransportError:
+			return x
+		case interface{ Unwrap() error }:
+			err = x.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, e := range x.Unwrap() {
+				if te := asTransportError(e); te != nil {
+					return te
+				}
+			}
+			return nil
+		default:
+			var te *TransportError
+			if errors.As(err, &te) { // an As method
+				return te
+			}
+			return nil
+		}
+	}
+	return nil
 }
 
 // ctxOver reports whether ctx is done or its deadline has passed.

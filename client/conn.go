@@ -41,11 +41,12 @@ var errNoResponse = errors.New("no response before the deadline")
 
 // call is one request in flight; pooled. The reader fills rsp.
 type call struct {
-	ch      chan struct{}
-	rsp     *transport.Response
-	scratch transport.Response // a ping's response
-	err     error
-	timer   *time.Timer
+	ch          chan struct{}
+	rsp         *transport.Response
+	contentType string             // the request's (the response's is likely the same)
+	scratch     transport.Response // a ping's response
+	err         error
+	timer       *time.Timer
 }
 
 func newCall() any {
@@ -70,7 +71,7 @@ func (p *pools) init() {
 func (p *pools) getCall() *call { return p.calls.Get().(*call) }
 
 func (p *pools) putCall(cl *call) {
-	cl.rsp, cl.err = nil, nil
+	cl.rsp, cl.err, cl.contentType = nil, nil, ""
 	p.calls.Put(cl)
 }
 
@@ -125,7 +126,7 @@ func (w *wireCaller) Call(ctx context.Context, addr string, req *transport.Reque
 	if err != nil {
 		return err
 	}
-	cl.rsp = rsp
+	cl.rsp, cl.contentType = rsp, req.ContentType
 	return cn.exchange(ctx, cl, req.Deadline, expired, false, req)
 }
 
@@ -348,7 +349,9 @@ func (c *conn) exchange(ctx context.Context, cl *call, deadline time.Time, expir
 		*frame, err = wire.AppendRequest(*frame, id, req.Endpoint, req.ContentType, timeout, req.Metadata, req.Body)
 	}
 	if err == nil {
-		end, err = c.w.Write(*frame, deadline, ctx.Done(), expired)
+		// Other calls in flight on the connection: their callers are about
+		// to write too, so this one lets them queue and writes the batch.
+		end, err = c.w.Write(*frame, deadline, ctx.Done(), expired, c.load.Load() > 1)
 	}
 	c.p.c.free.putBuf(frame)
 	if err != nil {
@@ -400,7 +403,7 @@ func (c *conn) abandon(id uint64, cl *call, cancel bool) {
 	c.p.c.goTracked(func() {
 		t := time.NewTimer(time.Second)
 		defer t.Stop()
-		if _, err := c.w.Write(wire.AppendCancel(nil, id), time.Now().Add(time.Second), nil, t.C); err != nil && !errors.Is(err, wire.ErrNotQueued) {
+		if _, err := c.w.Write(wire.AppendCancel(nil, id), time.Now().Add(time.Second), nil, t.C, false); err != nil && !errors.Is(err, wire.ErrNotQueued) {
 			c.fail(err)
 		}
 	})
@@ -435,7 +438,11 @@ func (c *conn) read(r *wire.Reader) {
 				if len(f.Detail) > 0 {
 					r.Detail = string(f.Detail)
 				}
-				if len(f.ContentType) > 0 {
+				switch {
+				case len(f.ContentType) == 0:
+				case string(f.ContentType) == cl.contentType: // the request's: no copy
+					r.ContentType = cl.contentType
+				default:
 					r.ContentType = string(f.ContentType)
 				}
 				r.Metadata = metadata.MD(f.Meta.Map())

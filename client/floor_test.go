@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -302,6 +303,16 @@ func (h *latency) quantile(q float64) time.Duration {
 		}
 	}
 	return 0
+}
+
+// cpuTime returns the CPU time this process has used, user and system, in
+// ns, or -1.
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return -1
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 // writeSyscalls returns how many write system calls this process has made

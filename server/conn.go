@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/beacon-go/beacon/codec"
 	"github.com/beacon-go/beacon/internal/wire"
 	"github.com/beacon-go/beacon/metadata"
 	"github.com/beacon-go/beacon/registry"
@@ -42,15 +43,27 @@ type conn struct {
 	active atomic.Int64 // when the last request arrived (Unix ns; accept time at first)
 
 	mu      sync.Mutex
-	streams map[uint64]context.CancelFunc // requests in flight
+	streams map[uint64]*stream // requests in flight
+
+	// Handlers run inline, on the reading goroutine, while they are quick
+	// (see conn.inline); the watchdog hands reading over to a new goroutine
+	// when one runs past the server's inline budget.
+	r         *wire.Reader
+	unflushed []*stream     // answered inline, queued, not yet written
+	seq       uint64        // the reader's count of inline runs
+	running   atomic.Uint64 // the inline run in progress (its seq), 0: none
+	runStart  atomic.Int64  // when it started (Unix ns)
+	armed     atomic.Bool   // the watchdog timer is set
+	watchdog  *time.Timer
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	c := &conn{s: s, nc: nc, out: wire.NewOutbox(nc, s.o.writeTimeout, outboxLimit), streams: map[uint64]context.CancelFunc{}}
+	c := &conn{s: s, nc: nc, out: wire.NewOutbox(nc, s.o.writeTimeout, outboxLimit), streams: map[uint64]*stream{}}
 	c.ctx, c.cancel = context.WithCancelCause(s.baseCtx)
+	context.AfterFunc(c.ctx, c.endStreams)
 	c.active.Store(time.Now().UnixNano())
 	return c
 }
@@ -75,31 +88,77 @@ func (bp *bufPool) put(b *[]byte) {
 }
 
 func (c *conn) serve() {
-	defer c.s.connWG.Done()
-	defer c.s.removeConn(c)
-	defer c.close()
-	if !c.handshake() { // TLS (tls.go)
+	if !c.open() {
+		c.finish()
 		return
 	}
+	if !c.loop() {
+		c.finish()
+	}
+}
+
+// finish ends the connection; the goroutine reading it last calls it.
+func (c *conn) finish() {
+	c.close()
+	c.s.removeConn(c)
+	c.s.connWG.Done()
+}
+
+// open runs the TLS handshake and reads the preface (or hands an HTTP
+// connection to the HTTP server), and sends the server's settings. It
+// reports whether the connection is to be read for frames.
+func (c *conn) open() bool {
+	if !c.handshake() { // TLS (tls.go)
+		return false
+	}
 	log := c.s.o.log
-	r := wire.NewReader(c.nc, c.s.o.maxMessage, wire.IdleTimeout(c.s.o.idleTimeout), wire.FrameTimeout(c.s.o.frameTimeout))
-	if err := r.ReadPreface(); err != nil {
-		if errors.Is(err, wire.ErrBadPreface) && c.s.web != nil && looksHTTP(r.Unread()) {
-			c.s.web.serve(c, r.Unread())
-			return
+	c.r = wire.NewReader(c.nc, c.s.o.maxMessage, wire.IdleTimeout(c.s.o.idleTimeout), wire.FrameTimeout(c.s.o.frameTimeout))
+	if err := c.r.ReadPreface(); err != nil {
+		if errors.Is(err, wire.ErrBadPreface) && c.s.web != nil && looksHTTP(c.r.Unread()) {
+			c.s.web.serve(c, c.r.Unread())
+			return false
 		}
 		if !c.closed.Load() {
 			log.Debug("server: connection without a valid preface closed", "remote", c.nc.RemoteAddr(), "err", err)
 		}
-		return
+		return false
 	}
 	settings := wire.AppendSettings(nil, wire.Settings{MaxStreams: uint32(c.s.streams), MaxFrame: uint32(c.s.o.maxMessage)})
 	if !c.write(settings, false) {
-		return
+		return false
 	}
+	if c.s.o.inline > 0 {
+		c.watchdog = time.AfterFunc(time.Hour, c.watch)
+		c.watchdog.Stop()
+	}
+	return true
+}
+
+// loop reads frames until the connection ends (it returns false: the
+// caller finishes the connection) or, while it ran a handler inline, the
+// watchdog gave reading to another goroutine (it returns true once that
+// handler's response is written).
+func (c *conn) loop() (handedOver bool) {
+	defer func() {
+		if !handedOver {
+			c.endUnflushed()
+		}
+	}()
+	log := c.s.o.log
+	r := c.r
 	var f wire.Frame
 	var tooLarge *wire.TooLargeError
 	for {
+		if !r.HasFrame() {
+			// Answers to the requests read so far go out in one write
+			// before the reader waits for more.
+			err := c.out.Flush()
+			c.endUnflushed()
+			if err != nil {
+				c.writeFailed(err)
+				return false
+			}
+		}
 		err := r.Next(&f)
 		switch {
 		case err == nil:
@@ -109,7 +168,7 @@ func (c *conn) serve() {
 			}
 			if c.goaway.Load() {
 				log.Debug("server: idle connection closed", "remote", c.nc.RemoteAddr())
-				return
+				return false
 			}
 			c.goAway() // the client closes it; if not, the next idle period does
 			continue
@@ -123,19 +182,20 @@ func (c *conn) serve() {
 			if errors.Is(err, wire.ErrFrameTooLarge) || errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrFrameTimeout) {
 				log.Warn("server: bad frame; closing connection", "remote", c.nc.RemoteAddr(), "err", err)
 			}
-			return
+			return false
 		}
 		switch f.Kind {
 		case wire.KindRequest, wire.KindRequestMeta:
-			c.active.Store(time.Now().UnixNano())
-			c.request(&f)
+			if c.request(&f) {
+				return true
+			}
 		case wire.KindCancel:
 			c.cancelStream(f.ID)
 		case wire.KindPing:
-			c.write(wire.AppendResponse(nil, f.ID, status.OK, wire.FlagNotRun, "", "", nil, nil), false)
+			c.queue(wire.AppendResponse(nil, f.ID, status.OK, wire.FlagNotRun, "", "", nil, nil))
 		default:
 			log.Warn("server: unexpected frame from a client; closing connection", "remote", c.nc.RemoteAddr(), "kind", f.Kind)
-			return
+			return false
 		}
 	}
 }
@@ -146,47 +206,52 @@ func (c *conn) inFlight() int {
 	return len(c.streams)
 }
 
-// request dispatches one request frame. It runs on the reader goroutine and
-// does not wait for the handler, which runs in its own goroutine; refusals
-// are written inline (a client that does not read them stops being read).
-func (c *conn) request(f *wire.Frame) {
+// request dispatches one request frame. It runs on the reader goroutine.
+// Refusals are queued inline (a client that does not read them stops being
+// read). A quick handler (see inline) runs inline and its response is
+// queued, to go out with the others of the batch; any other runs in a
+// goroutine of its own. It reports whether, while the handler ran inline,
+// the watchdog gave reading to another goroutine.
+func (c *conn) request(f *wire.Frame) (handedOver bool) {
 	id := f.ID
 	if c.s.refusing.Load() || c.goaway.Load() {
 		c.refuse(id, status.Unavailable, "server is going away; not run")
-		return
+		return false
 	}
 	h, ok := c.s.handlers[string(f.Endpoint)]
 	if !ok {
 		c.refuse(id, status.NotFound, fmt.Sprintf("unknown endpoint %q", f.Endpoint))
-		return
+		return false
 	}
 	cd, err := c.s.o.codecs.GetBytes(f.ContentType)
 	if err != nil {
 		c.refuse(id, status.BadRequest, err.Error())
-		return
+		return false
 	}
 	var md metadata.MD
 	if f.Meta.Len() > 0 {
 		if f.Meta.Len() > metadata.MaxEntries || len(f.Meta) > metadata.MaxSize+2+3*metadata.MaxEntries {
 			c.refuse(id, status.HeaderTooLarge, fmt.Sprintf("request metadata of %d entries, %d bytes: the limits are %d entries, %d bytes; not run", f.Meta.Len(), len(f.Meta), metadata.MaxEntries, metadata.MaxSize))
-			return
+			return false
 		}
 		md = metadata.MD(f.Meta.Map())
 		if err := metadata.Validate(md); err != nil {
 			c.refuse(id, status.HeaderTooLarge, fmt.Sprintf("request metadata refused: %v; not run", err))
-			return
+			return false
 		}
 	}
+	now := time.Now()
+	c.active.Store(now.UnixNano())
 	c.mu.Lock()
 	if _, dup := c.streams[id]; dup {
 		c.mu.Unlock()
 		c.refuse(id, status.BadRequest, "call ID already in flight on this connection")
-		return
+		return false
 	}
 	if len(c.streams) >= c.s.streams {
 		c.mu.Unlock()
 		c.refuse(id, status.Unavailable, fmt.Sprintf("over the connection's limit of %d requests in flight; not run", c.s.streams))
-		return
+		return false
 	}
 	if c.s.slots != nil {
 		select {
@@ -194,68 +259,162 @@ func (c *conn) request(f *wire.Frame) {
 		default:
 			c.mu.Unlock()
 			c.refuse(id, status.Unavailable, "server overloaded; not run")
-			return
+			return false
 		}
 	}
 	// The handler's context ends with the caller's deadline, a Cancel from
 	// the client, the connection's close (cause ErrConnClosed) or the
 	// server's stop (cause ErrStopped).
-	ctx, cancel := timeoutCtx(c.ctx, f.Timeout)
-	c.streams[id] = cancel
+	st := newStream(c.ctx, c.s.causeKey, id, f.Timeout, now)
+	c.streams[id] = st
 	c.mu.Unlock()
 
 	body := c.s.bufs.get()
 	*body = append(*body, f.Body...)
 	c.s.inflight.Add(1)
-	go func() {
-		defer c.s.inflight.Done()
-		defer c.endStream(id, cancel)
-		hctx := ctx
-		if md != nil {
-			hctx = metadata.NewIncomingContext(ctx, md)
-		}
-		rc := &reqCtx{Context: hctx}
-		rsp, err := c.s.run(rc, h, cd, *body, registry.ProtocolBeacon, c.nc.RemoteAddr())
-		c.s.bufs.put(body)
-		if c.s.slots != nil {
-			<-c.s.slots // the handler is done: free its slot before writing
-		}
-		rmd := rc.metadata()
-		if err != nil {
-			c.writeError(id, toStatus(ctx, err), 0, rmd)
-			return
-		}
-		out := c.s.bufs.get()
-		defer c.s.bufs.put(out)
-		enc, err := cd.Marshal(*out, rsp)
-		if err != nil {
-			c.writeError(id, status.Newf(status.InternalError, "encode response: %v", err), 0, rmd)
-			return
-		}
-		*out = enc
-		frame := c.s.bufs.get()
-		*frame = wire.AppendResponse(*frame, id, status.OK, 0, cd.ContentType(), "", rmd, enc)
-		c.write(*frame, true)
+	var ctx context.Context = st
+	if md != nil {
+		ctx = metadata.NewIncomingContext(st, md)
+	}
+	if !c.inline(h) {
+		go func() {
+			frame := c.exec(id, st, ctx, h, cd, body, time.Now())
+			c.write(*frame, true)
+			c.s.bufs.put(frame)
+			c.endStream(id, st)
+		}()
+		return false
+	}
+	c.seq++
+	run := c.seq
+	c.runStart.Store(now.UnixNano())
+	c.running.Store(run)
+	if !c.armed.Swap(true) {
+		c.watchdog.Reset(c.s.o.inline)
+	}
+	frame := c.exec(id, st, ctx, h, cd, body, now)
+	if c.running.CompareAndSwap(run, 0) {
+		c.queue(*frame)
 		c.s.bufs.put(frame)
+		c.unflushed = append(c.unflushed, st) // ended once its answer is written (loop)
+		return false
+	}
+	// Reading went to another goroutine meanwhile: this one answers and
+	// leaves, like a handler's own goroutine.
+	c.write(*frame, true)
+	c.s.bufs.put(frame)
+	c.endStream(id, st)
+	return true
+}
+
+// inline reports whether h runs on the reading goroutine: handlers that
+// have been quick (their average run time under a quarter of the server's
+// inline budget; see InlineBudget). A handler that runs inline past the
+// budget gets the reading moved to a new goroutine (watch), so it never
+// holds up the connection's other requests for longer than that.
+func (c *conn) inline(h *handler) bool {
+	return c.watchdog != nil && h.cost.Load() < int64(c.s.o.inline/4)
+}
+
+// exec runs a request and returns its response frame (a pooled buffer).
+// It frees the request's concurrency slot and body; the caller writes the
+// frame, then calls endStream.
+func (c *conn) exec(id uint64, st *stream, ctx context.Context, h *handler, cd codec.Codec, body *[]byte, start time.Time) *[]byte {
+	rsp, err := c.s.run(ctx, h, cd, *body, registry.ProtocolBeacon, c.nc.RemoteAddr())
+	h.observe(time.Since(start))
+	c.s.bufs.put(body)
+	if c.s.slots != nil {
+		<-c.s.slots // the handler is done: free its slot before writing
+	}
+	rmd := st.metadata()
+	frame := c.s.bufs.get()
+	if err == nil {
+		out := c.s.bufs.get()
+		var enc []byte
+		if enc, err = cd.Marshal(*out, rsp); err == nil {
+			*frame = wire.AppendResponse(*frame, id, status.OK, 0, cd.ContentType(), "", rmd, enc)
+		} else {
+			err = status.Newf(status.InternalError, "encode response: %v", err)
+		}
+		*out = enc[:0]
+		c.s.bufs.put(out)
+		if err == nil {
+			return frame
+		}
+	}
+	e := toStatus(st, err)
+	code := e.Code
+	if code <= 0 || code > 0xffff {
+		code = status.InternalError
+	}
+	*frame = wire.AppendResponse(*frame, id, uint16(code), 0, "", e.Detail, rmd, nil)
+	return frame
+}
+
+// watch is the watchdog: when the handler running inline has run past the
+// inline budget, reading moves to a new goroutine.
+func (c *conn) watch() {
+	c.armed.Store(false)
+	run := c.running.Load()
+	if run == 0 || c.closed.Load() {
+		return
+	}
+	budget := c.s.o.inline
+	if ran := time.Duration(time.Now().UnixNano() - c.runStart.Load()); ran < budget || !c.running.CompareAndSwap(run, 0) {
+		if c.running.Load() != 0 && !c.armed.Swap(true) {
+			c.watchdog.Reset(max(budget-ran, budget/8))
+		}
+		return
+	}
+	c.s.o.log.Debug("server: a handler ran past the inline budget; reading moves to a new goroutine", "remote", c.nc.RemoteAddr(), "budget", budget)
+	go func() {
+		if !c.loop() {
+			c.finish()
+		}
 	}()
 }
 
-// endStream forgets a finished request (its response written) and releases
+// endUnflushed ends the requests answered inline since the last flush.
+func (c *conn) endUnflushed() {
+	for i, st := range c.unflushed {
+		c.endStream(st.id, st)
+		c.unflushed[i] = nil
+	}
+	c.unflushed = c.unflushed[:0]
+}
+
+// endStream forgets a finished request (its response written) and ends
 // its context.
-func (c *conn) endStream(id uint64, cancel context.CancelFunc) {
+func (c *conn) endStream(id uint64, st *stream) {
 	c.mu.Lock()
 	delete(c.streams, id)
 	c.mu.Unlock()
-	cancel()
+	st.end(context.Canceled, true)
+	c.s.inflight.Done()
 }
 
 // cancelStream cancels the handler of a call the client gave up on.
 func (c *conn) cancelStream(id uint64) {
 	c.mu.Lock()
-	cancel := c.streams[id]
+	st := c.streams[id]
 	c.mu.Unlock()
-	if cancel != nil {
-		cancel()
+	if st != nil {
+		st.end(context.Canceled, true)
+	}
+}
+
+// endStreams ends the contexts of the requests in flight when the
+// connection's context ends (it closed, or the server stopped).
+func (c *conn) endStreams() {
+	err := c.ctx.Err()
+	c.mu.Lock()
+	sts := make([]*stream, 0, len(c.streams))
+	for _, st := range c.streams {
+		sts = append(sts, st)
+	}
+	c.mu.Unlock()
+	for _, st := range sts {
+		st.end(err, false)
 	}
 }
 
@@ -276,24 +435,36 @@ func toStatus(ctx context.Context, err error) *status.Error {
 	}
 }
 
-// refuse answers a request that was not run. It runs on the reader and does
-// not wait for room in the outbox: a client that sends while not reading
-// its answers is closed.
+// refuse answers a request that was not run. It runs on the reader and
+// queues the answer with the batch's; past the outbox's limit (a client
+// that sends while not reading its answers) the connection is closed.
 func (c *conn) refuse(id uint64, code int, detail string) {
-	c.writeError(id, status.New(code, detail), wire.FlagNotRun, nil)
+	frame := c.s.bufs.get()
+	*frame = wire.AppendResponse(*frame, id, uint16(code), wire.FlagNotRun, "", detail, nil, nil)
+	c.queue(*frame)
+	c.s.bufs.put(frame)
 }
 
-// writeError answers with an error; a handler's error (flags 0) waits for
-// room in the outbox, a refusal does not.
-func (c *conn) writeError(id uint64, e *status.Error, flags byte, md metadata.MD) {
-	code := e.Code
-	if code <= 0 || code > 0xffff {
-		code = status.InternalError
+// queue queues a frame of the reader's to go out with its batch (Flush
+// before the next read that waits); a reader more than the outbox's limit
+// ahead of a client that does not read closes the connection.
+func (c *conn) queue(frame []byte) bool {
+	if c.out.Queued()+len(frame) > outboxLimit {
+		return c.write(frame, false)
 	}
-	frame := c.s.bufs.get()
-	*frame = wire.AppendResponse(*frame, id, uint16(code), flags, "", e.Detail, md, nil)
-	c.write(*frame, flags == 0)
-	c.s.bufs.put(frame)
+	if err := c.out.Queue(frame); err != nil {
+		c.writeFailed(err)
+		return false
+	}
+	return true
+}
+
+// writeFailed closes the connection after a failed write.
+func (c *conn) writeFailed(err error) {
+	if !c.closed.Load() {
+		c.s.o.log.Debug("server: write failed; closing connection", "remote", c.nc.RemoteAddr(), "err", err)
+	}
+	c.close()
 }
 
 // write queues one frame (wait: for room in the outbox); a failure (a
@@ -304,10 +475,7 @@ func (c *conn) write(frame []byte, wait bool) bool { return c.writeBy(frame, wai
 // writeBy is write with a deadline for the write, if this sender writes.
 func (c *conn) writeBy(frame []byte, wait bool, deadline time.Time) bool {
 	if err := c.out.Send(frame, wait, deadline); err != nil {
-		if !c.closed.Load() {
-			c.s.o.log.Debug("server: write failed; closing connection", "remote", c.nc.RemoteAddr(), "err", err)
-		}
-		c.close()
+		c.writeFailed(err)
 		return false
 	}
 	return true
@@ -328,4 +496,7 @@ func (c *conn) close() {
 	c.nc.Close()
 	c.out.Fail(net.ErrClosed)
 	c.cancel(ErrConnClosed)
+	if c.watchdog != nil {
+		c.watchdog.Stop()
+	}
 }

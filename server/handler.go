@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/beacon-go/beacon/codec"
 	"github.com/beacon-go/beacon/registry"
@@ -29,6 +31,16 @@ type handler struct {
 	// call runs the method on a decoded request and returns the response
 	// value to encode.
 	call HandlerFunc
+	// cost is the handler's recent run time (ns, a moving average): quick
+	// handlers run on the connection's reading goroutine (conn.inline).
+	cost atomic.Int64
+}
+
+// observe adds a run time to h.cost (a moving average over about 8 runs;
+// concurrent updates may lose one, which does not matter).
+func (h *handler) observe(d time.Duration) {
+	c := h.cost.Load()
+	h.cost.Store(c + (int64(d)-c)/8)
 }
 
 var (

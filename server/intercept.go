@@ -79,10 +79,20 @@ func (c *reqCtx) metadata() metadata.MD {
 // be over the limits of package metadata, or ctx is not a handler's
 // (ErrNotHandling). Metadata set after the handler returned is not sent.
 func SetResponseMetadata(ctx context.Context, md metadata.MD) error {
-	c, ok := ctx.Value(rspMetaKey{}).(*reqCtx)
+	c, ok := ctx.Value(rspMetaKey{}).(responseMetadata)
 	if !ok {
 		return ErrNotHandling
 	}
+	return c.setMetadata(md)
+}
+
+// responseMetadata holds a request's response metadata: a *reqCtx, or a
+// *stream on the wire.
+type responseMetadata interface {
+	setMetadata(md metadata.MD) error
+}
+
+func (c *reqCtx) setMetadata(md metadata.MD) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	next := metadata.Join(c.out, md)

@@ -43,8 +43,28 @@ func NewOutbox(w io.Writer, stall time.Duration, limit int) *Outbox {
 // waits for room; without, it fails with ErrBacklog (and the outbox is not
 // failed). An error other than ErrBacklog means the stream is lost.
 func (o *Outbox) Send(frame []byte, wait bool, deadline time.Time) error {
+	return o.send(frame, wait, deadline, false)
+}
+
+// Queue is Send without writing: frame is queued for the next Send or
+// Flush (a sender that is writing takes it too). Past the limit it is Send
+// (with wait): the queue is written out. It lets a reader that answers the
+// requests it has buffered write their answers once (Flush when it has
+// none left).
+func (o *Outbox) Queue(frame []byte) error {
+	return o.send(frame, true, time.Time{}, true)
+}
+
+// Flush writes out what is queued, unless another sender is writing it.
+func (o *Outbox) Flush() error { return o.send(nil, true, time.Time{}, false) }
+
+func (o *Outbox) send(frame []byte, wait bool, deadline time.Time, later bool) error {
 	o.mu.Lock()
 	for o.err == nil && len(o.buf) > 0 && len(o.buf)+len(frame) > o.limit {
+		if !o.flushing {
+			later = false // queued by Queue and nobody writing: write it all now
+			break
+		}
 		if !wait {
 			o.mu.Unlock()
 			return ErrBacklog
@@ -62,8 +82,12 @@ func (o *Outbox) Send(frame []byte, wait bool, deadline time.Time) error {
 		o.mu.Unlock()
 		return err
 	}
-	if o.flushing {
+	if o.flushing || (later && len(o.buf)+len(frame) <= o.limit) {
 		o.buf = append(o.buf, frame...)
+		o.mu.Unlock()
+		return nil
+	}
+	if len(frame) == 0 && len(o.buf) == 0 {
 		o.mu.Unlock()
 		return nil
 	}

@@ -68,6 +68,17 @@ func NewReader(r io.Reader, maxFrame int, opts ...ReaderOption) *Reader {
 // Buffered returns the reader's buffer size in bytes (tests, accounting).
 func (r *Reader) Buffered() int { return len(r.buf) }
 
+// HasFrame reports whether a whole frame is buffered: Next will not read
+// from the stream (a reader answering requests inline flushes its answers
+// before a Next that would wait for bytes).
+func (r *Reader) HasFrame() bool {
+	if r.end-r.start < lenPrefix {
+		return false
+	}
+	n := int(binary.BigEndian.Uint32(r.buf[r.start:]))
+	return n <= r.max && r.end-r.start >= lenPrefix+n
+}
+
 // Unread returns the bytes read from the stream and not consumed (after
 // ErrBadPreface: what the peer sent instead, to hand it to another
 // protocol). It is valid until the next call on r.

@@ -183,10 +183,10 @@ func TestWriterBlockedByPeer(t *testing.T) {
 			start := time.Now()
 			go func() {
 				time.Sleep(10 * time.Millisecond) // queue behind the blocked writer
-				_, err := w.Write([]byte("second"), time.Now().Add(time.Second), nil, time.After(time.Second))
+				_, err := w.Write([]byte("second"), time.Now().Add(time.Second), nil, time.After(time.Second), false)
 				waiter <- err
 			}()
-			end, err := w.Write([]byte("first frame"), deadline, done, nil)
+			end, err := w.Write([]byte("first frame"), deadline, done, nil, false)
 			if err == nil || end != int64(len("first frame")) || w.Sent() >= end {
 				t.Fatalf("Write = %d, %v; sent %d", end, err, w.Sent())
 			}
@@ -207,7 +207,7 @@ func TestWriterCoalesces(t *testing.T) {
 	var out bytes.Buffer
 	w := NewWriter(&out, 0, nil)
 	for i := range 3 {
-		end, err := w.Write([]byte("abc"), time.Time{}, nil, nil)
+		end, err := w.Write([]byte("abc"), time.Time{}, nil, nil, i%2 == 0)
 		if err != nil || end != int64(3*(i+1)) {
 			t.Fatalf("Write %d = %d, %v", i, end, err)
 		}

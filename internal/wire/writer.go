@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"io"
+	"runtime"
 	"sync/atomic"
 	"time"
 )
@@ -41,10 +42,11 @@ type Writer struct {
 	pending atomic.Bool // buf holds frames nobody has flushed
 
 	// Owned by the token holder.
-	out    stream
-	buf    []byte
-	queued int64 // stream offset past the last queued frame
-	err    error // sticky
+	out      stream
+	buf      []byte
+	queued   int64 // stream offset past the last queued frame
+	err      error // sticky
+	yielding bool  // a writer let others queue first and will flush
 
 	sent   atomic.Int64 // bytes written to the stream
 	failed atomic.Pointer[error]
@@ -78,12 +80,16 @@ func (w *Writer) Err() error {
 // done closes or expired fires (nil channels never do); the frame is then
 // not sent and the error wraps ErrNotQueued. Once its turn comes the frame
 // is queued: end is the stream offset just past it. It is then flushed,
-// unless another writer is waiting (the last of them flushes). The flush is
-// bounded by the deadline, done and the stall timeout; when it fails the
-// Writer fails for good and err says why (ErrWriteTimeout,
-// ErrWriteCanceled, or the stream's error). Compare end with Sent to learn
-// whether the frame left whole.
-func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, expired <-chan time.Time) (end int64, err error) {
+// unless another writer is waiting (the last of them flushes) or one that
+// yielded will flush. With yield (the caller knows of other calls in
+// flight, whose callers are likely about to write), the writer that would
+// flush first lets the goroutines ready to run queue their frames
+// (runtime.Gosched), then writes them all at once: one system call for a
+// batch instead of one per frame. The flush is bounded by the deadline,
+// done and the stall timeout; when it fails the Writer fails for good and
+// err says why (ErrWriteTimeout, ErrWriteCanceled, or the stream's error).
+// Compare end with Sent to learn whether the frame left whole.
+func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, expired <-chan time.Time, yield bool) (end int64, err error) {
 	w.waiting.Add(1)
 	select {
 	case w.sem <- struct{}{}:
@@ -98,18 +104,35 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 			return 0, errors.Join(ErrNotQueued, ErrWriteTimeout)
 		}
 	}
-	defer func() { <-w.sem }()
 	last := w.waiting.Add(-1) == 0
 	if w.err != nil {
+		<-w.sem
 		return 0, errors.Join(ErrNotQueued, w.err)
 	}
 	w.queued += int64(len(frame))
 	end = w.queued
-	if !last {
+	if !last || w.yielding || yield {
 		w.buf = append(w.buf, frame...)
 		w.pending.Store(true)
-		return end, nil
+		if !last || w.yielding {
+			<-w.sem
+			return end, nil
+		}
+		w.yielding = true
+		<-w.sem
+		runtime.Gosched()
+		w.sem <- struct{}{} // the holders meanwhile only queue, or flush bounded
+		w.yielding = false
+		if len(w.buf) > 0 {
+			err = w.flush(w.buf, deadline, done)
+			w.drained()
+		} else if w.err != nil && end > w.sent.Load() {
+			err = w.err // a background flush failed with the frame
+		}
+		<-w.sem
+		return end, err
 	}
+	defer func() { <-w.sem }()
 	if len(w.buf) == 0 {
 		return end, w.flush(frame, deadline, done)
 	}
