@@ -744,6 +744,11 @@ func (c *Client) send(ctx context.Context, a *Attempt) error {
 		return nil
 	case r.Status == status.Unavailable && r.NotRun:
 		return &TransportError{Addr: a.Address, Op: "refused", NotRun: true, Err: fmt.Errorf("%w: %s", ErrRefused, r.Detail)}
+	case r.Status == status.Timeout && !r.NotRun && !a.Request.Deadline.IsZero() && !time.Now().Before(a.Request.Deadline):
+		// The handler gave up at the deadline the attempt sent it (the
+		// node's copy ends a transit time after the client's): the same
+		// outcome as no answer by the deadline, and retried alike.
+		return &TransportError{Addr: a.Address, Op: "timeout", Err: fmt.Errorf("the node answered %d at the attempt's deadline (%s): %w", r.Status, r.Detail, context.DeadlineExceeded)}
 	default:
 		return &status.Error{Code: r.Status, Detail: r.Detail}
 	}
