@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
 	"github.com/beacon-go/beacon/codec"
 )
 
@@ -152,5 +154,26 @@ func TestJSONMarshalSameBytes(t *testing.T) {
 	v := new(benchSmall)
 	if n := testing.AllocsPerRun(100, func() { *v = benchSmall{}; _ = c.UnmarshalStrict(body, v) }); n > 2 {
 		t.Errorf("UnmarshalStrict allocates %v times, want at most the two strings", n)
+	}
+}
+
+// TestProtoAllocs: the protobuf codec appends into dst without allocating
+// and decodes allocating only the message and what it holds.
+func TestProtoAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts differ under the race detector")
+	}
+	var p codec.Proto
+	m := wrapperspb.String("hello")
+	buf := make([]byte, 0, 64)
+	b, err := p.Marshal(buf, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = p.Marshal(buf[:0], m) }); n != 0 {
+		t.Errorf("Marshal allocates %v times", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = p.Unmarshal(b, new(wrapperspb.StringValue)) }); n != 2 {
+		t.Errorf("Unmarshal allocates %v times, want 2 (the message, its string)", n)
 	}
 }
