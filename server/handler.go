@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/beacon-go/beacon/codec"
 	"github.com/beacon-go/beacon/registry"
@@ -31,6 +32,9 @@ type handler struct {
 	// call runs the method on a decoded request and returns the response
 	// value to encode.
 	call HandlerFunc
+	// direct: Handle calls the method without reflect.Value.Call (for
+	// tests).
+	direct bool
 	// cost is the handler's recent run time (ns, a moving average): quick
 	// handlers run on the connection's reading goroutine (conn.inline).
 	cost atomic.Int64
@@ -83,29 +87,36 @@ func handlersOf(h any) ([]*handler, error) {
 			continue
 		}
 		reqT, rspT := mt.In(1).Elem(), mt.In(2).Elem()
+		reqPtrT := mt.In(1)
+		call := directCall(v, m)
+		direct := call != nil
+		if !direct {
+			call = reflectCall(fn)
+		}
 		out = append(out, &handler{
 			name:     name,
 			endpoint: &registry.Endpoint{Name: name, Request: describe(reqT.Name(), reqT, 0), Response: describe(rspT.Name(), rspT, 0)},
 			source:   fmt.Sprintf("Handle(%s)", t),
 			decode: func(c codec.Codec, body []byte) (any, error) {
-				req := reflect.New(reqT).Interface()
+				req := reflect.New(reqT).Interface() // a pointer: no allocation but the value
 				if err := codec.UnmarshalRequest(c, body, req); err != nil {
 					return nil, &decodeError{err}
 				}
 				return req, nil
 			},
 			call: func(ctx context.Context, req any) (any, error) {
-				rv := reflect.ValueOf(req)
-				if rv.Type() != reflect.PointerTo(reqT) {
+				// reflect.TypeOf and ValueOf of a value held in an
+				// interface read it: they do not allocate.
+				if reflect.TypeOf(req) != reqPtrT {
 					return nil, fmt.Errorf("server: %s: an interceptor passed a %T request, want *%s", name, req, reqT)
 				}
 				rsp := reflect.New(rspT)
-				res := fn.Call([]reflect.Value{reflect.ValueOf(ctx), rv, rsp})
-				if err, _ := res[0].Interface().(error); err != nil {
+				if err := call(ctx, reflect.ValueOf(req), rsp); err != nil {
 					return nil, err
 				}
 				return rsp.Interface(), nil
 			},
+			direct: direct,
 		})
 	}
 	if t.Kind() != reflect.Pointer {
@@ -312,4 +323,80 @@ func applyHandlerOptions(hs []*handler, opts []HandlerOption) error {
 		}
 	}
 	return nil
+}
+
+// methodCall calls a handler method on req and rsp, both pointers (of the
+// method's types: the caller checks).
+type methodCall func(ctx context.Context, req, rsp reflect.Value) error
+
+// rawMethod is the form every handler method has once its receiver, its
+// request and its response are seen as the pointers they are.
+type rawMethod func(recv unsafe.Pointer, ctx context.Context, req, rsp unsafe.Pointer) error
+
+// directCall returns a call of method m of recv (a value of type
+// recv.Type(), the m.Index'th method of that type) that does not go
+// through reflect.Value.Call, or nil when it cannot make one.
+//
+// reflect.Value.Call costs about four allocations a call (the arguments'
+// and the results' slices, the method value's receiver) and a good deal
+// of time; the server calls every request's handler this way.
+//
+// For a receiver of pointer type *T, the method expression (*T).M, of
+// type func(*T, context.Context, *Req, *Rsp) error, is called through a
+// variable of type rawMethod holding the same func value. This relies on
+// the gc compiler's calling convention (ABIInternal, and ABI0 the same):
+// arguments are assigned to registers and stack slots by their shapes
+// alone, and *T, *Req, *Rsp and unsafe.Pointer are all one pointer word
+// (same registers, same stack slots, same pointer maps for the garbage
+// collector), context.Context and error are the same interface types on
+// both sides. The func value itself is a real one (a pointer to a closure
+// whose first word is the method's code) that reflect made for the method
+// expression, copied into the rawMethod variable by reflect (reflect.NewAt
+// and Set with the method's func type, so the write is typed). Nothing is
+// converted but the static types of pointers; the callee sees exactly the
+// arguments it would see from reflect.Value.Call or a direct call of
+// (*T).M. The receiver is kept alive by the closure below; req and rsp by
+// the caller.
+//
+// A receiver of another kind (a struct, a named map or func...) is passed
+// by value, in as many registers as its type needs: for those the pointer
+// type's method set has a compiler-generated wrapper (*T).M that copies *p
+// and calls T.M; the closure holds a pointer to a copy of the receiver
+// (the value given to Handle was already a copy, in its interface, and a
+// value method gets a copy of it on every call, so nothing can tell). When
+// *T has no such method (reflect made *T at run time, without methods),
+// directCall returns nil and the handler is called with reflection.
+func directCall(recv reflect.Value, m reflect.Method) methodCall {
+	var fn reflect.Value // the method expression, its receiver a pointer
+	var p unsafe.Pointer // the receiver
+	switch t := recv.Type(); {
+	case t.Kind() == reflect.Pointer:
+		fn, p = m.Func, recv.UnsafePointer()
+	default:
+		pm, ok := reflect.PointerTo(t).MethodByName(m.Name)
+		if !ok {
+			return nil
+		}
+		cp := reflect.New(t)
+		cp.Elem().Set(recv)
+		fn, p = pm.Func, cp.UnsafePointer()
+	}
+	if ft := fn.Type(); ft.NumIn() != 4 || ft.In(0).Kind() != reflect.Pointer || ft.In(1) != ctxType ||
+		ft.In(2).Kind() != reflect.Pointer || ft.In(3).Kind() != reflect.Pointer || ft.NumOut() != 1 || ft.Out(0) != errorType {
+		return nil // not the shape rawMethod stands for (cannot happen after badSignature)
+	}
+	var raw rawMethod
+	reflect.NewAt(fn.Type(), unsafe.Pointer(&raw)).Elem().Set(fn)
+	return func(ctx context.Context, req, rsp reflect.Value) error {
+		return raw(p, ctx, req.UnsafePointer(), rsp.UnsafePointer())
+	}
+}
+
+// reflectCall calls fn, a method value, with reflect.Value.Call.
+func reflectCall(fn reflect.Value) methodCall {
+	return func(ctx context.Context, req, rsp reflect.Value) error {
+		res := fn.Call([]reflect.Value{reflect.ValueOf(&ctx).Elem(), req, rsp})
+		err, _ := res[0].Interface().(error)
+		return err
+	}
 }
