@@ -63,7 +63,20 @@ type Codec interface {
 // server); UnmarshalStrict, which servers use for requests, refuses them
 // with an error that names the field (a typo must not become an empty
 // field). Both refuse data after the value.
-type JSON struct{}
+//
+// The zero JSON works; the one of NewSet (or NewJSON) also keeps, for
+// speed, a pool of encoders and what it learnt of each type decoded.
+type JSON struct{ st *jsonState }
+
+// jsonState is what a JSON codec keeps between calls.
+type jsonState struct {
+	hasNumber sync.Map // reflect.Type -> bool: decoding it may meet an encoding/json Number
+	encoders  sync.Pool
+}
+
+// NewJSON returns a JSON codec that keeps a pool of encoders and a cache of
+// decoded types (see JSON). It is safe for concurrent use.
+func NewJSON() JSON { return JSON{st: new(jsonState)} }
 
 func (JSON) ContentType() string { return JSONContentType }
 
@@ -90,17 +103,15 @@ var numberUnmarshaler = jsonv2.WithUnmarshalers(jsonv2.UnmarshalFromFunc(func(de
 	return (*jsonv1.Number)(n).UnmarshalJSONFrom(dec)
 }))
 
-// hasNumber caches, by type, whether decoding into a value of that type
-// may meet an encoding/json Number.
-var hasNumber sync.Map // reflect.Type -> bool
-
 var numberType = reflect.TypeFor[json.Number]()
 
 // decodeOptions returns the decoding options for a value of type t.
-func decodeOptions(t reflect.Type, strict bool) jsonv2.Options {
-	n, ok := hasNumber.Load(t)
-	if !ok {
-		n, _ = hasNumber.LoadOrStore(t, containsType(t, numberType, map[reflect.Type]bool{}))
+func (j JSON) decodeOptions(t reflect.Type, strict bool) jsonv2.Options {
+	var n any
+	if j.st == nil {
+		n = containsType(t, numberType, map[reflect.Type]bool{})
+	} else if n, _ = j.st.hasNumber.Load(t); n == nil {
+		n, _ = j.st.hasNumber.LoadOrStore(t, containsType(t, numberType, map[reflect.Type]bool{}))
 	}
 	switch {
 	case n.(bool) && strict:
@@ -149,17 +160,23 @@ func (e *jsonEncoder) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-var encoders = sync.Pool{New: func() any {
+func newJSONEncoder() *jsonEncoder {
 	e := new(jsonEncoder)
 	e.enc = json.NewEncoder(e) // escapes HTML, as json.Marshal does
 	return e
-}}
+}
 
-func (JSON) Marshal(dst []byte, v any) ([]byte, error) {
+func (j JSON) Marshal(dst []byte, v any) ([]byte, error) {
 	if m, ok := v.(proto.Message); ok {
 		return protojson.MarshalOptions{}.MarshalAppend(dst, m)
 	}
-	e := encoders.Get().(*jsonEncoder)
+	var e *jsonEncoder
+	if j.st != nil {
+		e, _ = j.st.encoders.Get().(*jsonEncoder)
+	}
+	if e == nil {
+		e = newJSONEncoder()
+	}
 	e.buf = dst
 	// Encode writes, in one Write and only on success, what json.Marshal
 	// returns followed by a newline. (Its Write never fails: the Encoder
@@ -167,32 +184,34 @@ func (JSON) Marshal(dst []byte, v any) ([]byte, error) {
 	err := e.enc.Encode(v)
 	b := e.buf
 	e.buf = nil // the pool must not keep the caller's buffer
-	encoders.Put(e)
+	if j.st != nil {
+		j.st.encoders.Put(e)
+	}
 	if err != nil {
 		return dst, err
 	}
 	return b[:len(b)-1], nil
 }
 
-func (JSON) Unmarshal(data []byte, v any) error {
+func (j JSON) Unmarshal(data []byte, v any) error {
 	if len(data) == 0 {
 		return nil
 	}
 	if m, ok := v.(proto.Message); ok {
 		return protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(data, m)
 	}
-	return jsonv2.Unmarshal(data, v, decodeOptions(reflect.TypeOf(v), false))
+	return jsonv2.Unmarshal(data, v, j.decodeOptions(reflect.TypeOf(v), false))
 }
 
 // UnmarshalStrict is Unmarshal refusing unknown fields, naming them.
-func (JSON) UnmarshalStrict(data []byte, v any) error {
+func (j JSON) UnmarshalStrict(data []byte, v any) error {
 	if len(data) == 0 {
 		return nil
 	}
 	if m, ok := v.(proto.Message); ok {
 		return protojson.Unmarshal(data, m)
 	}
-	return jsonv2.Unmarshal(data, v, decodeOptions(reflect.TypeOf(v), true))
+	return jsonv2.Unmarshal(data, v, j.decodeOptions(reflect.TypeOf(v), true))
 }
 
 // Strict is implemented by codecs that can refuse what they do not know;
@@ -239,7 +258,7 @@ type Set struct {
 // NewSet returns a Set holding JSON and Proto plus extra (which override
 // built-ins of the same content type). The default for new requests is JSON.
 func NewSet(extra ...Codec) *Set {
-	j := JSON{}
+	j := NewJSON()
 	s := &Set{byType: map[string]Codec{JSONContentType: j, ProtoContentType: Proto{}}, def: j}
 	for _, c := range extra {
 		s.byType[c.ContentType()] = c

@@ -22,11 +22,14 @@ import (
 // (holding their streams) and the reader's refusals close the connection.
 const outboxLimit = 1 << 20
 
-// conn serves one client connection: one reader goroutine, one goroutine
-// per request, responses queued in a wire.Outbox (handlers never wait for
-// the client unless it is a megabyte behind; concurrent responses share
-// system calls; a write that stalls for the write timeout closes the
-// connection).
+// conn serves one client connection: one reader goroutine, which runs
+// quick handlers itself (see InlineBudget; a watchdog moves reading to a
+// new goroutine when one runs past the budget) and starts a goroutine for
+// the others; responses queued in a wire.Outbox (handlers never wait for
+// the client unless it is a megabyte behind; the answers to the requests
+// of one read go out in one write, before the reader waits for more;
+// concurrent responses share system calls; a write that stalls for the
+// write timeout closes the connection).
 //
 // What one connection can cost is bounded: MaxStreamsPerConn requests from
 // arrival until their response is written (past it a request is refused
