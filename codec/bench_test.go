@@ -65,7 +65,7 @@ var benchMessages = []struct {
 // fields, as the codec did, vs UnmarshalStrict). Both decode into a new
 // value each time, as clients and servers do.
 func BenchmarkJSON(b *testing.B) {
-	var c codec.JSON
+	c := codec.NewJSON() // as NewSet makes it: with its encoder pool and type cache
 	for _, m := range benchMessages {
 		body, err := c.Marshal(nil, m.v)
 		if err != nil {
@@ -131,7 +131,7 @@ func BenchmarkJSON(b *testing.B) {
 // TestJSONMarshalSameBytes: Marshal writes what json.Marshal does, HTML
 // escaped, appended to dst, and allocates nothing for a plain struct.
 func TestJSONMarshalSameBytes(t *testing.T) {
-	var c codec.JSON
+	c := codec.NewJSON() // as NewSet makes it: with its encoder pool and type cache
 	vals := []any{nil, 1.5, "a<b>&\u2028", []byte("x"), map[string]any{"b": 1, "a": []int{1}}, json.RawMessage(`{ "a" : 1 }`), json.Number("12"), benchMessages[0].v, benchMessages[1].v}
 	for _, v := range vals {
 		want, werr := json.Marshal(v)
