@@ -117,8 +117,12 @@ func (w *wireCaller) Call(ctx context.Context, addr string, req *transport.Reque
 	cl := w.free.getCall()
 	defer w.free.putCall(cl)
 	var expired <-chan time.Time
+	var timeout time.Duration
 	if !req.Deadline.IsZero() {
-		cl.timer.Reset(time.Until(req.Deadline))
+		if timeout = time.Until(req.Deadline); timeout <= 0 {
+			return &TransportError{Addr: addr, Op: "timeout", NotRun: true, Err: context.DeadlineExceeded}
+		}
+		cl.timer.Reset(timeout)
 		defer cl.timer.Stop()
 		expired = cl.timer.C
 	}
@@ -127,7 +131,7 @@ func (w *wireCaller) Call(ctx context.Context, addr string, req *transport.Reque
 		return err
 	}
 	cl.rsp, cl.contentType = rsp, req.ContentType
-	return cn.exchange(ctx, cl, req.Deadline, expired, false, req)
+	return cn.exchange(ctx, cl, req.Deadline, timeout, expired, false, req)
 }
 
 // Ping implements transport.Pinger.
@@ -150,7 +154,7 @@ func (w *wireCaller) Ping(ctx context.Context, addr string) error {
 		return err
 	}
 	cl.rsp = &cl.scratch
-	return cn.exchange(ctx, cl, deadline, expired, true, nil)
+	return cn.exchange(ctx, cl, deadline, 0, expired, true, nil)
 }
 
 // Connecting implements transport.DialState.
@@ -313,10 +317,12 @@ func (c *conn) release() {
 }
 
 // exchange sends one request (or a ping: req nil) and waits for its
-// response, ctx's end, or the attempt's deadline (expired fires then). On
-// success the response is in cl.rsp. Every error says whether the request
-// provably did not run.
-func (c *conn) exchange(ctx context.Context, cl *call, deadline time.Time, expired <-chan time.Time, ping bool, req *transport.Request) error {
+// response, ctx's end, or the attempt's deadline (expired fires then).
+// timeout is the time left before the deadline when the caller looked (the
+// request carries it; 0 with a deadline: read the clock here). On success
+// the response is in cl.rsp. Every error says whether the request provably
+// did not run.
+func (c *conn) exchange(ctx context.Context, cl *call, deadline time.Time, timeout time.Duration, expired <-chan time.Time, ping bool, req *transport.Request) error {
 	defer c.release()
 	if n := 0; !ping {
 		if n = wire.RequestSize(req.Endpoint, req.ContentType, req.Metadata, len(req.Body)) - 4; int64(n) > c.maxFrame.Load() {
@@ -333,8 +339,7 @@ func (c *conn) exchange(ctx context.Context, cl *call, deadline time.Time, expir
 	c.pending[id] = cl
 	c.mu.Unlock()
 
-	var timeout time.Duration
-	if !deadline.IsZero() {
+	if !deadline.IsZero() && timeout <= 0 {
 		if timeout = time.Until(deadline); timeout <= 0 {
 			c.forget(id, cl)
 			return &TransportError{Addr: c.p.addr, Op: "timeout", NotRun: true, Err: context.DeadlineExceeded}

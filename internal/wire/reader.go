@@ -114,8 +114,10 @@ func (r *Reader) Next(f *Frame) error {
 			return err
 		}
 	}
-	var frameDeadline time.Time // set once the frame started
-	if r.frameLimit > 0 && r.dl != nil {
+	// The frame's deadline (from its start) is needed only if its bytes
+	// are not all buffered: the clock is read then.
+	var frameDeadline time.Time
+	if r.frameLimit > 0 && r.dl != nil && !r.HasFrame() {
 		frameDeadline = time.Now().Add(r.frameLimit)
 	}
 	if err := r.fill(lenPrefix, frameDeadline, true); err != nil {
