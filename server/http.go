@@ -246,9 +246,13 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	var remote net.Addr
+	if s.intercept != nil { // only interceptors see it: no parse, no allocation otherwise
+		remote = remoteAddr(r)
+	}
 	s.inflight.Add(1)
 	rc := &reqCtx{Context: ctx}
-	rsp, err := s.run(rc, h, cd, body, "http", remoteAddr(r))
+	rsp, err := s.run(rc, h, cd, body, "http", remote)
 	if s.slots != nil {
 		<-s.slots
 	}
@@ -302,7 +306,13 @@ func readBody(dst []byte, rw http.ResponseWriter, r *http.Request, max int) ([]b
 	if r.ContentLength > 0 && int64(cap(dst)) < r.ContentLength {
 		dst = make([]byte, 0, r.ContentLength)
 	}
-	rd := http.MaxBytesReader(rw, r.Body, int64(max))
+	// A body of a known length (at most max, checked above) is bounded by
+	// net/http's own reader: that length is all it returns. Others
+	// (chunked) are read through a MaxBytesReader.
+	var rd io.Reader = r.Body
+	if r.ContentLength < 0 {
+		rd = http.MaxBytesReader(rw, r.Body, int64(max))
+	}
 	for {
 		if len(dst) == cap(dst) {
 			dst = append(dst, 0)[:len(dst)]
@@ -318,30 +328,38 @@ func readBody(dst []byte, rw http.ResponseWriter, r *http.Request, max int) ([]b
 	}
 }
 
-// transportHeaders are the request headers that are HTTP's own, not
-// metadata, in canonical form (as net/http stores them).
-var transportHeaders = map[string]bool{
-	"Accept": true, "Accept-Encoding": true, "Connection": true, "Content-Length": true, "Content-Type": true,
-	"Expect": true, "Host": true, "Keep-Alive": true, "Proxy-Authorization": true, "Proxy-Connection": true,
-	"Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true, "Http2-Settings": true,
-	"User-Agent": true, "Beacon-Timeout": true,
+// transportHeader reports whether a request header, in canonical form (as
+// net/http stores them), is HTTP's own, not metadata (a switch: no map
+// lookup per header and request).
+func transportHeader(k string) bool {
+	switch k {
+	case "Accept", "Accept-Encoding", "Connection", "Content-Length", "Content-Type",
+		"Expect", "Host", "Keep-Alive", "Proxy-Authorization", "Proxy-Connection",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Http2-Settings",
+		"User-Agent", "Beacon-Timeout":
+		return true
+	}
+	return false
 }
 
 // headerMetadata turns request headers into request metadata: every header
-// but HTTP's own (transportHeaders), the name lower-cased, several values
+// but HTTP's own (transportHeader), the name lower-cased, several values
 // joined with ", ". Headers over the limits, or whose names are not valid
 // keys, are refused with status 431 naming them. Requests with only HTTP's
 // own headers cost no allocation.
 func headerMetadata(h http.Header) (metadata.MD, *status.Error) {
 	var md metadata.MD
 	for k, vs := range h {
-		if transportHeaders[k] || transportHeaders[http.CanonicalHeaderKey(k)] {
+		if transportHeader(k) || transportHeader(http.CanonicalHeaderKey(k)) {
 			continue
 		}
 		if md == nil {
 			md = metadata.MD{}
 		}
 		md[strings.ToLower(k)] = strings.Join(vs, ", ")
+	}
+	if md == nil {
+		return nil, nil
 	}
 	if err := metadata.Validate(md); err != nil {
 		return nil, status.Newf(status.HeaderTooLarge, "request headers refused as metadata: %v; not run", err)
