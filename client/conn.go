@@ -237,6 +237,7 @@ type conn struct {
 	load       atomic.Int32 // requests in flight (reserved by pool.get)
 	maxStreams atomic.Int32 // the server's advertised limit
 	maxFrame   atomic.Int64 // the largest request frame the server accepts
+	batch      atomic.Int32 // responses the last read delivered together
 
 	mu         sync.Mutex
 	pending    map[uint64]*call
@@ -285,7 +286,7 @@ func (p *pool) handshake(ctx context.Context) (*conn, error) {
 		return nil, p.c.o.tls.explain(p.addr, err, &f)
 	}
 	_ = nc.SetDeadline(time.Time{})
-	c := &conn{p: p, nc: nc, w: wire.NewWriter(nc, p.c.o.writeStall, p.c.goTracked), pending: map[uint64]*call{}, done: make(chan struct{})}
+	c := &conn{p: p, nc: nc, w: wire.NewWriter(nc, p.c.o.writeStall), pending: map[uint64]*call{}, done: make(chan struct{})}
 	c.apply(f.Settings)
 	p.c.wg.Add(1)
 	go c.read(r)
@@ -354,9 +355,12 @@ func (c *conn) exchange(ctx context.Context, cl *call, deadline time.Time, timeo
 		*frame, err = wire.AppendRequest(*frame, id, req.Endpoint, req.ContentType, timeout, req.Metadata, req.Body)
 	}
 	if err == nil {
-		// Other calls in flight on the connection: their callers are about
-		// to write too, so this one lets them queue and writes the batch.
-		end, err = c.w.Write(*frame, deadline, ctx.Done(), expired, c.load.Load() > 1)
+		// Calls answered together are likely followed by calls sent
+		// together: this caller waits (at most 30 µs) for as many others
+		// as were answered with the last batch and are in flight, and one
+		// write sends them all (wire.Writer.Write).
+		expect := min(int(c.batch.Load()), int(c.load.Load())) - 1
+		end, err = c.w.Write(*frame, deadline, ctx.Done(), expired, expect)
 	}
 	c.p.c.free.putBuf(frame)
 	if err != nil {
@@ -408,7 +412,7 @@ func (c *conn) abandon(id uint64, cl *call, cancel bool) {
 	c.p.c.goTracked(func() {
 		t := time.NewTimer(time.Second)
 		defer t.Stop()
-		if _, err := c.w.Write(wire.AppendCancel(nil, id), time.Now().Add(time.Second), nil, t.C, false); err != nil && !errors.Is(err, wire.ErrNotQueued) {
+		if _, err := c.w.Write(wire.AppendCancel(nil, id), time.Now().Add(time.Second), nil, t.C, 0); err != nil && !errors.Is(err, wire.ErrNotQueued) {
 			c.fail(err)
 		}
 	})
@@ -419,7 +423,12 @@ func (c *conn) read(r *wire.Reader) {
 	defer close(c.done)
 	var f wire.Frame
 	var tooLarge *wire.TooLargeError
+	var batch int32
 	for {
+		if !r.HasFrame() && batch > 0 {
+			c.batch.Store(batch) // the next Next waits for bytes: this batch is whole
+			batch = 0
+		}
 		err := r.Next(&f)
 		if err != nil && errors.As(err, &tooLarge) && tooLarge.Kind == wire.KindResponse {
 			// The handler ran; its answer is dropped, the connection kept.
@@ -452,6 +461,7 @@ func (c *conn) read(r *wire.Reader) {
 				}
 				r.Metadata = metadata.MD(f.Meta.Map())
 				r.Body = append(r.Body[:0], f.Body...)
+				batch++
 				cl.ch <- struct{}{}
 			}
 			if idle {

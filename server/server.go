@@ -218,7 +218,7 @@ func WriteTimeout(d time.Duration) Option { return func(o *options) { o.writeTim
 
 // DefaultInlineBudget is how long a handler may run on its connection's
 // reading goroutine before reading moves to a new goroutine (InlineBudget).
-const DefaultInlineBudget = 200 * time.Microsecond
+const DefaultInlineBudget = 500 * time.Microsecond
 
 // InlineBudget sets how long a quick handler may run on the goroutine that
 // reads its connection (default DefaultInlineBudget; 0: every request runs

@@ -95,12 +95,12 @@ func TestBoundedWriteResumes(t *testing.T) {
 			frame := bytes.Repeat([]byte("0123456789abcdef"), 1<<15) // 512 KiB
 			out := make(chan []byte, 1)
 			go slowRead(srv, len(frame), out)
-			w := wire.NewWriter(cli, tc.stall, nil)
+			w := wire.NewWriter(cli, tc.stall)
 			var done chan struct{}
 			if tc.done {
 				done = make(chan struct{})
 			}
-			end, err := w.Write(frame, time.Now().Add(10*time.Second), done, nil, false)
+			end, err := w.Write(frame, time.Now().Add(10*time.Second), done, nil, 0)
 			if err != nil || end != int64(len(frame)) || w.Sent() != end {
 				t.Fatalf("write: end %d, sent %d, %v", end, w.Sent(), err)
 			}
@@ -118,7 +118,7 @@ func TestPlainTLSConnFails(t *testing.T) {
 	frame := make([]byte, 512<<10)
 	out := make(chan []byte, 1)
 	go slowRead(srv, len(frame), out)
-	_, err := wire.NewWriter(cli.Conn, 0, nil).Write(frame, time.Now().Add(time.Second), make(chan struct{}), nil, false)
+	_, err := wire.NewWriter(cli.Conn, 0).Write(frame, time.Now().Add(time.Second), make(chan struct{}), nil, 0)
 	cli.Close()
 	<-out
 	if err == nil {
@@ -154,7 +154,7 @@ func TestBoundedWriteFails(t *testing.T) {
 				defer timer.Stop()
 			}
 			start := time.Now()
-			_, err := wire.NewWriter(cli, tc.stall, nil).Write(make([]byte, 8<<20), deadline, done, nil, false)
+			_, err := wire.NewWriter(cli, tc.stall).Write(make([]byte, 8<<20), deadline, done, nil, 0)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}

@@ -3,7 +3,7 @@ package wire
 import (
 	"errors"
 	"io"
-	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -26,41 +26,58 @@ type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
 // cancelSlice is how often a blocked write checks a caller's done channel.
 const cancelSlice = 10 * time.Millisecond
 
-// Writer writes whole frames to a stream from many goroutines. Frames are
-// buffered and the last writer in line flushes, so concurrent calls share
-// system calls while a lone writer's frame goes out at once, without a copy.
+// Writer writes whole frames to a stream from many goroutines, without
+// making callers wait for each other. A caller that finds no write under
+// way writes its frame at once, without a copy, and then, while frames
+// were queued meanwhile, writes them out together; a caller that finds a
+// write under way queues a copy of its frame and returns at once. So a
+// lone caller's frame leaves at once, and concurrent callers share system
+// calls (about one write per batch of callers that ran while the previous
+// write was in the kernel).
 //
-// Every wait is bounded: the wait for one's turn by the caller's deadline and
-// done channel, the write itself by the deadline, the done channel and the
-// stall timeout. A write abandoned part way leaves the stream without
-// framing: the Writer then fails for good, and so must the connection.
+// Every wait is bounded: the wait for room (past maxQueued bytes queued
+// behind a write that does not progress) by the caller's deadline and done
+// channel; the write of a caller's own frame by its deadline, done channel
+// and the stall timeout; the writes of others' frames by the stall timeout.
+// A write abandoned part way leaves the stream without framing: the Writer
+// then fails for good, and so must the connection; frames queued and not
+// written are then lost (compare their end offsets with Sent).
 // It is safe for concurrent use.
 type Writer struct {
-	sem     chan struct{} // holds a token while a writer owns the stream
-	spawn   func(func())
-	waiting atomic.Int32
-	pending atomic.Bool // buf holds frames nobody has flushed
-
-	// Owned by the token holder.
-	out      stream
-	buf      []byte
-	queued   int64 // stream offset past the last queued frame
-	err      error // sticky
-	yielding bool  // a writer let others queue first and will flush
+	mu       sync.Mutex
+	out      stream // used by the caller that is writing
+	flushing bool
+	buf      []byte // frames queued behind the write under way
+	spare    []byte
+	queued   int64         // stream offset past the last queued frame
+	room     chan struct{} // closed when the write under way takes the queue, or ends
+	err      error         // sticky
+	yielded  time.Time     // when the caller that will write yielded (zero: none is yielding)
+	yields   uint64        // counts queues taken over from a yielding caller
+	expect   int           // frames the yielding caller waits for
+	joined   int           // frames queued behind it so far
+	taken    chan struct{} // wakes the yielding caller when its queue is taken
+	timer    *time.Timer   // the yielding caller's wait
 
 	sent   atomic.Int64 // bytes written to the stream
 	failed atomic.Pointer[error]
 }
 
+// maxQueued bounds the bytes queued behind a write under way; past it,
+// callers wait for room (bounded by their deadline and done channel).
+const maxQueued = 1 << 20
+
+// maxYield bounds how long frames queued behind a yielding caller wait for
+// it: a caller that comes later writes them.
+const maxYield = 100 * time.Microsecond
+
+// yieldFor is how long a yielding caller lets others queue frames.
+const yieldFor = 30 * time.Microsecond
+
 // NewWriter returns a Writer on w. stall (0: none) bounds how long a write
-// may make no progress; it needs a stream with SetWriteDeadline. spawn, if
-// not nil, runs the Writer's background flush (so its owner can wait for
-// it on close); nil: a plain goroutine.
-func NewWriter(w io.Writer, stall time.Duration, spawn func(func())) *Writer {
-	if spawn == nil {
-		spawn = func(f func()) { go f() }
-	}
-	return &Writer{sem: make(chan struct{}, 1), out: newStream(w, stall), spawn: spawn}
+// may make no progress; it needs a stream with SetWriteDeadline.
+func NewWriter(w io.Writer, stall time.Duration) *Writer {
+	return &Writer{out: newStream(w, stall)}
 }
 
 // Sent returns how many bytes have been written to the stream. A frame whose
@@ -76,104 +93,146 @@ func (w *Writer) Err() error {
 	return nil
 }
 
-// Write writes one frame. It waits for its turn until deadline (zero: none),
-// done closes or expired fires (nil channels never do); the frame is then
-// not sent and the error wraps ErrNotQueued. Once its turn comes the frame
-// is queued: end is the stream offset just past it. It is then flushed,
-// unless another writer is waiting (the last of them flushes) or one that
-// yielded will flush. With yield (the caller knows of other calls in
-// flight, whose callers are likely about to write), the writer that would
-// flush first lets the goroutines ready to run queue their frames
-// (runtime.Gosched), then writes them all at once: one system call for a
-// batch instead of one per frame. The flush is bounded by the deadline,
-// done and the stall timeout; when it fails the Writer fails for good and
-// err says why (ErrWriteTimeout, ErrWriteCanceled, or the stream's error).
-// Compare end with Sent to learn whether the frame left whole.
-func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, expired <-chan time.Time, yield bool) (end int64, err error) {
-	w.waiting.Add(1)
-	select {
-	case w.sem <- struct{}{}:
-	default:
+// Write writes one frame, or queues it behind the write under way (then it
+// returns at once: the writing caller writes it). end is the stream offset
+// just past the frame. Past maxQueued bytes queued, it waits for room until
+// deadline (zero: none), done closes or expired fires (nil channels never
+// do); the frame is then not sent and the error wraps ErrNotQueued, as it
+// does when the writer has failed. The caller that writes is bounded, for
+// its own frame, by its deadline, done and the stall timeout, and for the
+// frames queued meanwhile by the stall timeout alone; when a write fails
+// the Writer fails for good and err says why (ErrWriteTimeout,
+// ErrWriteCanceled, or the stream's error). Compare end with Sent to learn
+// whether the frame left whole.
+//
+// With expect > 0 (the caller expects that many other callers to write
+// soon: the callers of calls answered together with its own), a caller that
+// would write first waits for them to queue their frames, then writes them
+// all at once: one system call for a batch instead of one per frame. The
+// wait ends when the expected frames are queued (the caller that completes
+// them writes the batch at once), or after yieldFor (30 µs); frames never
+// wait for a yielding caller for more than maxYield once another caller
+// comes. (runtime.Gosched as the wait measured worse: the yielding
+// goroutine went to the scheduler's global queue and waited there for
+// milliseconds behind busy processors, doubling the 99th percentile.)
+func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, expired <-chan time.Time, expect int) (end int64, err error) {
+	w.mu.Lock()
+	for w.err == nil && w.flushing && len(w.buf) > 0 && len(w.buf)+len(frame) > maxQueued {
+		if w.room == nil {
+			w.room = make(chan struct{})
+		}
+		room := w.room
+		w.mu.Unlock()
 		select {
-		case w.sem <- struct{}{}:
+		case <-room:
 		case <-done:
-			w.giveUp()
 			return 0, errors.Join(ErrNotQueued, ErrWriteCanceled)
 		case <-expired:
-			w.giveUp()
 			return 0, errors.Join(ErrNotQueued, ErrWriteTimeout)
 		}
+		w.mu.Lock()
 	}
-	last := w.waiting.Add(-1) == 0
 	if w.err != nil {
-		<-w.sem
-		return 0, errors.Join(ErrNotQueued, w.err)
+		err := w.err
+		w.mu.Unlock()
+		return 0, errors.Join(ErrNotQueued, err)
 	}
 	w.queued += int64(len(frame))
 	end = w.queued
-	if !last || w.yielding || yield {
+	if w.flushing && !w.yielded.IsZero() {
+		// A caller is yielding: queue behind it; the one that completes
+		// what it waits for, or comes after maxYield, writes the queue.
 		w.buf = append(w.buf, frame...)
-		w.pending.Store(true)
-		if !last || w.yielding {
-			<-w.sem
+		if w.joined++; w.joined < w.expect && time.Since(w.yielded) < maxYield {
+			w.mu.Unlock()
 			return end, nil
 		}
-		w.yielding = true
-		<-w.sem
-		runtime.Gosched()
-		w.sem <- struct{}{} // the holders meanwhile only queue, or flush bounded
-		w.yielding = false
-		if len(w.buf) > 0 {
-			err = w.flush(w.buf, deadline, done)
-			w.drained()
-		} else if w.err != nil && end > w.sent.Load() {
-			err = w.err // a background flush failed with the frame
+		w.yielded, w.yields = time.Time{}, w.yields+1
+		select {
+		case w.taken <- struct{}{}:
+		default:
 		}
-		<-w.sem
-		return end, err
+		frame = nil // it is in the queue
+	} else if w.flushing {
+		w.buf = append(w.buf, frame...)
+		w.mu.Unlock()
+		return end, nil
+	} else if expect > 0 {
+		// Let the callers of the other calls just answered (likely about
+		// to call again) queue their frames first, for at most yieldFor.
+		if w.taken == nil {
+			w.taken = make(chan struct{}, 1)
+			w.timer = time.NewTimer(yieldFor)
+		} else {
+			w.timer.Reset(yieldFor)
+		}
+		w.flushing, w.yielded, w.expect, w.joined = true, time.Now(), expect, 0
+		n := w.yields
+		w.buf = append(w.buf, frame...)
+		w.mu.Unlock()
+		select {
+		case <-w.taken:
+		case <-w.timer.C:
+		}
+		w.mu.Lock()
+		if w.yields != n || w.err != nil { // another caller took the queue
+			w.timer.Stop()
+			select {
+			case <-w.taken:
+			default:
+			}
+			err := w.err
+			w.mu.Unlock()
+			if err != nil && end > w.sent.Load() {
+				return end, err
+			}
+			return end, nil
+		}
+		w.timer.Stop()
+		w.yielded = time.Time{}
+		frame = nil // it is in the queue
 	}
-	defer func() { <-w.sem }()
-	if len(w.buf) == 0 {
-		return end, w.flush(frame, deadline, done)
+	w.flushing = true
+	p, owned := frame, false // owned: p is the writer's buffer, not the caller's
+	if len(w.buf) > 0 {      // frames queued behind a yield
+		p, owned = append(w.buf, frame...), true
+		w.buf = w.spare[:0]
+		w.spare = nil
 	}
-	w.buf = append(w.buf, frame...)
-	err = w.flush(w.buf, deadline, done)
-	w.drained()
+	for first := true; ; first = false {
+		w.wake()
+		w.mu.Unlock()
+		if first {
+			err = w.flush(p, deadline, done)
+		} else {
+			err = w.flush(p, time.Time{}, nil)
+		}
+		w.mu.Lock()
+		if owned && cap(p) <= shrinkBuf {
+			w.spare = p[:0]
+		}
+		if err != nil || len(w.buf) == 0 {
+			break
+		}
+		p, owned = w.buf, true
+		w.buf = w.spare[:0]
+		w.spare = nil
+	}
+	w.flushing = false
+	w.wake()
+	w.mu.Unlock()
 	return end, err
 }
 
-// giveUp leaves the line. When the one who left was the writer that a
-// holder counted on to flush, the frames queued so far are flushed in the
-// background (bounded by the stall timeout).
-func (w *Writer) giveUp() {
-	if w.waiting.Add(-1) == 0 && w.pending.Load() {
-		w.spawn(func() { _ = w.Flush() })
+// wake releases callers waiting for room, and Settle; w.mu is held.
+func (w *Writer) wake() {
+	if w.room != nil {
+		close(w.room)
+		w.room = nil
 	}
 }
 
-// Flush writes out buffered frames, waiting for its turn without a bound
-// (the holder of the stream is bounded by the stall timeout).
-func (w *Writer) Flush() error {
-	w.sem <- struct{}{}
-	defer func() { <-w.sem }()
-	if w.err != nil || len(w.buf) == 0 {
-		return w.err
-	}
-	err := w.flush(w.buf, time.Time{}, nil)
-	w.drained()
-	return err
-}
-
-func (w *Writer) drained() {
-	w.pending.Store(false)
-	if cap(w.buf) > shrinkBuf {
-		w.buf = nil
-	} else {
-		w.buf = w.buf[:0]
-	}
-}
-
-// flush writes p whole within the bounds; the caller holds the token.
+// flush writes p whole within the bounds; the caller is the one writing.
 func (w *Writer) flush(p []byte, deadline time.Time, done <-chan struct{}) error {
 	n, err := w.out.write(p, deadline, done)
 	w.sent.Add(int64(n))
@@ -267,8 +326,13 @@ func (s *stream) write(p []byte, deadline time.Time, done <-chan struct{}) (int,
 }
 
 func (w *Writer) fail(err error) error {
-	w.err = err
-	w.failed.Store(&err)
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+		w.failed.Store(&err)
+		w.buf = nil
+	}
+	w.mu.Unlock()
 	return err
 }
 
@@ -284,11 +348,19 @@ func isClosed(done <-chan struct{}) bool {
 	}
 }
 
-// Settle waits for the writer in progress, if any, and returns Sent. Call it
+// Settle waits for the write under way, if any, and returns Sent. Call it
 // after closing the stream: the result is then final.
 func (w *Writer) Settle() int64 {
-	w.sem <- struct{}{}
-	n := w.sent.Load()
-	<-w.sem
-	return n
+	w.mu.Lock()
+	for w.flushing {
+		if w.room == nil {
+			w.room = make(chan struct{})
+		}
+		room := w.room
+		w.mu.Unlock()
+		<-room
+		w.mu.Lock()
+	}
+	w.mu.Unlock()
+	return w.sent.Load()
 }
