@@ -43,6 +43,9 @@ type conn struct {
 	cancel context.CancelCauseFunc
 	closed atomic.Bool
 	goaway atomic.Bool  // told to go away: new requests are refused
+	// An HTTP connection (handed to net/http): no wire frame is ever
+	// written to it; busy while net/http serves a request on it.
+	http, httpBusy atomic.Bool
 	active atomic.Int64 // when the last request arrived (Unix ns; accept time at first)
 
 	mu      sync.Mutex
@@ -245,14 +248,20 @@ func (c *conn) request(f *wire.Frame) (handedOver bool) {
 	}
 	now := time.Now()
 	c.active.Store(now.UnixNano())
+	if !c.s.inflight.enter() { // Stop is waiting for the requests in flight
+		c.refuse(id, status.Unavailable, "server is going away; not run")
+		return false
+	}
 	c.mu.Lock()
 	if _, dup := c.streams[id]; dup {
 		c.mu.Unlock()
+		c.s.inflight.exit()
 		c.refuse(id, status.BadRequest, "call ID already in flight on this connection")
 		return false
 	}
 	if len(c.streams) >= c.s.streams {
 		c.mu.Unlock()
+		c.s.inflight.exit()
 		c.refuse(id, status.Unavailable, fmt.Sprintf("over the connection's limit of %d requests in flight; not run", c.s.streams))
 		return false
 	}
@@ -261,6 +270,7 @@ func (c *conn) request(f *wire.Frame) (handedOver bool) {
 		case c.s.slots <- struct{}{}:
 		default:
 			c.mu.Unlock()
+			c.s.inflight.exit()
 			c.refuse(id, status.Unavailable, "server overloaded; not run")
 			return false
 		}
@@ -274,7 +284,6 @@ func (c *conn) request(f *wire.Frame) (handedOver bool) {
 
 	body := c.s.bufs.get()
 	*body = append(*body, f.Body...)
-	c.s.inflight.Add(1)
 	var ctx context.Context = st
 	if md != nil {
 		ctx = metadata.NewIncomingContext(st, md)
@@ -393,7 +402,7 @@ func (c *conn) endStream(id uint64, st *stream) {
 	delete(c.streams, id)
 	c.mu.Unlock()
 	st.end(context.Canceled, true)
-	c.s.inflight.Done()
+	c.s.inflight.exit()
 }
 
 // cancelStream cancels the handler of a call the client gave up on.
@@ -487,6 +496,9 @@ func (c *conn) writeBy(frame []byte, wait bool, deadline time.Time) bool {
 // goAway tells the client to send nothing more on this connection, waiting
 // at most a second to do so (a client that does not read is closed).
 func (c *conn) goAway() {
+	if c.http.Load() {
+		return // net/http's Shutdown, or the close that follows, tells it
+	}
 	if !c.goaway.Swap(true) {
 		c.writeBy(wire.AppendGoAway(nil), false, time.Now().Add(time.Second))
 	}

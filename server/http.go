@@ -77,6 +77,7 @@ func newWeb(s *Server) *web {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.o.log.Handler(), slog.LevelDebug),
 		Protocols:         new(http.Protocols),
+		ConnState:         connState,
 	}
 	w.srv.Protocols.SetHTTP1(true)
 	w.srv.Protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge
@@ -91,15 +92,34 @@ func newWeb(s *Server) *web {
 // waits until that connection is closed, so that it counts against
 // MaxConnections and Stop waits for it.
 func (w *web) serve(c *conn, read []byte) {
-	hc := &handedConn{Conn: c.nc, pre: append([]byte(nil), read...), closed: make(chan struct{})}
+	c.http.Store(true)
+	c.httpBusy.Store(true) // until net/http says it is idle
+	hc := &handedConn{Conn: c.nc, c: c, pre: append([]byte(nil), read...), closed: make(chan struct{})}
 	select {
 	case w.conns <- hc:
 	case <-w.done:
 		return
 	}
-	select {
-	case <-hc.closed:
-	case <-w.done:
+	// net/http owns it now: it closes it (at the latest web.stop's
+	// srv.Close); returning earlier, when the listener closes at the start
+	// of Shutdown, would close it under a request in flight.
+	<-hc.closed
+}
+
+// connState keeps the server's record of an HTTP connection up to date:
+// busy while net/http serves a request on it (the connection limit's
+// eviction then passes it over), idle since when.
+func connState(nc net.Conn, st http.ConnState) {
+	hc, ok := nc.(*handedConn)
+	if !ok {
+		return
+	}
+	switch st {
+	case http.StateActive:
+		hc.c.httpBusy.Store(true)
+	case http.StateIdle:
+		hc.c.active.Store(time.Now().UnixNano())
+		hc.c.httpBusy.Store(false)
 	}
 }
 
@@ -138,6 +158,7 @@ func (w *web) stop(ctx context.Context) {
 // reads the connection; Close tells the wire's accept loop it ended.
 type handedConn struct {
 	net.Conn
+	c      *conn // the server's record of the connection
 	pre    []byte
 	once   sync.Once
 	closed chan struct{}
@@ -250,13 +271,19 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	if s.intercept != nil { // only interceptors see it: no parse, no allocation otherwise
 		remote = remoteAddr(r)
 	}
-	s.inflight.Add(1)
+	if !s.inflight.enter() {
+		if s.slots != nil {
+			<-s.slots
+		}
+		writeHTTPError(rw, status.New(status.Unavailable, "server is going away; not run"), true)
+		return
+	}
+	defer s.inflight.exit() // once the answer is written
 	rc := &reqCtx{Context: ctx}
 	rsp, err := s.run(rc, h, cd, body, "http", remote)
 	if s.slots != nil {
 		<-s.slots
 	}
-	s.inflight.Done()
 	for k, v := range rc.metadata() {
 		rw.Header().Set(k, v)
 	}

@@ -1,11 +1,13 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -309,4 +311,92 @@ func TestStreamAfterFunc(t *testing.T) {
 		t.Fatal("stop after the end reported true")
 	}
 	<-again
+}
+
+// httpRequest sends a POST of {} to path on a new connection and returns
+// the connection and a channel with the response's status (or an error).
+func httpRequest(t *testing.T, addr, path string) <-chan error {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(nc, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", path); err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	go func() {
+		rsp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+		if err == nil {
+			rsp.Body.Close()
+			if rsp.StatusCode != 200 {
+				err = fmt.Errorf("status %d", rsp.StatusCode)
+			}
+		}
+		res <- err
+	}()
+	return res
+}
+
+// waitBusy waits until the server counts a request in flight.
+func waitBusy(t *testing.T, s *Server) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		s.mu.Lock()
+		busy := false
+		for c := range s.conns {
+			busy = busy || c.httpBusy.Load()
+		}
+		s.mu.Unlock()
+		if busy {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("HTTP request not in flight")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// An HTTP connection serving a request is not the one the connection limit
+// evicts, and no wire frame is ever written into its stream (old code: it
+// was picked as idle, sent a wire GoAway and closed mid-request).
+func TestHTTPConnectionNotEvictedMidRequest(t *testing.T) {
+	s, _ := startInline(t, MaxConnections(2))
+	res := httpRequest(t, s.Addr().String(), "/inlineSvc.Sleep")
+	waitBusy(t, s)
+	dialRaw(t, s.Addr().String())
+	dialRaw(t, s.Addr().String()) // over the limit: one idle connection goes
+	if err := <-res; err != nil {
+		t.Fatalf("HTTP request in flight: %v", err)
+	}
+}
+
+// Stop does not write a wire GoAway into an HTTP connection: the request in
+// flight gets its answer (old code: the frame's bytes came first).
+func TestStopLeavesHTTPStreamsAlone(t *testing.T) {
+	s, _ := startInline(t)
+	res := httpRequest(t, s.Addr().String(), "/inlineSvc.Sleep")
+	for deadline := time.Now().Add(5 * time.Second); ; { // the handler runs
+		s.inflight.mu.Lock()
+		n := s.inflight.n
+		s.inflight.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("handler not running")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-res; err != nil {
+		t.Fatalf("HTTP request in flight during Stop: %v", err)
+	}
 }

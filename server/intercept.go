@@ -197,8 +197,11 @@ func (d dispatch) Serve(ctx context.Context, req *transport.Request, rsp *transp
 			return
 		}
 	}
-	s.inflight.Add(1)
-	defer s.inflight.Done()
+	if !s.inflight.enter() {
+		refuse(status.Unavailable, "server is going away; not run")
+		return
+	}
+	defer s.inflight.exit()
 	var cancel context.CancelFunc
 	if !req.Deadline.IsZero() {
 		ctx, cancel = context.WithDeadline(ctx, req.Deadline)

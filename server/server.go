@@ -269,7 +269,7 @@ type Server struct {
 	ln       net.Listener
 	conns    map[*conn]struct{}
 	svc      *registry.Service
-	inflight sync.WaitGroup
+	inflight flight
 	connWG   sync.WaitGroup
 
 	causeKey   any // the key context.Cause asks for (stream.Value)
@@ -581,8 +581,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	}
 	told.Wait()
 
-	done := make(chan struct{})
-	go func() { s.inflight.Wait(); close(done) }()
+	done := s.inflight.drain()
 	t := time.NewTimer(s.o.shutdown)
 	select {
 	case <-done:
@@ -668,7 +667,7 @@ func (s *Server) idlest() *conn {
 	var best *conn
 	var bestAt int64
 	for c := range s.conns {
-		if c.closed.Load() || c.inFlight() > 0 {
+		if c.closed.Load() || c.inFlight() > 0 || c.httpBusy.Load() {
 			continue
 		}
 		if at := c.active.Load(); best == nil || at < bestAt {

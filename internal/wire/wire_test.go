@@ -359,7 +359,7 @@ func TestWriterConcurrent(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	w := NewWriter(a, time.Second)
-	const writers, frames = 16, 200
+	const writers, frames = 16, 1000
 	got := make(chan map[string]int, 1)
 	go func() {
 		seen := map[string]int{}
@@ -380,7 +380,7 @@ func TestWriterConcurrent(t *testing.T) {
 			for j := range frames {
 				frame := AppendResponse(nil, uint64(j), 0, 0, "", "", nil, fmt.Appendf(nil, "%d/%d", i, j))
 				total.Add(int64(len(frame)))
-				if _, err := w.Write(frame, time.Now().Add(5*time.Second), nil, nil, j%3); err != nil {
+				if _, err := w.Write(frame, time.Now().Add(5*time.Second), nil, nil, j%4); err != nil {
 					t.Error(err)
 					return
 				}

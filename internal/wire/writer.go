@@ -56,11 +56,18 @@ type Writer struct {
 	yields   uint64        // counts queues taken over from a yielding caller
 	expect   int           // frames the yielding caller waits for
 	joined   int           // frames queued behind it so far
-	taken    chan struct{} // wakes the yielding caller when its queue is taken
-	timer    *time.Timer   // the yielding caller's wait
+	cur      *yieldWait    // the yielding caller's wait
+	waits    sync.Pool     // of *yieldWait (one per yield: a caller taken over may wake late)
 
 	sent   atomic.Int64 // bytes written to the stream
 	failed atomic.Pointer[error]
+}
+
+// yieldWait is one yielding caller's wait: woken by its timer, or by the
+// caller that takes its queue over.
+type yieldWait struct {
+	taken chan struct{}
+	timer *time.Timer
 }
 
 // maxQueued bounds the bytes queued behind a write under way; past it,
@@ -148,10 +155,8 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 			return end, nil
 		}
 		w.yielded, w.yields = time.Time{}, w.yields+1
-		select {
-		case w.taken <- struct{}{}:
-		default:
-		}
+		w.cur.taken <- struct{}{} // buffered: sent once per yield
+		w.cur = nil
 		frame = nil // it is in the queue
 	} else if w.flushing {
 		w.buf = append(w.buf, frame...)
@@ -160,27 +165,28 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 	} else if expect > 0 {
 		// Let the callers of the other calls just answered (likely about
 		// to call again) queue their frames first, for at most yieldFor.
-		if w.taken == nil {
-			w.taken = make(chan struct{}, 1)
-			w.timer = time.NewTimer(yieldFor)
+		yw, _ := w.waits.Get().(*yieldWait)
+		if yw == nil {
+			yw = &yieldWait{taken: make(chan struct{}, 1), timer: time.NewTimer(yieldFor)}
 		} else {
-			w.timer.Reset(yieldFor)
+			yw.timer.Reset(yieldFor)
 		}
-		w.flushing, w.yielded, w.expect, w.joined = true, time.Now(), expect, 0
+		w.flushing, w.yielded, w.expect, w.joined, w.cur = true, time.Now(), expect, 0, yw
 		n := w.yields
 		w.buf = append(w.buf, frame...)
 		w.mu.Unlock()
 		select {
-		case <-w.taken:
-		case <-w.timer.C:
+		case <-yw.taken:
+		case <-yw.timer.C:
 		}
 		w.mu.Lock()
+		yw.timer.Stop()
 		if w.yields != n || w.err != nil { // another caller took the queue
-			w.timer.Stop()
 			select {
-			case <-w.taken:
+			case <-yw.taken: // sent after the timer woke this caller
 			default:
 			}
+			w.waits.Put(yw)
 			err := w.err
 			w.mu.Unlock()
 			if err != nil && end > w.sent.Load() {
@@ -188,8 +194,8 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 			}
 			return end, nil
 		}
-		w.timer.Stop()
-		w.yielded = time.Time{}
+		w.waits.Put(yw)
+		w.yielded, w.cur = time.Time{}, nil
 		frame = nil // it is in the queue
 	}
 	w.flushing = true
