@@ -42,11 +42,11 @@ type conn struct {
 	ctx    context.Context // canceled (ErrConnClosed) when the connection closes
 	cancel context.CancelCauseFunc
 	closed atomic.Bool
-	goaway atomic.Bool  // told to go away: new requests are refused
+	goaway atomic.Bool // told to go away: new requests are refused
 	// An HTTP connection (handed to net/http): no wire frame is ever
 	// written to it; busy while net/http serves a request on it.
 	http, httpBusy atomic.Bool
-	active atomic.Int64 // when the last request arrived (Unix ns; accept time at first)
+	active         atomic.Int64 // when the last request arrived (Unix ns; accept time at first)
 
 	mu      sync.Mutex
 	streams map[uint64]*stream // requests in flight

@@ -55,6 +55,11 @@ type rspMetaKey struct{}
 // metadata the handler sets.
 type reqCtx struct {
 	context.Context
+	respMeta
+}
+
+// respMeta holds the response metadata of a request (SetResponseMetadata).
+type respMeta struct {
 	mu  sync.Mutex
 	out metadata.MD
 }
@@ -67,10 +72,10 @@ func (c *reqCtx) Value(k any) any {
 }
 
 // metadata returns the response metadata set so far.
-func (c *reqCtx) metadata() metadata.MD {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.out
+func (r *respMeta) metadata() metadata.MD {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.out
 }
 
 // SetResponseMetadata adds md to the response metadata of the request
@@ -92,14 +97,14 @@ type responseMetadata interface {
 	setMetadata(md metadata.MD) error
 }
 
-func (c *reqCtx) setMetadata(md metadata.MD) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	next := metadata.Join(c.out, md)
+func (r *respMeta) setMetadata(md metadata.MD) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next := metadata.Join(r.out, md)
 	if err := metadata.Validate(next); err != nil {
 		return err
 	}
-	c.out = next
+	r.out = next
 	return nil
 }
 

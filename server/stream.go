@@ -4,8 +4,6 @@ import (
 	"context"
 	"sync"
 	"time"
-
-	"github.com/beacon-go/beacon/metadata"
 )
 
 // stream is one wire request in flight, and its handler's context: one
@@ -34,7 +32,8 @@ type stream struct {
 	err   error
 	own   bool // err was set by the stream itself (deadline, Cancel), not by the connection
 	after []*afterFunc
-	out   metadata.MD // response metadata (SetResponseMetadata)
+
+	respMeta // response metadata (SetResponseMetadata)
 }
 
 type afterFunc struct{ f func() }
@@ -185,25 +184,6 @@ func (s *stream) endLocked(err error, own bool) {
 
 // String names the context, for debugging.
 func (s *stream) String() string { return "server.requestContext" }
-
-// setMetadata adds md to the response metadata (SetResponseMetadata).
-func (s *stream) setMetadata(md metadata.MD) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	next := metadata.Join(s.out, md)
-	if err := metadata.Validate(next); err != nil {
-		return err
-	}
-	s.out = next
-	return nil
-}
-
-// metadata returns the response metadata set so far.
-func (s *stream) metadata() metadata.MD {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.out
-}
 
 // cancelCauseKey returns the key context.Cause asks a context for (the
 // standard library's private cancel-cause key), found by asking once. With
