@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -332,4 +333,29 @@ func writeSyscalls() int64 {
 		}
 	}
 	return -1
+}
+
+// TestCallAllocs keeps a call lean: client and server together (one
+// process), metadata and interceptors off, at most 10 allocations per call
+// (issue 15; 5-6 when written, 27 before), the response value included.
+func TestCallAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not stable under the race detector")
+	}
+	e := newEnv(t, 1)
+	ctx := context.Background()
+	call := func() {
+		var rsp HelloRsp
+		if err := e.cli.Call(ctx, "greeter", "Greeter.Hello", benchReq, &rsp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 100 { // connections, pools and the handler's cost settle
+		call()
+	}
+	if n := testing.AllocsPerRun(500, call); n > 10 {
+		t.Fatalf("%.1f allocations per call, client and server together; want at most 10", n)
+	} else {
+		t.Logf("%.1f allocations per call", n)
+	}
 }
