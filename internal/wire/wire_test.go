@@ -402,3 +402,28 @@ func TestWriterConcurrent(t *testing.T) {
 		t.Fatalf("sent %d, want %d", w.Sent(), total.Load())
 	}
 }
+
+// A caller writing the frames queued behind its own is held no longer than
+// its own deadline by a peer that stops reading (an earlier version wrote
+// them bounded by the stall timeout alone: a call held 30 s past its 300 ms
+// deadline in TestNeverReadingPeerHoldsNoCall).
+func TestWriterOthersFramesWithinOwnDeadline(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	w := NewWriter(a, 5*time.Second)
+	own := []byte("own frame")
+	go func() { // reads the first frame, late, then nothing more
+		time.Sleep(50 * time.Millisecond)
+		io.ReadFull(b, make([]byte, len(own)))
+	}()
+	go func() {
+		time.Sleep(10 * time.Millisecond) // queued behind the write under way
+		w.Write([]byte("another caller's frame"), time.Now().Add(5*time.Second), nil, nil, 0)
+	}()
+	start := time.Now()
+	_, err := w.Write(own, start.Add(200*time.Millisecond), nil, nil, 0)
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Write returned after %v (err %v), past its 200ms deadline", d, err)
+	}
+}

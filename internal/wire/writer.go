@@ -37,8 +37,10 @@ const cancelSlice = 10 * time.Millisecond
 //
 // Every wait is bounded: the wait for room (past maxQueued bytes queued
 // behind a write that does not progress) by the caller's deadline and done
-// channel; the write of a caller's own frame by its deadline, done channel
-// and the stall timeout; the writes of others' frames by the stall timeout.
+// channel; the writes of the caller that writes, its own frame and those
+// queued behind it, by its deadline, done channel and the stall timeout
+// (frames left when its bounds are nearly up are written by a goroutine
+// bounded by the stall timeout).
 // A write abandoned part way leaves the stream without framing: the Writer
 // then fails for good, and so must the connection; frames queued and not
 // written are then lost (compare their end offsets with Sent).
@@ -106,8 +108,8 @@ func (w *Writer) Err() error {
 // deadline (zero: none), done closes or expired fires (nil channels never
 // do); the frame is then not sent and the error wraps ErrNotQueued, as it
 // does when the writer has failed. The caller that writes is bounded, for
-// its own frame, by its deadline, done and the stall timeout, and for the
-// frames queued meanwhile by the stall timeout alone; when a write fails
+// its own frame and the frames queued meanwhile, by its deadline, done and
+// the stall timeout (see writeOut); when a write fails
 // the Writer fails for good and err says why (ErrWriteTimeout,
 // ErrWriteCanceled, or the stream's error). Compare end with Sent to learn
 // whether the frame left whole.
@@ -205,29 +207,41 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 		w.buf = w.spare[:0]
 		w.spare = nil
 	}
-	for first := true; ; first = false {
-		w.wake()
-		w.mu.Unlock()
-		if first {
-			err = w.flush(p, deadline, done)
-		} else {
-			err = w.flush(p, time.Time{}, nil)
-		}
+	w.wake()
+	w.mu.Unlock()
+	return end, w.writeOut(p, owned, deadline, done)
+}
+
+// writeOut writes p, then the frames queued meanwhile, until none is left.
+// The caller is the one writing (w.flushing) and does not hold w.mu. Its
+// own bounds (deadline, done) apply to all of it, so no caller is held past
+// them by others' frames (a peer that stops reading fails the writer at the
+// writing caller's deadline, as a lone frame would); when those bounds are
+// (nearly) up with frames left, the rest goes to a goroutine bounded by the
+// stall timeout alone, rather than failing a stream that is fine.
+func (w *Writer) writeOut(p []byte, owned bool, deadline time.Time, done <-chan struct{}) error {
+	for {
+		err := w.flush(p, deadline, done)
 		w.mu.Lock()
 		if owned && cap(p) <= shrinkBuf {
 			w.spare = p[:0]
 		}
 		if err != nil || len(w.buf) == 0 {
-			break
+			w.flushing = false
+			w.wake()
+			w.mu.Unlock()
+			return err
 		}
 		p, owned = w.buf, true
 		w.buf = w.spare[:0]
 		w.spare = nil
+		w.wake()
+		w.mu.Unlock()
+		if isClosed(done) || (!deadline.IsZero() && time.Until(deadline) < cancelSlice) {
+			go func() { _ = w.writeOut(p, owned, time.Time{}, nil) }()
+			return nil
+		}
 	}
-	w.flushing = false
-	w.wake()
-	w.mu.Unlock()
-	return end, err
 }
 
 // wake releases callers waiting for room, and Settle; w.mu is held.
