@@ -212,6 +212,9 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 	return end, w.writeOut(p, owned, deadline, done)
 }
 
+// writeRest is writeOut bounded by the stall timeout alone.
+func (w *Writer) writeRest(p []byte, owned bool) { _ = w.writeOut(p, owned, time.Time{}, nil) }
+
 // writeOut writes p, then the frames queued meanwhile, until none is left.
 // The caller is the one writing (w.flushing) and does not hold w.mu. Its
 // own bounds (deadline, done) apply to all of it, so no caller is held past
@@ -238,7 +241,7 @@ func (w *Writer) writeOut(p []byte, owned bool, deadline time.Time, done <-chan 
 		w.wake()
 		w.mu.Unlock()
 		if isClosed(done) || (!deadline.IsZero() && time.Until(deadline) < cancelSlice) {
-			go func() { _ = w.writeOut(p, owned, time.Time{}, nil) }()
+			go w.writeRest(p, owned) // arguments, not captured: p stays off the heap
 			return nil
 		}
 	}
