@@ -248,20 +248,14 @@ func (c *conn) request(f *wire.Frame) (handedOver bool) {
 	}
 	now := time.Now()
 	c.active.Store(now.UnixNano())
-	if !c.s.inflight.enter() { // Stop is waiting for the requests in flight
-		c.refuse(id, status.Unavailable, "server is going away; not run")
-		return false
-	}
 	c.mu.Lock()
 	if _, dup := c.streams[id]; dup {
 		c.mu.Unlock()
-		c.s.inflight.exit()
 		c.refuse(id, status.BadRequest, "call ID already in flight on this connection")
 		return false
 	}
 	if len(c.streams) >= c.s.streams {
 		c.mu.Unlock()
-		c.s.inflight.exit()
 		c.refuse(id, status.Unavailable, fmt.Sprintf("over the connection's limit of %d requests in flight; not run", c.s.streams))
 		return false
 	}
@@ -270,10 +264,17 @@ func (c *conn) request(f *wire.Frame) (handedOver bool) {
 		case c.s.slots <- struct{}{}:
 		default:
 			c.mu.Unlock()
-			c.s.inflight.exit()
 			c.refuse(id, status.Unavailable, "server overloaded; not run")
 			return false
 		}
+	}
+	if !c.s.inflight.enter() { // Stop is waiting for the requests in flight
+		if c.s.slots != nil {
+			<-c.s.slots
+		}
+		c.mu.Unlock()
+		c.refuse(id, status.Unavailable, "server is going away; not run")
+		return false
 	}
 	// The handler's context ends with the caller's deadline, a Cancel from
 	// the client, the connection's close (cause ErrConnClosed) or the
@@ -282,6 +283,8 @@ func (c *conn) request(f *wire.Frame) (handedOver bool) {
 	c.streams[id] = st
 	c.mu.Unlock()
 
+	// A copy, even inline: if the watchdog moves reading on while the
+	// handler runs, the next frame lands in the reader's buffer.
 	body := c.s.bufs.get()
 	*body = append(*body, f.Body...)
 	var ctx context.Context = st
@@ -289,12 +292,7 @@ func (c *conn) request(f *wire.Frame) (handedOver bool) {
 		ctx = metadata.NewIncomingContext(st, md)
 	}
 	if !c.inline(h) {
-		go func() {
-			frame := c.exec(id, st, ctx, h, cd, body, time.Now())
-			c.write(*frame, true)
-			c.s.bufs.put(frame)
-			c.endStream(id, st)
-		}()
+		go func() { c.answer(st, c.exec(st, ctx, h, cd, body, time.Now())) }()
 		return false
 	}
 	c.seq++
@@ -304,7 +302,7 @@ func (c *conn) request(f *wire.Frame) (handedOver bool) {
 	if !c.armed.Swap(true) {
 		c.watchdog.Reset(c.s.o.inline)
 	}
-	frame := c.exec(id, st, ctx, h, cd, body, now)
+	frame := c.exec(st, ctx, h, cd, body, now)
 	if c.running.CompareAndSwap(run, 0) {
 		c.queue(*frame)
 		c.s.bufs.put(frame)
@@ -313,10 +311,16 @@ func (c *conn) request(f *wire.Frame) (handedOver bool) {
 	}
 	// Reading went to another goroutine meanwhile: this one answers and
 	// leaves, like a handler's own goroutine.
+	c.answer(st, frame)
+	return true
+}
+
+// answer writes a request's response frame (waiting for room in the
+// outbox) and ends the request; it runs off the reading goroutine.
+func (c *conn) answer(st *stream, frame *[]byte) {
 	c.write(*frame, true)
 	c.s.bufs.put(frame)
-	c.endStream(id, st)
-	return true
+	c.endStream(st)
 }
 
 // inline reports whether h runs on the reading goroutine: handlers that
@@ -330,8 +334,8 @@ func (c *conn) inline(h *handler) bool {
 
 // exec runs a request and returns its response frame (a pooled buffer).
 // It frees the request's concurrency slot and body; the caller writes the
-// frame, then calls endStream.
-func (c *conn) exec(id uint64, st *stream, ctx context.Context, h *handler, cd codec.Codec, body *[]byte, start time.Time) *[]byte {
+// frame, then ends the request (answer, or endUnflushed after the flush).
+func (c *conn) exec(st *stream, ctx context.Context, h *handler, cd codec.Codec, body *[]byte, start time.Time) *[]byte {
 	rsp, err := c.s.run(ctx, h, cd, *body, registry.ProtocolBeacon, c.nc.RemoteAddr())
 	h.observe(time.Since(start))
 	c.s.bufs.put(body)
@@ -344,7 +348,7 @@ func (c *conn) exec(id uint64, st *stream, ctx context.Context, h *handler, cd c
 		out := c.s.bufs.get()
 		var enc []byte
 		if enc, err = cd.Marshal(*out, rsp); err == nil {
-			*frame = wire.AppendResponse(*frame, id, status.OK, 0, cd.ContentType(), "", rmd, enc)
+			*frame = wire.AppendResponse(*frame, st.id, status.OK, 0, cd.ContentType(), "", rmd, enc)
 		} else {
 			err = status.Newf(status.InternalError, "encode response: %v", err)
 		}
@@ -359,7 +363,7 @@ func (c *conn) exec(id uint64, st *stream, ctx context.Context, h *handler, cd c
 	if code <= 0 || code > 0xffff {
 		code = status.InternalError
 	}
-	*frame = wire.AppendResponse(*frame, id, uint16(code), 0, "", e.Detail, rmd, nil)
+	*frame = wire.AppendResponse(*frame, st.id, uint16(code), 0, "", e.Detail, rmd, nil)
 	return frame
 }
 
@@ -389,7 +393,7 @@ func (c *conn) watch() {
 // endUnflushed ends the requests answered inline since the last flush.
 func (c *conn) endUnflushed() {
 	for i, st := range c.unflushed {
-		c.endStream(st.id, st)
+		c.endStream(st)
 		c.unflushed[i] = nil
 	}
 	c.unflushed = c.unflushed[:0]
@@ -397,9 +401,9 @@ func (c *conn) endUnflushed() {
 
 // endStream forgets a finished request (its response written) and ends
 // its context.
-func (c *conn) endStream(id uint64, st *stream) {
+func (c *conn) endStream(st *stream) {
 	c.mu.Lock()
-	delete(c.streams, id)
+	delete(c.streams, st.id)
 	c.mu.Unlock()
 	st.end(context.Canceled, true)
 	c.s.inflight.exit()

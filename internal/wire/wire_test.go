@@ -413,13 +413,22 @@ func TestWriterOthersFramesWithinOwnDeadline(t *testing.T) {
 	defer b.Close()
 	w := NewWriter(a, 5*time.Second)
 	own := []byte("own frame")
-	go func() { // reads the first frame, late, then nothing more
-		time.Sleep(50 * time.Millisecond)
-		io.ReadFull(b, make([]byte, len(own)))
-	}()
-	go func() {
-		time.Sleep(10 * time.Millisecond) // queued behind the write under way
+	queued := make(chan struct{})
+	go func() { // queues behind the write under way
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			w.mu.Lock()
+			writing := w.flushing
+			w.mu.Unlock()
+			if writing {
+				break
+			}
+		}
 		w.Write([]byte("another caller's frame"), time.Now().Add(5*time.Second), nil, nil, 0)
+		close(queued)
+	}()
+	go func() { // reads the first frame once the second is queued, then nothing more
+		<-queued
+		io.ReadFull(b, make([]byte, len(own)))
 	}()
 	start := time.Now()
 	_, err := w.Write(own, start.Add(200*time.Millisecond), nil, nil, 0)

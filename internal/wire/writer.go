@@ -54,11 +54,7 @@ type Writer struct {
 	queued   int64         // stream offset past the last queued frame
 	room     chan struct{} // closed when the write under way takes the queue, or ends
 	err      error         // sticky
-	yielded  time.Time     // when the caller that will write yielded (zero: none is yielding)
-	yields   uint64        // counts queues taken over from a yielding caller
-	expect   int           // frames the yielding caller waits for
-	joined   int           // frames queued behind it so far
-	cur      *yieldWait    // the yielding caller's wait
+	cur      *yieldWait    // the yielding caller's wait; nil: none is yielding
 	waits    sync.Pool     // of *yieldWait (one per yield: a caller taken over may wake late)
 
 	sent   atomic.Int64 // bytes written to the stream
@@ -68,8 +64,11 @@ type Writer struct {
 // yieldWait is one yielding caller's wait: woken by its timer, or by the
 // caller that takes its queue over.
 type yieldWait struct {
-	taken chan struct{}
-	timer *time.Timer
+	taken  chan struct{}
+	timer  *time.Timer
+	since  time.Time // when it began
+	expect int       // frames it waits for
+	joined int       // frames queued behind it so far
 }
 
 // maxQueued bounds the bytes queued behind a write under way; past it,
@@ -148,16 +147,15 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 	}
 	w.queued += int64(len(frame))
 	end = w.queued
-	if w.flushing && !w.yielded.IsZero() {
+	if yw := w.cur; yw != nil {
 		// A caller is yielding: queue behind it; the one that completes
 		// what it waits for, or comes after maxYield, writes the queue.
 		w.buf = append(w.buf, frame...)
-		if w.joined++; w.joined < w.expect && time.Since(w.yielded) < maxYield {
+		if yw.joined++; yw.joined < yw.expect && time.Since(yw.since) < maxYield {
 			w.mu.Unlock()
 			return end, nil
 		}
-		w.yielded, w.yields = time.Time{}, w.yields+1
-		w.cur.taken <- struct{}{} // buffered: sent once per yield
+		yw.taken <- struct{}{} // buffered: sent once per yield
 		w.cur = nil
 		frame = nil // it is in the queue
 	} else if w.flushing {
@@ -173,8 +171,8 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 		} else {
 			yw.timer.Reset(yieldFor)
 		}
-		w.flushing, w.yielded, w.expect, w.joined, w.cur = true, time.Now(), expect, 0, yw
-		n := w.yields
+		yw.since, yw.expect, yw.joined = time.Now(), expect, 0
+		w.flushing, w.cur = true, yw
 		w.buf = append(w.buf, frame...)
 		w.mu.Unlock()
 		select {
@@ -183,7 +181,7 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 		}
 		w.mu.Lock()
 		yw.timer.Stop()
-		if w.yields != n || w.err != nil { // another caller took the queue
+		if w.cur != yw { // another caller took the queue
 			select {
 			case <-yw.taken: // sent after the timer woke this caller
 			default:
@@ -197,7 +195,7 @@ func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, e
 			return end, nil
 		}
 		w.waits.Put(yw)
-		w.yielded, w.cur = time.Time{}, nil
+		w.cur = nil
 		frame = nil // it is in the queue
 	}
 	w.flushing = true
