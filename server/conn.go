@@ -198,7 +198,7 @@ func (c *conn) loop() (handedOver bool) {
 		case wire.KindCancel:
 			c.cancelStream(f.ID)
 		case wire.KindPing:
-			c.queue(wire.AppendResponse(nil, f.ID, status.OK, wire.FlagNotRun, "", "", nil, nil))
+			c.queue(wire.AppendResponse(nil, f.ID, status.OK, wire.FlagNotRun, "", "", nil, nil), false)
 		default:
 			log.Warn("server: unexpected frame from a client; closing connection", "remote", c.nc.RemoteAddr(), "kind", f.Kind)
 			return false
@@ -304,7 +304,7 @@ func (c *conn) request(f *wire.Frame) (handedOver bool) {
 	}
 	frame := c.exec(st, ctx, h, cd, body, now)
 	if c.running.CompareAndSwap(run, 0) {
-		c.queue(*frame)
+		c.queue(*frame, true)
 		c.s.bufs.put(frame)
 		c.unflushed = append(c.unflushed, st) // ended once its answer is written (loop)
 		return false
@@ -457,15 +457,17 @@ func toStatus(ctx context.Context, err error) *status.Error {
 func (c *conn) refuse(id uint64, code int, detail string) {
 	frame := c.s.bufs.get()
 	*frame = wire.AppendResponse(*frame, id, uint16(code), wire.FlagNotRun, "", detail, nil, nil)
-	c.queue(*frame)
+	c.queue(*frame, false)
 	c.s.bufs.put(frame)
 }
 
 // queue queues a frame of the reader's to go out with its batch (Flush
-// before the next read that waits); a reader more than the outbox's limit
-// ahead of a client that does not read closes the connection.
-func (c *conn) queue(frame []byte) bool {
-	if c.out.Queued()+len(frame) > outboxLimit {
+// before the next read that waits). Past the outbox's limit, an answer
+// (wait) waits for room, as a handler's own goroutine would, while a
+// refusal or a ping's answer does not: a client that sends while not
+// reading them is closed.
+func (c *conn) queue(frame []byte, wait bool) bool {
+	if !wait && c.out.Queued()+len(frame) > outboxLimit {
 		return c.write(frame, false)
 	}
 	if err := c.out.Queue(frame); err != nil {
