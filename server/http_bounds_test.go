@@ -15,18 +15,7 @@ import (
 // its address.
 func startHTTPTest(t *testing.T, opts ...Option) string {
 	t.Helper()
-	s, err := New(append([]Option{Name("greeter"), Address("127.0.0.1:0")}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Handle(good{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Stop(context.Background()) })
-	return s.Addr().String()
+	return startTest(t, good{}, append([]Option{Name("greeter")}, opts...)...).Addr().String()
 }
 
 // closedWithin reports how long after start the server closed c (reading

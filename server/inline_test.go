@@ -71,19 +71,15 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// startInline starts a server of inlineSvc on a counting listener.
-func startInline(t *testing.T, opts ...Option) (*Server, *countingListener) {
+// startTest starts a server of handler on 127.0.0.1 (opts first: they may
+// override the name, address, logger) and stops it at the test's end.
+func startTest(t *testing.T, handler any, opts ...Option) *Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	s, err := New(append([]Option{Name("test"), Address("127.0.0.1:0"), Logger(slog.New(slog.DiscardHandler))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := &countingListener{Listener: ln}
-	s, err := New(append([]Option{Name("inline"), Listener(cl), Logger(slog.New(slog.DiscardHandler))}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Handle(&inlineSvc{release: make(chan struct{})}); err != nil {
+	if err := s.Handle(handler); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Start(context.Background()); err != nil {
@@ -94,7 +90,31 @@ func startInline(t *testing.T, opts ...Option) (*Server, *countingListener) {
 		defer cancel()
 		s.Stop(ctx)
 	})
-	return s, cl
+	return s
+}
+
+// startInline starts a server of inlineSvc on a counting listener.
+func startInline(t *testing.T, opts ...Option) (*Server, *countingListener) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countingListener{Listener: ln}
+	return startTest(t, &inlineSvc{release: make(chan struct{})}, append([]Option{Listener(cl)}, opts...)...), cl
+}
+
+// dialTest dials addr with a 10 s deadline on everything, closed at the
+// test's end.
+func dialTest(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	return nc
 }
 
 // rawConn is one wire connection, driven frame by frame.
@@ -105,12 +125,7 @@ type rawConn struct {
 
 func dialRaw(t *testing.T, addr string) *rawConn {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	nc := dialTest(t, addr)
 	rc := &rawConn{nc: nc, r: wire.NewReader(nc, 0)}
 	if _, err := nc.Write([]byte(wire.Preface)); err != nil {
 		t.Fatal(err)
@@ -321,12 +336,7 @@ func TestStreamAfterFunc(t *testing.T) {
 // the connection and a channel with the response's status (or an error).
 func httpRequest(t *testing.T, addr, path string) <-chan error {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	nc := dialTest(t, addr)
 	if _, err := fmt.Fprintf(nc, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", path); err != nil {
 		t.Fatal(err)
 	}
