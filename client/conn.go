@@ -286,7 +286,7 @@ func (p *pool) handshake(ctx context.Context) (*conn, error) {
 		return nil, p.c.o.tls.explain(p.addr, err, &f)
 	}
 	_ = nc.SetDeadline(time.Time{})
-	c := &conn{p: p, nc: nc, w: wire.NewWriter(nc, p.c.o.writeStall), pending: map[uint64]*call{}, done: make(chan struct{})}
+	c := &conn{p: p, nc: nc, w: wire.NewWriter(nc, p.c.o.writeStall, 0), pending: map[uint64]*call{}, done: make(chan struct{})}
 	c.apply(f.Settings)
 	p.c.wg.Add(1)
 	go c.read(r)

@@ -25,7 +25,7 @@ const outboxLimit = 1 << 20
 // conn serves one client connection: one reader goroutine, which runs
 // quick handlers itself (see InlineBudget; a watchdog moves reading to a
 // new goroutine when one runs past the budget) and starts a goroutine for
-// the others; responses queued in a wire.Outbox (handlers never wait for
+// the others; responses queued in a wire.Writer (handlers never wait for
 // the client unless it is a megabyte behind; the answers to the requests
 // of one read go out in one write, before the reader waits for more;
 // concurrent responses share system calls; a write that stalls for the
@@ -38,7 +38,7 @@ const outboxLimit = 1 << 20
 type conn struct {
 	s      *Server
 	nc     net.Conn
-	out    *wire.Outbox
+	out    *wire.Writer
 	ctx    context.Context // canceled (ErrConnClosed) when the connection closes
 	cancel context.CancelCauseFunc
 	closed atomic.Bool
@@ -67,7 +67,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	c := &conn{s: s, nc: nc, out: wire.NewOutbox(nc, s.o.writeTimeout, outboxLimit), streams: map[uint64]*stream{}}
+	c := &conn{s: s, nc: nc, out: wire.NewWriter(nc, s.o.writeTimeout, outboxLimit), streams: map[uint64]*stream{}}
 	c.ctx, c.cancel = context.WithCancelCause(s.baseCtx)
 	context.AfterFunc(c.ctx, c.endStreams)
 	c.active.Store(time.Now().UnixNano())

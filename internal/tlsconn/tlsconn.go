@@ -2,7 +2,7 @@
 //
 // A *tls.Conn cannot resume a write that a deadline cut short (the record is
 // lost and the connection with it), while Beacon's writers (wire.Writer,
-// wire.Outbox) set short deadlines only to check their bounds (a caller's
+// wire.Writer) set short deadlines only to check their bounds (a caller's
 // cancel, a stall timeout) and resume. Conn therefore takes the bounds
 // itself (wire.BoundedWriter) and applies them beneath TLS, on the TCP
 // connection, where a cut-short write resumes (wire.Stream): a write still

@@ -95,7 +95,7 @@ func TestBoundedWriteResumes(t *testing.T) {
 			frame := bytes.Repeat([]byte("0123456789abcdef"), 1<<15) // 512 KiB
 			out := make(chan []byte, 1)
 			go slowRead(srv, len(frame), out)
-			w := wire.NewWriter(cli, tc.stall)
+			w := wire.NewWriter(cli, tc.stall, 0)
 			var done chan struct{}
 			if tc.done {
 				done = make(chan struct{})
@@ -118,7 +118,7 @@ func TestPlainTLSConnFails(t *testing.T) {
 	frame := make([]byte, 512<<10)
 	out := make(chan []byte, 1)
 	go slowRead(srv, len(frame), out)
-	_, err := wire.NewWriter(cli.Conn, 0).Write(frame, time.Now().Add(time.Second), make(chan struct{}), nil, 0)
+	_, err := wire.NewWriter(cli.Conn, 0, 0).Write(frame, time.Now().Add(time.Second), make(chan struct{}), nil, 0)
 	cli.Close()
 	<-out
 	if err == nil {
@@ -154,7 +154,7 @@ func TestBoundedWriteFails(t *testing.T) {
 				defer timer.Stop()
 			}
 			start := time.Now()
-			_, err := wire.NewWriter(cli, tc.stall).Write(make([]byte, 8<<20), deadline, done, nil, 0)
+			_, err := wire.NewWriter(cli, tc.stall, 0).Write(make([]byte, 8<<20), deadline, done, nil, 0)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
@@ -167,9 +167,9 @@ func TestBoundedWriteFails(t *testing.T) {
 
 // The server's outbox writes beneath TLS too; frames from many senders
 // arrive whole and in one piece each.
-func TestOutbox(t *testing.T) {
+func TestWriterSendTLS(t *testing.T) {
 	cli, srv := pair(t)
-	ob := wire.NewOutbox(srv, time.Second, 1<<20)
+	ob := wire.NewWriter(srv, time.Second, 1<<20)
 	frame := bytes.Repeat([]byte{7}, 64<<10)
 	var wg sync.WaitGroup
 	for range 16 {

@@ -14,7 +14,7 @@ const StatusTLSRequired = 426
 
 // BoundedWriter is a stream that applies a write's bounds itself: the
 // deadline (zero: none), the stall timeout (0: none: no byte moving for that
-// long fails the write) and the done channel (nil: never). Writer and Outbox
+// long fails the write) and the done channel (nil: never). Writer
 // hand their bounds to such a stream instead of setting write deadlines on
 // it. A TLS connection is one: a record cut short by a deadline cannot be
 // resumed, so the bounds must apply beneath TLS, where Stream resumes the
@@ -25,7 +25,7 @@ type BoundedWriter interface {
 }
 
 // Stream writes to a stream with write deadlines (a net.Conn) within bounds,
-// like Writer and Outbox do: it sets deadlines only to check the bounds and
+// like Writer do: it sets deadlines only to check the bounds and
 // resumes a write that one cut short while no bound was passed. It is the
 // layer beneath a BoundedWriter. It is not safe for concurrent use.
 type Stream struct{ s stream }

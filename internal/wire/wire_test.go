@@ -171,7 +171,7 @@ func TestWriterBlockedByPeer(t *testing.T) {
 			if how == "stall" {
 				stall = 50 * time.Millisecond
 			}
-			w := NewWriter(a, stall)
+			w := NewWriter(a, stall, 0)
 			var deadline time.Time
 			var done chan struct{}
 			switch how {
@@ -213,7 +213,7 @@ func TestWriterBlockedByPeer(t *testing.T) {
 
 func TestWriterCoalesces(t *testing.T) {
 	var out bytes.Buffer
-	w := NewWriter(&out, 0)
+	w := NewWriter(&out, 0, 0)
 	for i := range 3 {
 		end, err := w.Write([]byte("abc"), time.Time{}, nil, nil, i%2)
 		if err != nil || end != int64(3*(i+1)) {
@@ -250,15 +250,15 @@ func FuzzReader(f *testing.F) {
 	})
 }
 
-// Outbox: concurrent senders' frames all arrive whole; senders do not wait
+// Writer.Send (as the server uses it): concurrent senders' frames all arrive whole; senders do not wait
 // for a peer that stops reading (only the one writing does, until the stall
 // timeout), a sender that will not wait gets ErrBacklog past the limit, and
 // once the write stalls every sender learns it.
-func TestOutbox(t *testing.T) {
+func TestWriterSend(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	o := NewOutbox(a, 200*time.Millisecond, 64)
+	o := NewWriter(a, 200*time.Millisecond, 64)
 	got := make(chan int, 1)
 	go func() {
 		r := NewReader(b, 0)
@@ -358,7 +358,7 @@ func TestMetadataFrames(t *testing.T) {
 func TestWriterConcurrent(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
-	w := NewWriter(a, time.Second)
+	w := NewWriter(a, time.Second, 0)
 	const writers, frames = 16, 1000
 	got := make(chan map[string]int, 1)
 	go func() {
@@ -411,7 +411,7 @@ func TestWriterOthersFramesWithinOwnDeadline(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	w := NewWriter(a, 5*time.Second)
+	w := NewWriter(a, 5*time.Second, 0)
 	own := []byte("own frame")
 	queued := make(chan struct{})
 	go func() { // queues behind the write under way

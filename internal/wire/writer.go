@@ -16,6 +16,11 @@ var ErrWriteTimeout = errors.New("wire: write timed out")
 // closed.
 var ErrWriteCanceled = errors.New("wire: write canceled")
 
+// ErrBacklog: more than the Writer's limit is queued behind a write that
+// does not progress, and the sender would not wait (Send without wait):
+// the peer is not reading.
+var ErrBacklog = errors.New("wire: peer not reading (queue full)")
+
 // ErrNotQueued: the frame was never handed to the stream (the caller's wait
 // for its turn ended, or the writer had already failed). Wrapped with the
 // reason.
@@ -35,7 +40,7 @@ const cancelSlice = 10 * time.Millisecond
 // calls (about one write per batch of callers that ran while the previous
 // write was in the kernel).
 //
-// Every wait is bounded: the wait for room (past maxQueued bytes queued
+// Every wait is bounded: the wait for room (past the limit of bytes queued
 // behind a write that does not progress) by the caller's deadline and done
 // channel; the writes of the caller that writes, its own frame and those
 // queued behind it, by its deadline, done channel and the stall timeout
@@ -48,6 +53,7 @@ const cancelSlice = 10 * time.Millisecond
 type Writer struct {
 	mu       sync.Mutex
 	out      stream // used by the caller that is writing
+	limit    int    // bytes queued behind a write under way before callers wait for room
 	flushing bool
 	buf      []byte // frames queued behind the write under way
 	spare    []byte
@@ -71,9 +77,11 @@ type yieldWait struct {
 	joined int       // frames queued behind it so far
 }
 
-// maxQueued bounds the bytes queued behind a write under way; past it,
-// callers wait for room (bounded by their deadline and done channel).
-const maxQueued = 1 << 20
+// DefaultQueueLimit bounds the bytes queued behind a write under way
+// (NewWriter's limit 0); past it, callers wait for room (bounded by their
+// deadline and done channel) or, with Send without wait, fail with
+// ErrBacklog.
+const DefaultQueueLimit = 1 << 20
 
 // maxYield bounds how long frames queued behind a yielding caller wait for
 // it: a caller that comes later writes them.
@@ -83,9 +91,14 @@ const maxYield = 100 * time.Microsecond
 const yieldFor = 30 * time.Microsecond
 
 // NewWriter returns a Writer on w. stall (0: none) bounds how long a write
-// may make no progress; it needs a stream with SetWriteDeadline.
-func NewWriter(w io.Writer, stall time.Duration) *Writer {
-	return &Writer{out: newStream(w, stall)}
+// may make no progress; it needs a stream with SetWriteDeadline. limit
+// bounds the bytes queued behind a write under way (0:
+// DefaultQueueLimit).
+func NewWriter(w io.Writer, stall time.Duration, limit int) *Writer {
+	if limit <= 0 {
+		limit = DefaultQueueLimit
+	}
+	return &Writer{out: newStream(w, stall), limit: limit}
 }
 
 // Sent returns how many bytes have been written to the stream. A frame whose
@@ -103,7 +116,7 @@ func (w *Writer) Err() error {
 
 // Write writes one frame, or queues it behind the write under way (then it
 // returns at once: the writing caller writes it). end is the stream offset
-// just past the frame. Past maxQueued bytes queued, it waits for room until
+// just past the frame. Past the limit of bytes queued, it waits for room until
 // deadline (zero: none), done closes or expired fires (nil channels never
 // do); the frame is then not sent and the error wraps ErrNotQueued, as it
 // does when the writer has failed. The caller that writes is bounded, for
@@ -124,8 +137,69 @@ func (w *Writer) Err() error {
 // goroutine went to the scheduler's global queue and waited there for
 // milliseconds behind busy processors, doubling the 99th percentile.)
 func (w *Writer) Write(frame []byte, deadline time.Time, done <-chan struct{}, expired <-chan time.Time, expect int) (end int64, err error) {
+	return w.write(frame, deadline, done, expired, expect, true)
+}
+
+// Send is Write for a sender that neither yields nor learns offsets: with
+// wait, it waits for room without a bound of its own (the caller writing is
+// bounded by the stall timeout); without, past the limit it fails with
+// ErrBacklog (and the Writer is not failed). deadline bounds its writes if
+// it is the one writing. An error other than ErrBacklog means the stream
+// is lost.
+func (w *Writer) Send(frame []byte, wait bool, deadline time.Time) error {
+	_, err := w.write(frame, deadline, nil, nil, 0, wait)
+	return err
+}
+
+// Queue is Send without writing: frame is queued for the next Send, Write
+// or Flush (a caller writing takes it too). Past the limit it is Send with
+// wait: the queue is written out. It lets a reader that answers the
+// requests it has buffered write their answers once (Flush when it has
+// none left).
+func (w *Writer) Queue(frame []byte) error {
 	w.mu.Lock()
-	for w.err == nil && w.flushing && len(w.buf) > 0 && len(w.buf)+len(frame) > maxQueued {
+	if w.err == nil && !w.flushing && len(w.buf)+len(frame) <= w.limit {
+		w.queued += int64(len(frame))
+		w.buf = append(w.buf, frame...)
+		w.mu.Unlock()
+		return nil
+	}
+	w.mu.Unlock()
+	return w.Send(frame, true, time.Time{})
+}
+
+// Flush writes out what is queued, unless a caller is writing already
+// (then it does). It returns the Writer's error, if it failed.
+func (w *Writer) Flush() error {
+	w.mu.Lock()
+	if w.err != nil || w.flushing || len(w.buf) == 0 {
+		err := w.err
+		w.mu.Unlock()
+		return err
+	}
+	w.flushing = true
+	p := w.buf
+	w.buf = w.spare[:0]
+	w.spare = nil
+	w.wake()
+	w.mu.Unlock()
+	return w.writeOut(p, true, time.Time{}, nil)
+}
+
+// Queued returns the bytes queued and not yet being written.
+func (w *Writer) Queued() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.buf)
+}
+
+func (w *Writer) write(frame []byte, deadline time.Time, done <-chan struct{}, expired <-chan time.Time, expect int, wait bool) (end int64, err error) {
+	w.mu.Lock()
+	for w.err == nil && w.flushing && len(w.buf) > 0 && len(w.buf)+len(frame) > w.limit {
+		if !wait {
+			w.mu.Unlock()
+			return 0, ErrBacklog
+		}
 		if w.room == nil {
 			w.room = make(chan struct{})
 		}
@@ -347,14 +421,21 @@ func (s *stream) write(p []byte, deadline time.Time, done <-chan struct{}) (int,
 }
 
 func (w *Writer) fail(err error) error {
+	w.Fail(err)
+	return err
+}
+
+// Fail fails the Writer for good (the stream was closed): queued frames
+// are dropped, and callers waiting for room, or writing later, get err.
+func (w *Writer) Fail(err error) {
 	w.mu.Lock()
 	if w.err == nil {
 		w.err = err
 		w.failed.Store(&err)
 		w.buf = nil
 	}
+	w.wake()
 	w.mu.Unlock()
-	return err
 }
 
 func isClosed(done <-chan struct{}) bool {
